@@ -1,0 +1,357 @@
+"""The ``stylevar`` command line. Subcommands are thin: flags -> library call.
+
+stylevar stylize CONTENT STYLE -o OUT      stylize files or folders (every content x style pair)
+stylevar convert UPSTREAM.pth -o DIR       upstream .pth files -> config.json + safetensors
+stylevar info CHECKPOINT                   print a checkpoint's configuration
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import ConfigError, ImageError, StyleVARError
+
+logger = logging.getLogger("stylevar")
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _alpha_arg(text: str) -> str | list[float]:
+    from .config import ALPHA_PRESETS
+
+    if text in ALPHA_PRESETS:
+        return text
+    try:
+        return [float(v) for v in re.split(r"[,\s]+", text.strip()) if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a preset ({', '.join(ALPHA_PRESETS)}) or comma-separated numbers, got {text!r}"
+        ) from None
+
+
+def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("checkpoint")
+    g.add_argument(
+        "--checkpoint",
+        default=None,
+        help="our checkpoint directory, an upstream .pth file or folder, or a Hub repo id "
+        "(default: Senfier-LiqiJing/StyleVAR)",
+    )
+    g.add_argument(
+        "--vae",
+        default=None,
+        help="VQ-VAE file for upstream checkpoints (default: vae_ch160v4096z32.pth beside it)",
+    )
+    g.add_argument(
+        "--variant", choices=("grpo", "sft"), default=None, help="released weights to use (default: grpo)"
+    )
+    g.add_argument(
+        "--alpha",
+        type=_alpha_arg,
+        default=None,
+        help="per-scale alpha: a preset (paper, sft) or N comma-separated values",
+    )
+    g.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
+    g.add_argument("--cache-dir", default=None, help="Hugging Face cache directory")
+    g.add_argument("--offline", action="store_true", help="use only files already in the Hugging Face cache")
+    g.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow .pth files with pickled Python objects (runs code from the file: trusted files only)",
+    )
+
+
+def _load_pipeline(args: argparse.Namespace):
+    from .pipeline import StyleVARPipeline
+
+    return StyleVARPipeline.from_pretrained(
+        args.checkpoint,
+        variant=args.variant,
+        vae=args.vae,
+        device=args.device,
+        alpha=args.alpha,
+        revision=args.revision,
+        cache_dir=args.cache_dir,
+        local_files_only=args.offline,
+        allow_pickle=args.trust_checkpoint,
+    )
+
+
+def _collect(path_text: str, role: str) -> list[Path]:
+    from .images import list_images
+
+    p = Path(path_text).expanduser()
+    if not p.exists():
+        raise ImageError(f"{role} path not found: {p}")
+    return list_images(p, role) if p.is_dir() else [p]
+
+
+def _output_names(contents: list[Path], styles: list[Path]) -> tuple[list[str], list[str]]:
+    def names(paths: list[Path]) -> list[str]:
+        stems = [p.stem for p in paths]
+        if len(set(stems)) == len(stems):
+            return stems
+        return [p.name.replace(".", "_") for p in paths]
+
+    return names(contents), names(styles)
+
+
+# ------------------------------------------------------------------------------------------ stylize
+def cmd_stylize(args: argparse.Namespace) -> int:
+    from .images import IMAGE_EXTENSIONS, make_grid, save_image_atomic
+
+    contents = _collect(args.content, "content")
+    styles = _collect(args.style, "style")
+    n_images = len(contents) * len(styles) * args.num_samples
+    out = Path(args.output).expanduser()
+    single_file = out.suffix.lower() in IMAGE_EXTENSIONS
+    if single_file and n_images > 1:
+        raise ConfigError(f"{out} is a file name but {n_images} images will be made; give a folder with -o")
+    if out.exists() and single_file and out.is_dir():
+        raise ConfigError(f"{out} is a directory; give a file name ending in .png/.jpg or drop the extension")
+    if not single_file and out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a folder; choose another output path")
+    c_names, s_names = _output_names(contents, styles)
+    ext = args.format
+
+    def target(ci: int, si: int, k: int) -> Path:
+        if single_file:
+            return out
+        suffix = f"__{k}" if args.num_samples > 1 else ""
+        return out / f"{c_names[ci]}__{s_names[si]}{suffix}.{ext}"
+
+    pipe = _load_pipeline(args)  # --alpha becomes the model's default alpha
+    grid_rows: dict[tuple[int, int], list] = {}
+    written = 0
+    skip = (lambda c, s, k: target(c, s, k).exists()) if args.skip_existing else None
+    manifest = []
+    for batch in pipe.iter_batches(
+        [str(p) for p in contents],
+        [str(p) for p in styles],
+        num_samples=args.num_samples,
+        seed=args.seed,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        temperature=args.temperature,
+        style_strength=args.style_strength,
+        pairing="product",
+        batch_size=args.batch_size,
+        fit=args.fit,
+        keep_size=args.keep_size,
+        legacy_kv_cache=args.legacy_kv_cache,
+        progress=not args.quiet,
+        skip=skip,
+    ):
+        for img, seed, (ci, si), k in zip(batch.images, batch.seeds, batch.pairs, batch.sample_indices):
+            path = save_image_atomic(img, target(ci, si, k))
+            written += 1
+            manifest.append(
+                {
+                    "content": str(contents[ci]),
+                    "style": str(styles[si]),
+                    "sample": k,
+                    "seed": seed,
+                    "output": str(path),
+                }
+            )
+            if args.grid:
+                grid_rows.setdefault((ci, si), []).append(img)
+    if args.grid and grid_rows:
+        from .images import load_image, tensor_to_pil, to_model_input
+
+        R = pipe.resolution
+
+        def shown(p: Path) -> object:
+            return tensor_to_pil(to_model_input(load_image(p), R, args.fit).add(1).mul(0.5))
+
+        rows = [
+            [shown(contents[ci]), shown(styles[si]), *imgs] for (ci, si), imgs in sorted(grid_rows.items())
+        ]
+        grid_path = out.with_name(out.stem + "_grid.png") if single_file else out / "grid.png"
+        save_image_atomic(make_grid(rows, R), grid_path)
+        print(f"grid: {grid_path}")
+    if not single_file and manifest:
+        log = out / "stylevar_runs.jsonl"
+        with open(log, "a") as f:
+            for row in manifest:
+                f.write(json.dumps(row) + "\n")
+    skipped = n_images - written
+    where = out if single_file else f"{out}/"
+    msg = f"wrote {written} image{'s' if written != 1 else ''} to {where}"
+    if skipped:
+        msg += f" ({skipped} existing skipped)"
+    if written == 1 and manifest:
+        msg += f" (seed {manifest[0]['seed']})"
+    print(msg)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ convert / info
+def cmd_convert(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoints import convert_upstream
+
+    dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    out = convert_upstream(
+        args.source,
+        args.output,
+        vae=args.vae,
+        variant=args.variant,
+        alpha=args.alpha,
+        allow_pickle=args.trust_checkpoint,
+        dtype=dtype,
+    )
+    print(f"wrote {out}/ (config.json, model.safetensors, vqvae.safetensors)")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .checkpoints import load_pretrained
+
+    ckpt = load_pretrained(
+        args.checkpoint,
+        vae=args.vae,
+        variant=args.variant,
+        alpha=args.alpha,
+        revision=args.revision,
+        cache_dir=args.cache_dir,
+        local_files_only=args.offline,
+        allow_pickle=args.trust_checkpoint,
+    )
+    n_model = sum(p.numel() for p in ckpt.model.parameters())
+    n_vae = sum(p.numel() for p in ckpt.vae.parameters())
+    print(
+        json.dumps(
+            {
+                "stylevar": ckpt.model.config.to_dict(),
+                "vqvae": ckpt.vae.config.to_dict(),
+                "sampling": ckpt.sampling.to_dict(),
+                "parameters": {"stylevar": n_model, "vqvae": n_vae},
+                "resolution": ckpt.vae.config.resolution,
+                "info": ckpt.info,
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stylevar", description="Reference-based style transfer with StyleVAR."
+    )
+    parser.add_argument("--version", action="version", version=f"stylevar {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser(
+        "stylize",
+        help="stylize content image(s) with style image(s)",
+        description=(
+            "Stylize CONTENT with STYLE. Each may be an image file or a folder of images; folders give every "
+            "content x style pair. Images are centre-cropped (--fit crop) or squashed (--fit squash) to the "
+            "model's square resolution."
+        ),
+    )
+    p.add_argument("content", help="content image or folder")
+    p.add_argument("style", help="style image or folder")
+    p.add_argument("-o", "--output", required=True, help="output file (one image) or folder")
+    p.add_argument("--grid", action="store_true", help="also write a content | style | result sheet")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
+    p.add_argument(
+        "--seed", type=int, default=None, help="base seed; image k gets seed+k (default: random, printed)"
+    )
+    p.add_argument("--top-k", type=int, default=None, help="top-k filter (default: 900; 0 = off)")
+    p.add_argument("--top-p", type=float, default=None, help="top-p filter (default: 0.96; 0 = off)")
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: 1)")
+    p.add_argument(
+        "--style-strength",
+        type=float,
+        default=None,
+        help="shift every alpha by 0.5*s, clamped to [0.01, 0.99] (default: 0)",
+    )
+    p.add_argument("--num-samples", type=int, default=1, help="images per pair (default: 1)")
+    p.add_argument("--batch-size", type=int, default=4, help="images generated at once (default: 4)")
+    p.add_argument(
+        "--fit", choices=("crop", "squash"), default="crop", help="how inputs become square (default: crop)"
+    )
+    p.add_argument(
+        "--keep-size", action="store_true", help="resize results back to the content region's size"
+    )
+    p.add_argument(
+        "--format",
+        choices=("png", "jpg", "webp"),
+        default="png",
+        help="file type in folder mode (default: png)",
+    )
+    p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="leave out outputs that already exist (resume a folder run)",
+    )
+    p.add_argument(
+        "--legacy-kv-cache", action="store_true", help="reproduce the published sampler token for token"
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_checkpoint_args(p)
+    p.set_defaults(func=cmd_stylize)
+
+    p = sub.add_parser("convert", help="convert upstream .pth files into config.json + safetensors")
+    p.add_argument("source", help="upstream StyleVAR .pth (or a folder with the released files)")
+    p.add_argument("-o", "--output", required=True, help="output checkpoint directory")
+    p.add_argument(
+        "--vae", default=None, help="VQ-VAE .pth (default: vae_ch160v4096z32.pth beside the source)"
+    )
+    p.add_argument(
+        "--variant", choices=("grpo", "sft"), default=None, help="which release this is (sets default alpha)"
+    )
+    p.add_argument(
+        "--alpha", type=_alpha_arg, default=None, help="per-scale alpha to store (preset or values)"
+    )
+    p.add_argument(
+        "--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="weight dtype on disk"
+    )
+    p.add_argument(
+        "--trust-checkpoint", action="store_true", help="allow pickled Python objects (trusted files only)"
+    )
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("info", help="print a checkpoint's configuration")
+    p.add_argument("checkpoint", nargs="?", default=None, help="checkpoint directory, file or Hub repo id")
+    p.add_argument("--vae", default=None)
+    p.add_argument("--variant", choices=("grpo", "sft"), default=None)
+    p.add_argument("--alpha", type=_alpha_arg, default=None)
+    p.add_argument("--revision", default=None)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--offline", action="store_true")
+    p.add_argument("--trust-checkpoint", action="store_true")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except StyleVARError as e:
+        print(f"stylevar: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("stylevar: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Configuration dataclasses and presets.
+
+Every model rebuilds itself from its config: the config is stored beside the weights
+(``config.json``) and can be inferred from an upstream state dict (see ``checkpoints.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+#: The ten scales of VAR / StyleVAR at 256x256 (latent side 16).
+DEFAULT_PATCH_NUMS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+
+#: Per-scale blend weights alpha_k (style share of the blended cross-attention).
+#: ``paper``: upstream's builder default, used by every upstream consumer (GRPO rollouts, the
+#:   evaluation behind the paper's tables, the inference scripts). The GRPO stage was trained
+#:   with it, so it is what the released GRPO weights were optimised for.
+#: ``sft``: what the released SFT run was trained with (``run_train_v2.sh``, centre of a
+#:   +-0.15 jitter); upstream never stored it (upstream-spec §7 B1).
+#: ``varhf``: the default of upstream's (unused) ``VARHF`` wrapper; kept for completeness.
+ALPHA_PRESETS: dict[str, tuple[float, ...]] = {
+    "paper": (0.2, 0.3, 0.4, 0.4, 0.5, 0.5, 0.6, 0.6, 0.7, 0.8),
+    "sft": (0.1, 0.2, 0.25, 0.3, 0.3, 0.35, 0.4, 0.4, 0.5, 0.5),
+    "varhf": (0.3, 0.4, 0.5, 0.5, 0.5, 0.5, 0.5, 0.4, 0.3, 0.2),
+}
+
+#: Which alpha preset a released variant gets when its checkpoint carries none.
+VARIANT_ALPHA: dict[str, str] = {"grpo": "paper", "sft": "sft"}
+
+
+def alpha_for_scales(preset: str | Sequence[float], num_scales: int) -> tuple[float, ...]:
+    """Return a per-scale alpha tuple of length ``num_scales``.
+
+    ``preset`` is a name from :data:`ALPHA_PRESETS` or explicit values. A named ten-scale preset
+    is resampled (linear interpolation over the relative scale position) for other scale counts.
+    """
+    if isinstance(preset, str):
+        if preset not in ALPHA_PRESETS:
+            raise ConfigError(f"unknown alpha preset {preset!r}; choose one of {sorted(ALPHA_PRESETS)}")
+        values = ALPHA_PRESETS[preset]
+        if len(values) == num_scales:
+            return tuple(values)
+        if num_scales == 1:
+            return (values[0],)
+        out = []
+        for i in range(num_scales):
+            pos = i * (len(values) - 1) / (num_scales - 1)
+            lo = int(math.floor(pos))
+            hi = min(lo + 1, len(values) - 1)
+            w = pos - lo
+            out.append(round(values[lo] * (1 - w) + values[hi] * w, 6))
+        return tuple(out)
+    values = tuple(float(a) for a in preset)
+    if len(values) != num_scales:
+        raise ConfigError(f"alpha needs one value per scale ({num_scales}), got {len(values)}")
+    return values
+
+
+def _check_patch_nums(patch_nums: Sequence[int]) -> tuple[int, ...]:
+    pn = tuple(int(p) for p in patch_nums)
+    if not pn or any(p <= 0 for p in pn) or list(pn) != sorted(set(pn)):
+        raise ConfigError(f"patch_nums must be strictly increasing positive integers, got {list(pn)}")
+    return pn
+
+
+class _Serialisable:
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)  # type: ignore[call-overload]
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}")
+        return cls(**d)
+
+
+@dataclass
+class VQVAEConfig(_Serialisable):
+    """VAR's multi-scale VQ-VAE (upstream-spec §1). Defaults: the released ``vae_ch160v4096z32``."""
+
+    vocab_size: int = 4096  #: codebook size V
+    z_channels: int = 32  #: latent / codebook dimension Cvae
+    ch: int = 160  #: base channels of encoder and decoder (a multiple of 32: GroupNorm(32))
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)  #: channel multiplier per level; downsampling 2**(n-1)
+    num_res_blocks: int = 2  #: ResnetBlocks per encoder level (decoder: +1)
+    dropout: float = 0.0
+    beta: float = 0.25  #: commitment weight (tokenizer training only)
+    using_znorm: bool = False  #: cosine instead of Euclidean nearest neighbour
+    quant_conv_ks: int = 3  #: kernel of quant_conv / post_quant_conv
+    quant_resi: float = 0.5  #: phi(h) = (1-r) h + r conv(h); |r| < 1e-6 means identity
+    share_quant_resi: int = 4  #: K phi convs shared over scales (0: one per scale, 1: one in all)
+    default_qresi_counts: int = 0  #: number of phi convs when share_quant_resi == 0 (0: one per scale)
+    patch_nums: tuple[int, ...] = DEFAULT_PATCH_NUMS  #: square token-map sides, coarse to fine
+    in_channels: int = 3
+    using_sa: bool = True  #: self-attention at the lowest resolution level
+    using_mid_sa: bool = True  #: self-attention in the middle block
+
+    def __post_init__(self) -> None:
+        self.patch_nums = _check_patch_nums(self.patch_nums)
+        self.ch_mult = tuple(int(m) for m in self.ch_mult)
+        if self.ch % 32 or any((self.ch * m) % 32 for m in self.ch_mult):
+            raise ConfigError(f"VQ-VAE channels must be multiples of 32 (GroupNorm), got ch={self.ch}")
+        if self.vocab_size < 2 or self.z_channels < 1:
+            raise ConfigError("VQ-VAE needs vocab_size >= 2 and z_channels >= 1")
+        if self.share_quant_resi < 0:
+            raise ConfigError("share_quant_resi must be >= 0")
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def resolution(self) -> int:
+        """Image side in pixels that the last scale covers (latent side x downsampling)."""
+        return self.patch_nums[-1] * self.downsample
+
+
+@dataclass
+class StyleVARConfig(_Serialisable):
+    """The StyleVAR transformer (upstream-spec §2). Defaults: the released d20 model."""
+
+    depth: int = 20  #: number of blended cross-attention blocks
+    embed_dim: int = 0  #: width C; 0 means 64 * depth (upstream's rule)
+    num_heads: int = 0  #: attention heads; 0 means depth (upstream's rule)
+    mlp_ratio: float = 4.0  #: FFN hidden size = round(mlp_ratio * C)
+    norm_eps: float = 1e-6  #: LayerNorm epsilon
+    attn_l2_norm: bool = True  #: L2-normalised q/k with a learned per-head scale (VAR)
+    drop_path_rate: float = -1.0  #: stochastic depth (training); < 0 means 0.1 * depth / 24
+    style_enc_dim: int = 512  #: output width of the ResNet-18 encoders
+    vocab_size: int = 4096  #: must match the VQ-VAE
+    z_channels: int = 32  #: Cvae, must match the VQ-VAE
+    patch_nums: tuple[int, ...] = DEFAULT_PATCH_NUMS  #: must match the VQ-VAE
+    #: per-scale alpha_k, the style branch's weight in the blended cross-attention: one value per
+    #: scale, or a preset name of :data:`ALPHA_PRESETS` (resampled for other scale counts)
+    alpha: tuple[float, ...] | str = "paper"
+
+    def __post_init__(self) -> None:
+        self.patch_nums = _check_patch_nums(self.patch_nums)
+        if self.depth < 1:
+            raise ConfigError("depth must be >= 1")
+        if self.embed_dim <= 0:
+            self.embed_dim = 64 * self.depth
+        if self.num_heads <= 0:
+            self.num_heads = self.depth
+        if self.embed_dim % self.num_heads:
+            raise ConfigError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.drop_path_rate < 0:
+            self.drop_path_rate = 0.1 * self.depth / 24
+        self.alpha = alpha_for_scales(self.alpha, len(self.patch_nums))
+        if any(not 0.0 <= a <= 1.0 for a in self.alpha):
+            raise ConfigError(f"alpha values must lie in [0, 1], got {list(self.alpha)}")
+
+    @property
+    def num_scales(self) -> int:
+        return len(self.patch_nums)
+
+    @property
+    def seq_len(self) -> int:
+        return sum(p * p for p in self.patch_nums)
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        return round(self.embed_dim * self.mlp_ratio)
+
+    def check_vqvae(self, vae: VQVAEConfig) -> None:
+        """Raise :class:`ConfigError` unless ``vae`` tokenises for this transformer."""
+        mism = [
+            f"{name}: transformer {a} vs VQ-VAE {b}"
+            for name, a, b in (
+                ("vocab_size", self.vocab_size, vae.vocab_size),
+                ("z_channels", self.z_channels, vae.z_channels),
+                ("patch_nums", list(self.patch_nums), list(vae.patch_nums)),
+            )
+            if a != b
+        ]
+        if mism:
+            raise ConfigError("the VQ-VAE does not match the transformer (" + "; ".join(mism) + ")")
+
+
+@dataclass
+class SamplingConfig(_Serialisable):
+    """Sampling defaults. The paper's evaluation: top-k 900, top-p 0.96, temperature 1."""
+
+    top_k: int = 900  #: keep logits >= the k-th largest (0: off)
+    top_p: float = 0.96  #: nucleus sampling mass (0: off)
+    temperature: float = 1.0  #: logits are divided by this before filtering
+    style_strength: float = 0.0  #: alpha'_k = clamp(alpha_k + 0.5 * s, 0.01, 0.99) when s != 0
+
+    def __post_init__(self) -> None:
+        if self.top_k < 0:
+            raise ConfigError("top_k must be >= 0")
+        if not 0.0 <= self.top_p <= 1.0:
+            raise ConfigError("top_p must lie in [0, 1]")
+        if self.temperature <= 0:
+            raise ConfigError("temperature must be > 0")
+
+
+def d20_configs() -> tuple[StyleVARConfig, VQVAEConfig]:
+    """The release configuration: StyleVAR d20 (721M parameters) and vae_ch160v4096z32."""
+    return StyleVARConfig(), VQVAEConfig()

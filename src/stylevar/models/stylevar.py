@@ -1,0 +1,347 @@
+"""The StyleVAR transformer: teacher-forced forward and scale-by-scale generation.
+
+Likelihood: P(x | style, content) = prod_k P(r_k | r_<k, s_k, c_k), where r_k are the target's
+tokens of scale k and s_k, c_k the style/content images' cumulative VQ features at scale k.
+
+* The content image's ResNet-18 feature (through ``feat_emb``) is the start token.
+* The style image's ResNet-18 feature (through the same ``feat_emb``) conditions AdaLN in every
+  block and in the head.
+* In every block, style and content tokens of scale k query the target's own history (keys and
+  values of scales <= k) and the two results are blended with alpha_k.
+
+State-dict keys and shapes are upstream's (``StyleVAR_SFT.pth`` / ``StyleVAR-GRPO.pth``). The
+VQ-VAE is not a submodule (as upstream): pass it to the methods that need it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..config import StyleVARConfig
+from .blocks import AdaLNBeforeHead, BlendedBlock, KVCache
+from .encoders import ResNetEncoder
+from .sampling import Seed, make_generators, sample_tokens
+from .vqvae import VQVAE
+
+AlphaLike = Sequence[float] | torch.Tensor | None
+
+
+@dataclass
+class Conditioning:
+    """Everything the transformer needs from a batch of (style, content) image pairs.
+
+    Computing it costs two VQ-VAE encodes and two ResNet-18s per pair; it is independent of the
+    sampled tokens, so compute it once and reuse it (several samples, many seeds, GRPO groups).
+    """
+
+    style_feat: torch.Tensor  #: (B, C) ``feat_emb(ResNet(style))``: AdaLN condition
+    content_feat: torch.Tensor  #: (B, C) ``feat_emb(ResNet(content))``: start token
+    style_cvae: torch.Tensor  #: (B, L, Cvae) cumulative VQ features of the style image per scale
+    content_cvae: torch.Tensor  #: (B, L, Cvae) same for the content image
+
+    @property
+    def batch_size(self) -> int:
+        return self.style_feat.shape[0]
+
+    def index_select(self, index: torch.Tensor | Sequence[int]) -> Conditioning:
+        """Rows ``index`` of every field (e.g. pick pairs, or repeat them for several samples)."""
+        idx = torch.as_tensor(index, dtype=torch.long, device=self.style_feat.device)
+        return Conditioning(*(t.index_select(0, idx) for t in self._fields()))
+
+    def repeat_interleave(self, n: int) -> Conditioning:
+        """Each pair repeated ``n`` times in a row: (B * n) rows."""
+        return Conditioning(*(t.repeat_interleave(n, dim=0) for t in self._fields()))
+
+    @staticmethod
+    def combine(
+        style: tuple[torch.Tensor, torch.Tensor], content: tuple[torch.Tensor, torch.Tensor]
+    ) -> Conditioning:
+        """Build from ``StyleVAR.encode_style`` / ``encode_content`` outputs of equal batch size."""
+        return Conditioning(style[0], content[0], style[1], content[1])
+
+    def _fields(self) -> tuple[torch.Tensor, ...]:
+        return (self.style_feat, self.content_feat, self.style_cvae, self.content_cvae)
+
+
+@dataclass
+class GenerationOutput:
+    images: torch.Tensor  #: (B, 3, R, R) in [0, 1]
+    tokens: list[torch.Tensor]  #: per scale (B, pn*pn) int64
+    f_hat: torch.Tensor  #: (B, Cvae, side, side) the quantised latent that was decoded
+    logits: list[torch.Tensor] | None = None  #: per scale (B, pn*pn, V) raw logits, if requested
+
+
+class StyleVAR(nn.Module):
+    def __init__(self, config: StyleVARConfig | None = None):
+        super().__init__()
+        self.config = cfg = config or StyleVARConfig()
+        C, L, SN = cfg.embed_dim, cfg.seq_len, cfg.num_scales
+        self.C, self.L, self.Cvae, self.V = C, L, cfg.z_channels, cfg.vocab_size
+        self.patch_nums = cfg.patch_nums
+        self.first_l = self.patch_nums[0] ** 2  # start tokens (1 for the release)
+        self.begin_ends: list[tuple[int, int]] = []
+        cur = 0
+        for pn in self.patch_nums:
+            self.begin_ends.append((cur, cur + pn * pn))
+            cur += pn * pn
+        init_std = math.sqrt(1 / C / 3)
+
+        # 1. image encoders: content -> start token, style -> AdaLN condition (shared projection)
+        self.style_encoder = ResNetEncoder()
+        self.content_encoder = ResNetEncoder()
+        self.feat_emb = nn.Linear(cfg.style_enc_dim, C)
+
+        # 2. token and position embeddings (shared by target, style and content tokens)
+        self.word_embed = nn.Linear(self.Cvae, C)
+        self.pos_start = nn.Parameter(torch.empty(1, self.first_l, C))
+        self.pos_1LC = nn.Parameter(torch.empty(1, L, C))
+        self.lvl_embed = nn.Embedding(SN, C)
+        for p in (self.pos_start, self.pos_1LC, self.lvl_embed.weight):
+            nn.init.trunc_normal_(p.data, mean=0, std=init_std)
+
+        # 3. blended cross-attention blocks
+        dpr = [
+            cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)
+        ]  # linspace(0, rate, depth)
+        self.blocks = nn.ModuleList(
+            BlendedBlock(C, cfg.num_heads, cfg.mlp_hidden, cfg.norm_eps, dpr[i], cfg.attn_l2_norm)
+            for i in range(cfg.depth)
+        )
+
+        # 4. head
+        self.head_nm = AdaLNBeforeHead(C, C, cfg.norm_eps)
+        self.head = nn.Linear(C, self.V)
+
+        # 5. scale index of every token, block-causal mask (persistent: upstream's state dict has them)
+        lvl_1L, mask = self._lvl_buffers(self.patch_nums)
+        self.register_buffer("lvl_1L", lvl_1L)
+        self.register_buffer("attn_bias_for_masking", mask)
+
+    @staticmethod
+    def _lvl_buffers(patch_nums: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1, L) int64 scale index of each token; (1, 1, L, L) mask: 0 where level(q) >= level(k), else -inf."""
+        lvl = torch.cat([torch.full((pn * pn,), i) for i, pn in enumerate(patch_nums)])
+        L = lvl.numel()
+        mask = torch.where(lvl.view(L, 1) >= lvl.view(1, L), 0.0, -torch.inf)
+        return lvl.view(1, L).contiguous(), mask.view(1, 1, L, L).contiguous()
+
+    # ------------------------------------------------------------------ initialisation
+    @torch.no_grad()
+    def init_weights(
+        self, init_adaln: float = 0.5, init_adaln_gamma: float = 1e-5, init_head: float = 0.02
+    ) -> None:
+        """VAR's initialisation of the transformer parts (for training from scratch).
+
+        Unlike upstream (spec §2.4, bug B4) the ResNet encoders are left alone, so ImageNet
+        weights loaded into them survive.
+        """
+        std = math.sqrt(1 / self.C / 3)
+        encoders = set(self.style_encoder.modules()) | set(self.content_encoder.modules())
+        for m in self.modules():
+            if m in encoders:
+                continue
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=std)
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, nn.Embedding):
+                nn.init.trunc_normal_(m.weight, std=std)
+        for p in (self.pos_start, self.pos_1LC):
+            nn.init.trunc_normal_(p, std=std)
+        self.head.weight.mul_(init_head)
+        self.head.bias.zero_()
+        self.head_nm.ada_lin[-1].weight.mul_(init_adaln)
+        self.head_nm.ada_lin[-1].bias.zero_()
+        depth = len(self.blocks)
+        for b in self.blocks:
+            b.attn.proj.weight.div_(math.sqrt(2 * depth))
+            b.ffn.fc2.weight.div_(math.sqrt(2 * depth))
+            b.ada_lin[-1].weight[2 * self.C :].mul_(init_adaln)
+            b.ada_lin[-1].weight[: 2 * self.C].mul_(init_adaln_gamma)
+            b.ada_lin[-1].bias.zero_()
+            for p in (b.attn.q_bias_guide, b.attn.v_bias_guide, b.attn.q_bias_target, b.attn.v_bias_target):
+                p.zero_()
+            if hasattr(b.attn, "scale_mul_1H11"):
+                b.attn.scale_mul_1H11.fill_(math.log(4.0))
+
+    # ------------------------------------------------------------------ conditioning
+    def _image_feat(self, encoder: nn.Module, img: torch.Tensor) -> torch.Tensor:
+        dev = img.device.type
+        with torch.autocast(dev, enabled=False) if dev in ("cuda", "cpu") else contextlib.nullcontext():
+            return self.feat_emb(encoder(img.float()))
+
+    def encode_style(self, vae: VQVAE, style_img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Style images [-1, 1] (B, 3, R, R) -> (AdaLN feature (B, C), VQ features (B, L, Cvae))."""
+        with torch.no_grad():
+            cvae = vae.quantize.idx_to_condition(vae.img_to_idx(style_img))
+        return self._image_feat(self.style_encoder, style_img), cvae
+
+    def encode_content(self, vae: VQVAE, content_img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Content images [-1, 1] (B, 3, R, R) -> (start-token feature (B, C), VQ features (B, L, Cvae))."""
+        with torch.no_grad():
+            cvae = vae.quantize.idx_to_condition(vae.img_to_idx(content_img))
+        return self._image_feat(self.content_encoder, content_img), cvae
+
+    def conditioning(self, vae: VQVAE, style_img: torch.Tensor, content_img: torch.Tensor) -> Conditioning:
+        """Style and content images in [-1, 1], (B, 3, R, R) each -> :class:`Conditioning`."""
+        return Conditioning.combine(self.encode_style(vae, style_img), self.encode_content(vae, content_img))
+
+    def conditioning_from_features(
+        self,
+        style_img: torch.Tensor,
+        content_img: torch.Tensor,
+        style_cvae: torch.Tensor,
+        content_cvae: torch.Tensor,
+    ) -> Conditioning:
+        """:class:`Conditioning` from images [-1, 1] and already computed VQ features (B, L, Cvae)."""
+        return Conditioning(
+            self._image_feat(self.style_encoder, style_img),
+            self._image_feat(self.content_encoder, content_img),
+            style_cvae.float(),
+            content_cvae.float(),
+        )
+
+    # ------------------------------------------------------------------ alpha
+    def resolve_alpha(
+        self, alpha: AlphaLike = None, style_strength: float = 0.0, batch_size: int = 1
+    ) -> torch.Tensor:
+        """Per-sample, per-scale alpha as a float32 tensor (B, SN).
+
+        ``alpha``: None (the config's), one value per scale, or a (B, SN) tensor. ``style_strength``
+        s != 0 shifts every value by 0.5 * s and clamps to [0.01, 0.99] (upstream's mapping).
+        """
+        SN = len(self.patch_nums)
+        if alpha is None:
+            alpha = self.config.alpha
+        a = torch.as_tensor(alpha, dtype=torch.float32, device=self.lvl_1L.device)
+        if a.ndim == 1:
+            a = a.unsqueeze(0)
+        if a.shape[-1] != SN or a.ndim != 2 or a.shape[0] not in (1, batch_size):
+            raise ValueError(
+                f"alpha must have {SN} values per scale (optionally per sample), got shape {tuple(a.shape)}"
+            )
+        if style_strength != 0:
+            a = (a + 0.5 * style_strength).clamp(0.01, 0.99)
+        return a.expand(batch_size, SN)
+
+    # ------------------------------------------------------------------ transformer core
+    def _lvl_pos(self) -> torch.Tensor:
+        return self.lvl_embed(self.lvl_1L) + self.pos_1LC  # (1, L, C)
+
+    def _guides_ln(self, style_BlC: torch.Tensor, content_BlC: torch.Tensor) -> torch.Tensor:
+        """LayerNorm (no affine: the same for every block) of style and content tokens, concatenated."""
+        eps = self.config.norm_eps
+        return torch.cat(
+            (F.layer_norm(style_BlC, (self.C,), eps=eps), F.layer_norm(content_BlC, (self.C,), eps=eps)),
+            dim=1,
+        )
+
+    def _logits(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
+        return self.head(self.head_nm(x_BLC.float(), cond_BD.float()).float()).float()
+
+    def forward(
+        self, x_BLCv_wo_first_l: torch.Tensor, cond: Conditioning, alpha: AlphaLike = None
+    ) -> torch.Tensor:
+        """Teacher-forced logits (B, L, V), float32.
+
+        Args:
+            x_BLCv_wo_first_l: teacher input (B, L - pn_0^2, Cvae) from ``vae.quantize.idx_to_teacher_input``.
+            cond: :class:`Conditioning` of the batch.
+            alpha: per-scale alpha (SN,), per-sample (B, SN) or per-token (B, L) values; None = config.
+        """
+        B = x_BLCv_wo_first_l.shape[0]
+        lvl_pos = self._lvl_pos()
+        sos = cond.content_feat.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start
+        x = torch.cat((sos, self.word_embed(x_BLCv_wo_first_l.float())), dim=1) + lvl_pos
+        guides_ln = self._guides_ln(
+            self.word_embed(cond.style_cvae) + lvl_pos, self.word_embed(cond.content_cvae) + lvl_pos
+        )
+        if alpha is not None and torch.is_tensor(alpha) and alpha.ndim == 2 and alpha.shape[1] == self.L:
+            alpha_tok = alpha.to(x.dtype).unsqueeze(-1)
+        else:
+            alpha_tok = self.resolve_alpha(alpha, batch_size=B)[:, self.lvl_1L[0]].unsqueeze(-1)
+        mask = torch.cat((self.attn_bias_for_masking, self.attn_bias_for_masking), dim=2).to(x.dtype)
+        cond_BD = cond.style_feat
+        for block in self.blocks:
+            x = block(x, guides_ln, cond_BD, alpha_tok, attn_bias=mask)
+        return self._logits(x, cond_BD)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        vae: VQVAE,
+        cond: Conditioning,
+        *,
+        seed: Seed = None,
+        top_k: int = 0,
+        top_p: float = 0.0,
+        temperature: float = 1.0,
+        alpha: AlphaLike = None,
+        style_strength: float = 0.0,
+        legacy_kv_cache: bool = False,
+        return_logits: bool = False,
+        decode: bool = True,
+    ) -> GenerationOutput:
+        """Sample target tokens scale by scale and decode them.
+
+        Args:
+            vae: the VQ-VAE (next-scale inputs and decoding).
+            cond: :class:`Conditioning` of B pairs (repeat rows for several samples per pair).
+            seed: see :func:`stylevar.models.sampling.make_generators`: an int seeds one
+                generator for the batch (upstream's ``g_seed``), a list seeds each sample.
+            top_k, top_p, temperature: sampling filters (0 = off; temperature 1 = off).
+            alpha, style_strength: see :meth:`resolve_alpha`.
+            legacy_kv_cache: reproduce the published sampler's duplicated KV cache token for token
+                (upstream-spec §2.7). Off: the cache matches the teacher-forced model exactly.
+            return_logits: also return each scale's raw logits (before temperature and filters).
+            decode: decode f_hat to images (False: ``images`` is an empty tensor).
+
+        Returns:
+            :class:`GenerationOutput` with images in [0, 1].
+        """
+        B = cond.batch_size
+        device = cond.style_feat.device
+        alphas = self.resolve_alpha(alpha, style_strength, B)
+        gens = make_generators(seed, B, device)
+        lvl_pos = self._lvl_pos()
+        cond_BD = cond.style_feat
+        style_BLC = self.word_embed(cond.style_cvae) + lvl_pos
+        content_BLC = self.word_embed(cond.content_cvae) + lvl_pos
+        caches = [KVCache(self.L, legacy=legacy_kv_cache) for _ in self.blocks]
+        side = self.patch_nums[-1]
+        f_hat = torch.zeros(B, self.Cvae, side, side, device=device, dtype=torch.float32)
+        x = (
+            cond.content_feat.unsqueeze(1).expand(B, self.first_l, -1)
+            + self.pos_start
+            + lvl_pos[:, : self.first_l]
+        )
+        tokens: list[torch.Tensor] = []
+        all_logits: list[torch.Tensor] = []
+        SN = len(self.patch_nums)
+        for si, pn in enumerate(self.patch_nums):
+            bg, ed = self.begin_ends[si]
+            guides_ln = self._guides_ln(style_BLC[:, bg:ed], content_BLC[:, bg:ed])
+            a = alphas[:, si].view(B, 1, 1)
+            for block, cache in zip(self.blocks, caches):
+                x = block(x, guides_ln, cond_BD, a, attn_bias=None, cache=cache)
+            logits = self._logits(x, cond_BD)
+            if return_logits:
+                all_logits.append(logits.clone())
+            idx_Bl = sample_tokens(logits, top_k=top_k, top_p=top_p, temperature=temperature, generator=gens)
+            tokens.append(idx_Bl)
+            h_BChw = vae.quantize.idx_to_h(idx_Bl, pn)
+            f_hat, next_map = vae.quantize.next_input(si, f_hat, h_BChw)
+            if si != SN - 1:
+                nb, ne = self.begin_ends[si + 1]
+                x = self.word_embed(next_map.reshape(B, self.Cvae, -1).transpose(1, 2)) + lvl_pos[:, nb:ne]
+        images = vae.fhat_to_img(f_hat).add_(1).mul_(0.5) if decode else f_hat.new_empty(0)
+        return GenerationOutput(
+            images=images, tokens=tokens, f_hat=f_hat, logits=all_logits if return_logits else None
+        )

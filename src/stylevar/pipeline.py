@@ -1,0 +1,331 @@
+"""StyleVARPipeline: content and style images in, stylized images out.
+
+    pipe = StyleVARPipeline.from_pretrained()                 # Hub: Senfier-LiqiJing/StyleVAR, GRPO weights
+    out = pipe("photo.jpg", "painting.png", num_samples=4, seed=0)
+    out.images[0].save("result.png"); print(out.seeds)
+
+The whole loop is visible in ``__call__``: read and resize the images, encode every distinct
+content and style image once (VQ tokens + ResNet feature), then for each batch of
+(pair, sample) jobs sample the tokens scale by scale (``StyleVAR.generate``) and decode.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image, ImageOps
+
+from .checkpoints import Checkpoint, load_pretrained, save_pretrained
+from .config import SamplingConfig
+from .errors import ConfigError, ImageError
+from .images import FITS, crop_box, load_image, pil_from_tensor_input, tensor_to_pil, to_model_input, to_rgb
+from .models import VQVAE, Conditioning, StyleVAR
+
+logger = logging.getLogger(__name__)
+
+ImageInput = str | os.PathLike | Image.Image | torch.Tensor
+ImagesInput = ImageInput | Sequence[ImageInput]
+
+
+@dataclass
+class StylizeOutput:
+    """Results in job order: for each (content, style) pair, its ``num_samples`` samples."""
+
+    images: list[Any]  #: PIL images, or (3, R, R) tensors in [0, 1] with ``output_type="pt"``
+    seeds: list[int]  #: the seed of each image: pass it back with num_samples=1 to reproduce it
+    pairs: list[tuple[int, int]] = field(default_factory=list)  #: (content index, style index) per image
+    sample_indices: list[int] = field(default_factory=list)  #: which of the pair's samples each image is
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.images)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.images[i]
+
+
+def _as_list(x: ImagesInput) -> list[ImageInput]:
+    if isinstance(x, (str, os.PathLike, Image.Image)):
+        return [x]
+    if torch.is_tensor(x):
+        return [x] if x.ndim == 3 else list(x.unbind(0))
+    return list(x)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto``/None -> CUDA if available, else CPU; otherwise the named device (checked)."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {device!r}; use cpu, cuda, cuda:N, mps or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device} requested but CUDA is not available here; use --device cpu")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError(f"device {device} requested but MPS is not available here; use --device cpu")
+    return dev
+
+
+class StyleVARPipeline:
+    def __init__(
+        self,
+        model: StyleVAR,
+        vae: VQVAE,
+        sampling: SamplingConfig | None = None,
+        *,
+        device: str | torch.device | None = "cpu",
+        info: dict[str, Any] | None = None,
+    ):
+        model.config.check_vqvae(vae.config)
+        self.device = resolve_device(device)
+        self.model = model.eval().requires_grad_(False).to(self.device)
+        self.vae = vae.eval().requires_grad_(False).to(self.device)
+        self.sampling = sampling or SamplingConfig()
+        self.info = info or {}
+
+    # ------------------------------------------------------------------ loading / saving
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained: str | os.PathLike | None = None,
+        *,
+        variant: str | None = None,
+        vae: str | os.PathLike | None = None,
+        device: str | torch.device | None = "cpu",
+        alpha: Any = None,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        allow_pickle: bool = False,
+    ) -> StyleVARPipeline:
+        """Load from our format, upstream files or a Hub repo (see :func:`stylevar.checkpoints.load_pretrained`)."""
+        ckpt: Checkpoint = load_pretrained(
+            pretrained,
+            vae=vae,
+            variant=variant,
+            alpha=alpha,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            allow_pickle=allow_pickle,
+        )
+        return cls(ckpt.model, ckpt.vae, ckpt.sampling, device=device, info=ckpt.info)
+
+    def save_pretrained(self, out_dir: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+        save_pretrained(out_dir, self.model, self.vae, sampling=self.sampling, info=self.info, dtype=dtype)
+
+    @property
+    def resolution(self) -> int:
+        return self.vae.config.resolution
+
+    # ------------------------------------------------------------------ inputs
+    def load_images(self, images: ImagesInput, role: str) -> list[Image.Image]:
+        """Paths / PIL images / tensors in [0, 1] -> RGB PIL images (all read before any work starts)."""
+        out: list[Image.Image] = []
+        for item in _as_list(images):
+            if isinstance(item, Image.Image):
+                out.append(to_rgb(ImageOps.exif_transpose(item) or item))
+            elif torch.is_tensor(item):
+                out.extend(pil_from_tensor_input(item, role))
+            elif isinstance(item, (str, os.PathLike)):
+                out.append(load_image(item, role=role))
+            else:
+                raise ImageError(f"{role} must be a path, a PIL image or a tensor, got {type(item).__name__}")
+        if not out:
+            raise ImageError(f"no {role} images given")
+        return out
+
+    @torch.no_grad()
+    def _encode(self, batch: torch.Tensor, role: str) -> tuple[torch.Tensor, torch.Tensor]:
+        fn = self.model.encode_style if role == "style" else self.model.encode_content
+        return fn(self.vae, batch.to(self.device))
+
+    def _encode_all(
+        self, tensors: torch.Tensor, role: str, batch_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, cvaes = [], []
+        for i in range(0, tensors.shape[0], batch_size):
+            f, c = self._encode(tensors[i : i + batch_size], role)
+            feats.append(f)
+            cvaes.append(c)
+        return torch.cat(feats), torch.cat(cvaes)
+
+    # ------------------------------------------------------------------ main entry
+    def __call__(self, content: ImagesInput, style: ImagesInput, **kwargs: Any) -> StylizeOutput:
+        """Stylize content image(s) with style image(s); all results at once.
+
+        Args:
+            content, style: a path, PIL image or tensor in [0, 1] ((3, H, W) or (B, 3, H, W)), or a list.
+            num_samples: images per pair, each with its own seed.
+            seed: base seed; image k (pair-major) gets ``seed + k``, so each image is reproducible
+                whatever the batch size. None draws a random base seed (reported in ``seeds``).
+            top_k, top_p, temperature, style_strength: sampling controls (default: the checkpoint's).
+            alpha: explicit per-scale alpha (one value per scale), overriding the checkpoint's.
+            pairing: ``zip`` (i-th content with i-th style; a single image pairs with all) or
+                ``product`` (every content with every style).
+            batch_size: images generated at once.
+            fit, keep_size: resize policy (see :mod:`stylevar.images`).
+            legacy_kv_cache: reproduce the published sampler token for token.
+            output_type: ``pil`` or ``pt`` ((3, R, R) tensors in [0, 1]).
+            progress: show a progress bar.
+        """
+        out = StylizeOutput(images=[], seeds=[])
+        for batch in self.iter_batches(content, style, **kwargs):
+            out.images.extend(batch.images)
+            out.seeds.extend(batch.seeds)
+            out.pairs.extend(batch.pairs)
+            out.sample_indices.extend(batch.sample_indices)
+        return out
+
+    @torch.no_grad()
+    def iter_batches(
+        self,
+        content: ImagesInput,
+        style: ImagesInput,
+        *,
+        num_samples: int = 1,
+        seed: int | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        temperature: float | None = None,
+        style_strength: float | None = None,
+        alpha: Sequence[float] | None = None,
+        pairing: str = "zip",
+        batch_size: int = 4,
+        fit: str = "crop",
+        keep_size: bool = False,
+        legacy_kv_cache: bool = False,
+        output_type: str = "pil",
+        progress: bool = False,
+        skip: Callable[[int, int, int], bool] | None = None,
+    ) -> Iterator[StylizeOutput]:
+        """Like ``__call__`` (same arguments) but yields each batch's results as soon as it is done,
+        so a caller can save them as it goes.
+
+        ``skip(content_index, style_index, sample_index)`` returning True leaves that image out (for
+        resuming a folder run); the seeds of the others do not change.
+        """
+        s = self.sampling
+        top_k = s.top_k if top_k is None else top_k
+        top_p = s.top_p if top_p is None else top_p
+        temperature = s.temperature if temperature is None else temperature
+        style_strength = s.style_strength if style_strength is None else style_strength
+        SamplingConfig(
+            top_k=top_k, top_p=top_p, temperature=temperature, style_strength=style_strength
+        )  # validates
+        if fit not in FITS:
+            raise ConfigError(f"fit must be one of {FITS}, got {fit!r}")
+        if num_samples < 1 or batch_size < 1:
+            raise ConfigError("num_samples and batch_size must be >= 1")
+        if output_type not in ("pil", "pt"):
+            raise ConfigError("output_type must be 'pil' or 'pt'")
+        if alpha is not None:
+            try:
+                self.model.resolve_alpha(alpha)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+
+        # 1. read every image first: a bad file fails before anything is computed or written
+        contents = self.load_images(content, "content")
+        styles = self.load_images(style, "style")
+        pairs = _make_pairs(len(contents), len(styles), pairing)
+        base = secrets.randbelow(2**31) if seed is None else int(seed)
+        jobs = [
+            (p, k, base + p * num_samples + k)
+            for p in range(len(pairs))
+            for k in range(num_samples)
+            if skip is None or not skip(pairs[p][0], pairs[p][1], k)
+        ]
+        if not jobs:
+            return
+
+        # 2. encode each distinct image once (VQ-VAE tokens -> condition features, ResNet feature)
+        R = self.resolution
+        used_c = sorted({pairs[p][0] for p, _, _ in jobs})
+        used_s = sorted({pairs[p][1] for p, _, _ in jobs})
+        c_feat, c_cvae = self._encode_all(
+            torch.stack([to_model_input(contents[i], R, fit) for i in used_c]), "content", batch_size
+        )
+        s_feat, s_cvae = self._encode_all(
+            torch.stack([to_model_input(styles[i], R, fit) for i in used_s]), "style", batch_size
+        )
+        c_row = {c: r for r, c in enumerate(used_c)}
+        s_row = {st: r for r, st in enumerate(used_s)}
+
+        # 3. sample the (pair, sample) jobs in batches, each image with its own seed
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(jobs), unit="img", desc="stylizing")
+        try:
+            for start in range(0, len(jobs), batch_size):
+                chunk = jobs[start : start + batch_size]
+                ci = torch.tensor([c_row[pairs[p][0]] for p, _, _ in chunk], device=self.device)
+                si = torch.tensor([s_row[pairs[p][1]] for p, _, _ in chunk], device=self.device)
+                cond = Conditioning(s_feat[si], c_feat[ci], s_cvae[si], c_cvae[ci])
+                out = self.model.generate(
+                    self.vae,
+                    cond,
+                    seed=[sd for _, _, sd in chunk],
+                    top_k=top_k,
+                    top_p=top_p,
+                    temperature=temperature,
+                    alpha=alpha,
+                    style_strength=style_strength,
+                    legacy_kv_cache=legacy_kv_cache,
+                )
+                yield StylizeOutput(
+                    images=[
+                        self._postprocess(img, contents[pairs[p][0]], fit, keep_size, output_type)
+                        for (p, _, _), img in zip(chunk, out.images)
+                    ],
+                    seeds=[sd for _, _, sd in chunk],
+                    pairs=[pairs[p] for p, _, _ in chunk],
+                    sample_indices=[k for _, k, _ in chunk],
+                )
+                if bar is not None:
+                    bar.update(len(chunk))
+        finally:
+            if bar is not None:
+                bar.close()
+
+    @staticmethod
+    def _postprocess(
+        img: torch.Tensor, content: Image.Image, fit: str, keep_size: bool, output_type: str
+    ) -> Any:
+        if output_type == "pt":
+            return img.cpu()
+        pil = tensor_to_pil(img)
+        if keep_size:
+            left, top, right, bottom = crop_box(content.size, fit)
+            size = (right - left, bottom - top)
+            if size != pil.size:
+                pil = pil.resize(size, Image.Resampling.LANCZOS)
+        return pil
+
+
+def _make_pairs(n_content: int, n_style: int, pairing: str) -> list[tuple[int, int]]:
+    if pairing == "product":
+        return [(c, s) for c in range(n_content) for s in range(n_style)]
+    if pairing != "zip":
+        raise ConfigError(f"pairing must be 'zip' or 'product', got {pairing!r}")
+    if n_content == n_style:
+        return [(i, i) for i in range(n_content)]
+    if n_style == 1:
+        return [(i, 0) for i in range(n_content)]
+    if n_content == 1:
+        return [(0, i) for i in range(n_style)]
+    raise ConfigError(
+        f"{n_content} content and {n_style} style images cannot be zipped; give equal counts, one of either, "
+        "or pairing='product'"
+    )

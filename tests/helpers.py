@@ -1,0 +1,96 @@
+"""Shared test helpers: deterministic weights, tiny configurations, upstream-format files."""
+
+from __future__ import annotations
+
+import math
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stylevar.config import StyleVARConfig, VQVAEConfig
+from stylevar.models import VQVAE, StyleVAR
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def fill_weights(module: torch.nn.Module, prefix: str) -> None:
+    """Fill every parameter and BatchNorm running stat from its key name (the parity README's rule).
+
+    z = RandomState(crc32(prefix + key)).standard_normal(shape); scaled per kind of tensor.
+    """
+    sd = module.state_dict()
+    params = {n for n, _ in module.named_parameters()}
+    new = {}
+    for k, t in sd.items():
+        leaf = k.split(".")[-1]
+        if k not in params and leaf not in ("running_mean", "running_var"):
+            continue
+        full = prefix + k
+        z = np.random.RandomState(zlib.crc32(full.encode())).standard_normal(tuple(t.shape))
+        if leaf == "running_var":
+            v = np.exp(0.2 * z)
+        elif leaf == "running_mean":
+            v = 0.1 * z
+        elif leaf == "scale_mul_1H11":
+            v = math.log(4) + 0.1 * z
+        elif any(s in full for s in ("pos_start", "pos_1LC", "lvl_embed")):
+            v = 0.5 * z
+        elif full.endswith("quantize.embedding.weight"):
+            v = z
+        elif t.ndim >= 2:
+            v = z / math.sqrt(np.prod(t.shape[1:]))
+        elif leaf == "weight":
+            v = 1 + 0.1 * z
+        else:
+            v = 0.1 * z
+        new[k] = torch.from_numpy(np.asarray(v, dtype=np.float32).reshape(tuple(t.shape)))
+    module.load_state_dict(new, strict=False)
+
+
+def tiny_configs(
+    patch_nums=(1, 2, 3, 4), depth=2, embed_dim=64, num_heads=2, vocab=64, z=4, vae_ch=32, share=4, **kw
+) -> tuple[StyleVARConfig, VQVAEConfig]:
+    vcfg = VQVAEConfig(
+        vocab_size=vocab, z_channels=z, ch=vae_ch, share_quant_resi=share, patch_nums=patch_nums
+    )
+    scfg = StyleVARConfig(
+        depth=depth,
+        embed_dim=embed_dim,
+        num_heads=num_heads,
+        vocab_size=vocab,
+        z_channels=z,
+        patch_nums=patch_nums,
+        **kw,
+    )
+    return scfg, vcfg
+
+
+def tiny_models(tag: str = "tiny", **kw) -> tuple[StyleVAR, VQVAE]:
+    scfg, vcfg = tiny_configs(**kw)
+    model, vae = StyleVAR(scfg), VQVAE(vcfg)
+    fill_weights(model, f"{tag}.var.")
+    fill_weights(vae, f"{tag}.vae.")
+    return model.eval(), vae.eval()
+
+
+def smooth_images(batch: int, res: int, seed: int) -> torch.Tensor:
+    """Smooth random images in [-1, 1], (B, 3, res, res)."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(batch, 3, 4, 4, generator=g) * 2 - 1
+    img = torch.nn.functional.interpolate(low, size=(res, res), mode="bicubic", align_corners=False)
+    return (img + 0.1 * torch.randn(batch, 3, res, res, generator=g)).clamp(-1, 1)
+
+
+def write_upstream(
+    model: StyleVAR, vae: VQVAE, folder: Path, model_name="StyleVAR-GRPO.pth", wrap="model"
+) -> tuple[Path, Path]:
+    """Write the pair the way upstream releases them: {'model': state_dict} and a plain VQ-VAE state dict."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sd = model.state_dict()
+    obj = {wrap: sd} if wrap else sd
+    mp, vp = folder / model_name, folder / "vae_ch160v4096z32.pth"
+    torch.save(obj, mp)
+    torch.save(vae.state_dict(), vp)
+    return mp, vp
