@@ -45,7 +45,9 @@ def build(device: torch.device) -> tuple[StyleVAR, VQVAE]:
             for name, b in m.named_buffers():
                 if name.endswith("running_var"):
                     b.fill_(1.0)
-                elif name.endswith(("running_mean", "ema_vocab_hit_SV", "zero_k_bias_guide", "zero_k_bias_target")):
+                elif name.endswith(
+                    ("running_mean", "ema_vocab_hit_SV", "zero_k_bias_guide", "zero_k_bias_target")
+                ):
                     b.zero_()
                 elif name.endswith("num_batches_tracked"):
                     b.zero_()
@@ -79,6 +81,16 @@ def rss_peak_mib() -> float | None:
     return None
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def run_once(model, vae, style, content, legacy: bool):
     with torch.no_grad():
         cond = model.conditioning(vae, style, content)
@@ -94,7 +106,9 @@ def count_flops(model, vae, style, content, legacy: bool) -> dict[str, float]:
             cond = model.conditioning(vae, style, content)
         out["conditioning"] = fc.get_total_flops()
         with FlopCounterMode(display=False) as fc:
-            gen = model.generate(vae, cond, seed=0, top_k=900, top_p=0.96, legacy_kv_cache=legacy, decode=False)
+            gen = model.generate(
+                vae, cond, seed=0, top_k=900, top_p=0.96, legacy_kv_cache=legacy, decode=False
+            )
         out["transformer"] = fc.get_total_flops()
         with FlopCounterMode(display=False) as fc:
             vae.fhat_to_img(gen.f_hat)
@@ -120,7 +134,9 @@ def main() -> None:
     model, vae = build(device)
     build_s = time.perf_counter() - t0
     R = vae.config.resolution
-    weights_mib = sum(t.numel() * t.element_size() for m in (model, vae) for t in m.state_dict().values()) / 2**20
+    weights_mib = (
+        sum(t.numel() * t.element_size() for m in (model, vae) for t in m.state_dict().values()) / 2**20
+    )
     gen = torch.Generator().manual_seed(1)
     img = (torch.rand(max(args.batch_sizes), 3, R, R, generator=gen) * 2 - 1).to(device)
 
@@ -156,10 +172,14 @@ def main() -> None:
             }
         )
 
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     cores = torch.get_num_threads()
-    print(f"\nStyleVAR d20 + VQ-VAE ch160, fp32, {R}x{R}, random weights, cache={'legacy' if args.legacy else 'correct'}")
-    print(f"device: {device} ({dev_name}), torch {torch.__version__}, CPU threads {cores}; build {build_s:.1f} s")
+    print(
+        f"\nStyleVAR d20 + VQ-VAE ch160, fp32, {R}x{R}, random weights, cache={'legacy' if args.legacy else 'correct'}"
+    )
+    print(
+        f"device: {device} ({dev_name}), torch {torch.__version__}, CPU threads {cores}; build {build_s:.1f} s"
+    )
     print(f"weights: {weights_mib:.0f} MiB (fp32)")
     g = {k: v / 1e9 for k, v in flops.items()}
     print(

@@ -313,7 +313,9 @@ def test_cuda_generation_matches_teacher_forcing_and_reproduces(tiny):
     for si, (bg, ed) in enumerate(model.begin_ends):
         assert (out.logits[si] - teacher[:, bg:ed]).abs().max().item() < 1e-4, si
     again = model.generate(vae, cond, seed=[3, 4], top_k=30, top_p=0.9)
-    assert all(torch.equal(a, b) for a, b in zip(out.tokens, again.tokens)) and torch.equal(out.images, again.images)
+    assert all(torch.equal(a, b) for a, b in zip(out.tokens, again.tokens)) and torch.equal(
+        out.images, again.images
+    )
     other = model.generate(vae, cond, seed=[5, 6], top_k=30, top_p=0.9)
     assert any(not torch.equal(a, b) for a, b in zip(out.tokens, other.tokens))
     legacy = model.generate(vae, cond, seed=7, legacy_kv_cache=True)

@@ -3,6 +3,7 @@
 from .config import ALPHA_PRESETS, SamplingConfig, StyleVARConfig, VQVAEConfig
 from .errors import CheckpointError, ConfigError, ImageError, StyleVARError
 from .models import VQVAE, Conditioning, GenerationOutput, StyleVAR
+from .pipeline import StyleVARPipeline, StylizeOutput
 
 __version__ = "0.1.0"
 
@@ -18,6 +19,8 @@ __all__ = [
     "StyleVAR",
     "StyleVARConfig",
     "StyleVARError",
+    "StyleVARPipeline",
+    "StylizeOutput",
     "VQVAEConfig",
     "__version__",
 ]

@@ -123,6 +123,13 @@ class StyleVARPipeline:
     def save_pretrained(self, out_dir: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
         save_pretrained(out_dir, self.model, self.vae, sampling=self.sampling, info=self.info, dtype=dtype)
 
+    def to(self, device: str | torch.device) -> StyleVARPipeline:
+        """Move the models to ``device`` (``auto`` picks CUDA when available)."""
+        self.device = resolve_device(device)
+        self.model.to(self.device)
+        self.vae.to(self.device)
+        return self
+
     @property
     def resolution(self) -> int:
         return self.vae.config.resolution
