@@ -225,6 +225,37 @@ def test_hub_repo_from_the_cache_offline(tmp_path, upstream_dir, tiny, monkeypat
     )
 
 
+def test_unresolvable_hub_uses_the_cache_without_retrying(tmp_path, upstream_dir, tiny, monkeypatch):
+    """No network at all (the Hub's name does not resolve): straight to the cache, no retry loop."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")  # RFC 2606: never resolves
+    calls = []
+    import huggingface_hub
+
+    real = huggingface_hub.hf_hub_download
+    monkeypatch.setattr(
+        huggingface_hub,
+        "hf_hub_download",
+        lambda *a, **k: calls.append(k["local_files_only"]) or real(*a, **k),
+    )
+    cache = tmp_path / "hf"
+    _fake_hub_cache(
+        cache,
+        "Senfier-LiqiJing/StyleVAR",
+        {
+            "StyleVAR-GRPO.pth": upstream_dir / "StyleVAR-GRPO.pth",
+            "vae_ch160v4096z32.pth": upstream_dir / "vae_ch160v4096z32.pth",
+        },
+    )
+    ckpt = load_pretrained(cache_dir=cache)
+    assert _same_weights(ckpt.model, tiny[0])
+    assert calls and all(calls)  # every lookup was cache-only
+    with pytest.raises(CheckpointError, match="offline and not in the Hugging Face cache"):
+        load_pretrained(variant="sft", cache_dir=cache)
+
+
 def test_hub_repo_in_our_format_from_the_cache(tmp_path, ours_dir, tiny, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cache = tmp_path / "hf"

@@ -497,6 +497,34 @@ def _hub_errors() -> tuple[type, type]:
     return EntryNotFoundError, LocalEntryNotFoundError
 
 
+class HubUnreachableError(CheckpointError):
+    """A Hub file could not be downloaded (offline or unreachable) and is not in the local cache."""
+
+
+def _hub_host_resolves() -> bool:
+    """False when the Hub's host name does not resolve (no network): no point in the client's retries.
+
+    Behind a proxy the local resolver may not know the host while downloads still work, so any
+    proxy setting counts as reachable.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    if any(
+        os.environ.get(v)
+        for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+    ):
+        return True
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname
+    if not host:
+        return True
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
+
+
 def hub_download(
     repo_id: str,
     filename: str,
@@ -509,7 +537,8 @@ def hub_download(
     """Fetch one file of a Hub repo through ``huggingface_hub`` (and its cache).
 
     Returns ``None`` for a file the repo does not have when ``missing_ok``; raises a one-line
-    :class:`CheckpointError` when offline and not cached or when the repo cannot be reached.
+    :class:`HubUnreachableError` when offline and not cached, :class:`CheckpointError` for other
+    failures (unknown repo, authentication).
     """
     from huggingface_hub import hf_hub_download
 
@@ -521,9 +550,7 @@ def hub_download(
             )
         )
     except local_missing:
-        if missing_ok:
-            return None
-        raise CheckpointError(
+        raise HubUnreachableError(
             f"cannot get {filename} of the Hub repo {repo_id}: offline and not in the Hugging Face cache; "
             f"download it on a connected machine (huggingface-cli download {repo_id} {filename}) and pass "
             "--checkpoint/--vae with the local paths"
@@ -598,8 +625,16 @@ def load_pretrained(
         raise CheckpointError(
             f"checkpoint not found: {src} (neither a local path nor a Hub repo id like {DEFAULT_REPO})"
         )
+    if not local_files_only and not _hub_host_resolves():
+        logger.info("the Hugging Face Hub cannot be resolved; using the local cache only")
+        local_files_only = True
     kw = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
-    cfg_file = hub_download(src, CONFIG_NAME, missing_ok=True, **kw)
+    try:
+        cfg_file = hub_download(src, CONFIG_NAME, missing_ok=True, **kw)
+    except HubUnreachableError:
+        # Unreachable (or offline) and no config.json cached: the upstream files may still be in the
+        # cache. Look only there from now on instead of waiting through the Hub client's retries again.
+        cfg_file, kw["local_files_only"] = None, True
     if cfg_file is not None:
         directory = cfg_file.parent
         for name in (MODEL_WEIGHTS, VAE_WEIGHTS):

@@ -343,6 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # the Hub client logs every retry; our own error line says what failed
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)
     except StyleVARError as e:
