@@ -73,20 +73,16 @@ def _upstream_block(block, x, style, content, cond, alpha, mask):
     return x + block.ffn(ln(x) * (1 + s2) + sh2) * g2
 
 
-def _upstream_forward(m, x_wo_first, cond, alpha_values):
+def _upstream_inputs(m, x_wo_first, cond):
+    """Target, style and content token sequences as the upstream forward builds them."""
     lvl_pos = m.lvl_embed(m.lvl_1L) + m.pos_1LC
-    x = (
-        torch.cat(
-            (
-                cond.content_feat.unsqueeze(1).expand(-1, m.first_l, -1) + m.pos_start,
-                m.word_embed(x_wo_first),
-            ),
-            1,
-        )
-        + lvl_pos
-    )
-    style = m.word_embed(cond.style_cvae) + lvl_pos
-    content = m.word_embed(cond.content_cvae) + lvl_pos
+    start = cond.content_feat.unsqueeze(1).expand(-1, m.first_l, -1) + m.pos_start
+    x = torch.cat((start, m.word_embed(x_wo_first)), 1) + lvl_pos
+    return x, m.word_embed(cond.style_cvae) + lvl_pos, m.word_embed(cond.content_cvae) + lvl_pos
+
+
+def _upstream_forward(m, x_wo_first, cond, alpha_values):
+    x, style, content = _upstream_inputs(m, x_wo_first, cond)
     alpha = torch.tensor(alpha_values)[m.lvl_1L[0]].view(1, -1, 1)
     for b in m.blocks:
         x = _upstream_block(b, x, style, content, cond.style_feat, alpha, m.attn_bias_for_masking)
@@ -187,19 +183,7 @@ def test_legacy_cache_is_the_duplicated_cache(tiny):
 
 def _forward_with_style_bias(m, x_wo_first, cond, style_bias):
     """Teacher forcing where the style branch's mask gets ``style_bias`` added (content branch unchanged)."""
-    lvl_pos = m.lvl_embed(m.lvl_1L) + m.pos_1LC
-    x = (
-        torch.cat(
-            (
-                cond.content_feat.unsqueeze(1).expand(-1, m.first_l, -1) + m.pos_start,
-                m.word_embed(x_wo_first),
-            ),
-            1,
-        )
-        + lvl_pos
-    )
-    style = m.word_embed(cond.style_cvae) + lvl_pos
-    content = m.word_embed(cond.content_cvae) + lvl_pos
+    x, style, content = _upstream_inputs(m, x_wo_first, cond)
     alpha = torch.tensor(m.config.alpha)[m.lvl_1L[0]].view(1, -1, 1)
     mask = m.attn_bias_for_masking
     for b in m.blocks:

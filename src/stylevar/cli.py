@@ -70,11 +70,14 @@ def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
 def _load_pipeline(args: argparse.Namespace):
     from .pipeline import StyleVARPipeline
 
-    return StyleVARPipeline.from_pretrained(
-        args.checkpoint,
-        variant=args.variant,
+    return StyleVARPipeline.from_pretrained(args.checkpoint, device=args.device, **_checkpoint_kwargs(args))
+
+
+def _checkpoint_kwargs(args: argparse.Namespace) -> dict:
+    """The checkpoint-selection options shared by every subcommand, as ``load_pretrained`` arguments."""
+    return dict(
         vae=args.vae,
-        device=args.device,
+        variant=args.variant,
         alpha=args.alpha,
         revision=args.revision,
         cache_dir=args.cache_dir,
@@ -215,16 +218,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from .checkpoints import load_pretrained
 
-    ckpt = load_pretrained(
-        args.checkpoint,
-        vae=args.vae,
-        variant=args.variant,
-        alpha=args.alpha,
-        revision=args.revision,
-        cache_dir=args.cache_dir,
-        local_files_only=args.offline,
-        allow_pickle=args.trust_checkpoint,
-    )
+    ckpt = load_pretrained(args.checkpoint, **_checkpoint_kwargs(args))
     n_model = sum(p.numel() for p in ckpt.model.parameters())
     n_vae = sum(p.numel() for p in ckpt.vae.parameters())
     print(
