@@ -27,6 +27,7 @@ from torch.nn import functional as F
 from ..config import StyleVARConfig
 from .blocks import AdaLNBeforeHead, BlendedBlock, KVCache
 from .encoders import ResNetEncoder
+from .ops import Linear
 from .sampling import Seed, make_generators, sample_tokens
 from .vqvae import VQVAE
 
@@ -117,7 +118,7 @@ class StyleVAR(nn.Module):
 
         # 4. head
         self.head_nm = AdaLNBeforeHead(C, C, cfg.norm_eps)
-        self.head = nn.Linear(C, self.V)
+        self.head = Linear(C, self.V)
 
         # 5. scale index of every token, block-causal mask (persistent: upstream's state dict has them)
         lvl_1L, mask = self._lvl_buffers(self.patch_nums)
@@ -243,8 +244,10 @@ class StyleVAR(nn.Module):
             dim=1,
         )
 
-    def _logits(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
-        return self.head(self.head_nm(x_BLC.float(), cond_BD.float()).float()).float()
+    def _logits(
+        self, x_BLC: torch.Tensor, cond_BD: torch.Tensor, ada: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.head(self.head_nm(x_BLC.float(), cond_BD.float(), ada).float()).float()
 
     def forward(
         self, x_BLCv_wo_first_l: torch.Tensor, cond: Conditioning, alpha: AlphaLike = None
@@ -315,6 +318,8 @@ class StyleVAR(nn.Module):
         style_BLC = self.word_embed(cond.style_cvae) + lvl_pos
         content_BLC = self.word_embed(cond.content_cvae) + lvl_pos
         caches = [KVCache(self.L, legacy=legacy_kv_cache) for _ in self.blocks]
+        adas = [block.adaln(cond_BD) for block in self.blocks]  # the condition is fixed: once, not per scale
+        head_ada = self.head_nm.adaln(cond_BD.float())
         side = self.patch_nums[-1]
         f_hat = torch.zeros(B, self.Cvae, side, side, device=device, dtype=torch.float32)
         x = (
@@ -329,9 +334,9 @@ class StyleVAR(nn.Module):
             bg, ed = self.begin_ends[si]
             guides_ln = self._guides_ln(style_BLC[:, bg:ed], content_BLC[:, bg:ed])
             a = alphas[:, si].view(B, 1, 1)
-            for block, cache in zip(self.blocks, caches):
-                x = block(x, guides_ln, cond_BD, a, attn_bias=None, cache=cache)
-            logits = self._logits(x, cond_BD)
+            for block, cache, ada in zip(self.blocks, caches, adas):
+                x = block(x, guides_ln, cond_BD, a, attn_bias=None, cache=cache, ada=ada)
+            logits = self._logits(x, cond_BD, head_ada)
             if return_logits:
                 all_logits.append(logits.clone())
             idx_Bl = sample_tokens(logits, top_k=top_k, top_p=top_p, temperature=temperature, generator=gens)

@@ -47,9 +47,10 @@ class ResnetBlock(nn.Module):
         self.nin_shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return self.nin_shortcut(x) + h
+        inplace = not torch.is_grad_enabled()  # inference: no temporaries beyond the convolutions' outputs
+        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=inplace)))
+        return h.add_(self.nin_shortcut(x)) if inplace else self.nin_shortcut(x) + h
 
 
 class AttnBlock(nn.Module):
@@ -119,7 +120,7 @@ class Encoder(nn.Module):
             if lvl != len(self.down) - 1:
                 h = down.downsample(h)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h), inplace=not torch.is_grad_enabled()))
 
 
 class Decoder(nn.Module):
@@ -161,7 +162,7 @@ class Decoder(nn.Module):
                     h = up.attn[i](h)
             if lvl != 0:
                 h = up.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h), inplace=not torch.is_grad_enabled()))
 
 
 class VQVAE(nn.Module):

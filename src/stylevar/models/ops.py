@@ -1,0 +1,53 @@
+"""Small numerical building blocks shared by the models.
+
+``linear`` is ``F.linear`` except for one case measured to matter: on the CPU, MKL's fp32 GEMM
+for ``x @ W.T`` with very few rows (the first scales of sampling at batch 1) runs at a third of the
+memory-bound speed, while the same product computed as ``(W @ x.T).T`` streams the weight once.
+``benchmarks/bench_linear.py`` measures both kernels on the machine at hand. The two forms give
+the same result up to float summation order (~1e-7 relative).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+#: at most this many rows use the transposed form on the CPU (measured crossover, see module doc)
+SKINNY_ROWS = 16
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``, with the faster kernel for few fp32 rows on the CPU."""
+    C = x.shape[-1]
+    rows = x.numel() // C if C else 0
+    if 0 < rows <= SKINNY_ROWS and x.device.type == "cpu" and x.dtype == torch.float32 == weight.dtype:
+        xt = x.reshape(rows, C).t()
+        out = torch.mm(weight, xt) if bias is None else torch.addmm(bias.unsqueeze(1), weight, xt)
+        # row-major result: the next skinny product wants a row-major input (its transpose is then
+        # the layout MKL's fast path reads; the column-major one is ~2.5x slower)
+        return out.t().contiguous().view(*x.shape[:-1], weight.shape[0])
+    return F.linear(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters and state-dict keys) whose forward uses :func:`linear`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+_GELU_K = 2 * math.sqrt(2 / math.pi)
+
+
+def gelu_tanh_(x: torch.Tensor) -> torch.Tensor:
+    """GELU (tanh approximation) computed in place as ``x * sigmoid(2u)``, ``u = sqrt(2/pi)(x + 0.044715 x^3)``.
+
+    Identical to ``0.5 x (1 + tanh u)``; aten's CPU kernel for the tanh form is about twice as
+    slow. No autograd (in place); ``x`` is returned.
+    """
+    u = x * x
+    u.mul_(0.044715 * _GELU_K).add_(_GELU_K).mul_(x).sigmoid_()
+    return x.mul_(u)

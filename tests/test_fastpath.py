@@ -1,0 +1,71 @@
+"""Every fast path against the reference path: fused blocks, skinny CPU products, in-place inference ops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from helpers import smooth_images, tiny_models
+from stylevar.models.ops import SKINNY_ROWS, gelu_tanh_, linear
+from stylevar.models.reference import reference_generate
+
+
+@pytest.mark.parametrize("rows", [1, 3, SKINNY_ROWS, SKINNY_ROWS + 1, 64])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_equals_f_linear(rows, bias):
+    g = torch.Generator().manual_seed(rows)
+    x = torch.randn(1, rows, 96, generator=g)
+    w = torch.randn(80, 96, generator=g)
+    b = torch.randn(80, generator=g) if bias else None
+    out = linear(x, w, b)
+    assert out.shape == (1, rows, 80) and out.is_contiguous()
+    assert (out - F.linear(x, w, b)).abs().max() < 1e-5
+    # the transposed kernel must also accept a column-major input (the output of a previous skinny product)
+    xt = torch.randn(96, rows, generator=g).t().unsqueeze(0)
+    assert (linear(xt, w, b) - F.linear(xt, w, b)).abs().max() < 1e-5
+
+
+def test_linear_keeps_autograd():
+    x = torch.randn(2, 3, 8, requires_grad=True)
+    w = torch.randn(5, 8, requires_grad=True)
+    linear(x, w).sum().backward()
+    ref_x, ref_w = x.grad.clone(), w.grad.clone()
+    x.grad = w.grad = None
+    F.linear(x, w).sum().backward()
+    assert torch.allclose(x.grad, ref_x, atol=1e-6) and torch.allclose(w.grad, ref_w, atol=1e-6)
+
+
+def test_gelu_tanh_in_place_equals_aten():
+    x = torch.linspace(-12, 12, 10001)
+    want = F.gelu(x, approximate="tanh")
+    got = gelu_tanh_(x.clone())
+    assert (got - want).abs().max() < 2e-6
+
+
+@torch.no_grad()
+def test_inference_vae_equals_autograd_vae(tiny):
+    _, vae = tiny
+    img = smooth_images(2, vae.config.resolution, 9) * 2 - 1
+    f_fast = vae.encode_f(img)
+    rec_fast = vae.fhat_to_img(f_fast)
+    with torch.enable_grad():
+        f_ref = vae.encode_f(img)
+        rec_ref = vae.fhat_to_img(f_ref)
+    assert torch.equal(f_fast, f_ref) and torch.equal(rec_fast, rec_ref.detach())
+
+
+@pytest.mark.parametrize("legacy", [True, False], ids=["published-cache", "correct-cache"])
+@pytest.mark.parametrize("cfg", [dict(), dict(patch_nums=(1, 3, 5), depth=3, num_heads=4, embed_dim=64)])
+@torch.no_grad()
+def test_fused_sampler_reproduces_the_straightforward_sampler(legacy, cfg):
+    model, vae = tiny_models(tag="fast", **cfg)
+    res = vae.config.resolution
+    cond = model.conditioning(vae, smooth_images(3, res, 4), smooth_images(3, res, 5))
+    kw = dict(seed=[5, 6, 7], top_k=20, top_p=0.9, return_logits=True, style_strength=0.3)
+    ref = reference_generate(model, vae, cond, legacy_kv_cache=legacy, **kw)
+    ours = model.generate(vae, cond, legacy_kv_cache=legacy, **kw)
+    for si in range(len(model.patch_nums)):
+        assert torch.equal(ours.tokens[si], ref.tokens[si]), f"scale {si}"
+        assert (ours.logits[si] - ref.logits[si]).abs().max() < 1e-4
+    assert (ours.images - ref.images).abs().max() < 1e-5
