@@ -1,14 +1,22 @@
-"""Latency, peak memory and FLOPs of ``StyleVAR.generate`` for the d20 release configuration.
+"""Latency, throughput, peak memory and FLOPs of stylization with the d20 release configuration,
+against the machine's floor and against the straightforward (published) computation.
 
-Random weights (nothing is downloaded), fp32, 256x256. A timed call is what a user waits for per
+Random weights (nothing is downloaded), 256x256. A timed call is what a user waits for per
 batch: VQ-VAE tokenisation of style and content, both ResNet-18s, the scale-by-scale sampling
 loop and decoding (upstream's eval timed the same span).
 
-    python benchmarks/bench_generate.py                       # CPU, batch 1 and 4
-    python benchmarks/bench_generate.py --device cuda --batch-sizes 1 16 64
-    python benchmarks/bench_generate.py --legacy              # the published (duplicated) KV cache
+* **ours**: ``StyleVAR.generate`` (fused blocks, correct KV cache);
+* **straightforward**: :func:`stylevar.models.reference.reference_generate`, the published
+  computation (full QKV of both streams twice per block, two output projections, every key
+  cached twice) -- what the legacy-compatible sampler costs when written the obvious way;
+* **floor**: FLOPs per sample of our path / the machine's measured matmul rate (the best of a few
+  large GEMMs in the benchmark's dtype), i.e. the time if every FLOP ran at GEMM speed.
 
-Prints a Markdown table (and ``--json PATH`` writes the numbers).
+    python benchmarks/bench_generate.py                                  # CPU, batch 1 and 4
+    python benchmarks/bench_generate.py --device cuda --dtype bf16 --batch-sizes 1 64 256
+    python benchmarks/bench_generate.py --paths ours                     # skip the slow reference
+
+Prints Markdown tables (and ``--json PATH`` writes the numbers).
 """
 
 from __future__ import annotations
@@ -22,8 +30,12 @@ from pathlib import Path
 
 import torch
 
+from stylevar._malloc import release_memory_promptly
 from stylevar.config import d20_configs
 from stylevar.models import VQVAE, StyleVAR
+from stylevar.models.ops import parse_dtype
+from stylevar.models.reference import reference_generate
+from stylevar.models.stylevar import _autocast
 
 
 def build(device: torch.device) -> tuple[StyleVAR, VQVAE]:
@@ -91,13 +103,33 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def run_once(model, vae, style, content, legacy: bool):
+def matmul_rate(device: torch.device, dtype: torch.dtype, seconds: float = 3.0) -> float:
+    """The machine's GEMM rate in FLOP/s: the best of a few large square products in ``dtype``."""
+    best = 0.0
+    for n in (1024, 2048, 4096):
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        a @ b
+        sync(device)
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds / 3:
+            a @ b
+            reps += 1
+            sync(device)
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0))
+    return best
+
+
+def run_once(model, vae, style, content, path: str, dtype):
     with torch.no_grad():
         cond = model.conditioning(vae, style, content)
-        return model.generate(vae, cond, seed=0, top_k=900, top_p=0.96, legacy_kv_cache=legacy)
+        if path == "ours":
+            return model.generate(vae, cond, seed=0, top_k=900, top_p=0.96, dtype=dtype)
+        with _autocast(style.device, dtype):
+            return reference_generate(model, vae, cond, seed=0, top_k=900, top_p=0.96, legacy_kv_cache=True)
 
 
-def count_flops(model, vae, style, content, legacy: bool) -> dict[str, float]:
+def count_flops(model, vae, style, content, path: str) -> dict[str, float]:
     from torch.utils.flop_counter import FlopCounterMode
 
     out = {}
@@ -106,9 +138,10 @@ def count_flops(model, vae, style, content, legacy: bool) -> dict[str, float]:
             cond = model.conditioning(vae, style, content)
         out["conditioning"] = fc.get_total_flops()
         with FlopCounterMode(display=False) as fc:
-            gen = model.generate(
-                vae, cond, seed=0, top_k=900, top_p=0.96, legacy_kv_cache=legacy, decode=False
-            )
+            if path == "ours":
+                gen = model.generate(vae, cond, seed=0, top_k=900, top_p=0.96, decode=False)
+            else:
+                gen = reference_generate(model, vae, cond, seed=0, top_k=900, top_p=0.96, decode=False)
         out["transformer"] = fc.get_total_flops()
         with FlopCounterMode(display=False) as fc:
             vae.fhat_to_img(gen.f_hat)
@@ -117,19 +150,54 @@ def count_flops(model, vae, style, content, legacy: bool) -> dict[str, float]:
     return out
 
 
+def measure(model, vae, img, B, path, dtype, device, runs, warmup) -> dict:
+    style, content = img[:B], img[:B].flip(0)
+    for _ in range(warmup):
+        run_once(model, vae, style, content, path, dtype)
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rss_peak_reset()
+    times = []
+    for _ in range(runs):
+        sync(device)
+        t = time.perf_counter()
+        out = run_once(model, vae, style, content, path, dtype)
+        sync(device)
+        times.append(time.perf_counter() - t)
+    assert torch.isfinite(out.images).all()
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else rss_peak_mib()
+    med = statistics.median(times)
+    return {
+        "path": path,
+        "batch": B,
+        "median_s_per_batch": med,
+        "s_per_sample": med / B,
+        "images_per_s": B / med,
+        "peak_mib": peak,
+        "times_s": times,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
-    ap.add_argument("--runs", type=int, default=3, help="timed runs per batch size (median reported)")
+    ap.add_argument(
+        "--paths", nargs="+", default=["ours", "straightforward"], choices=["ours", "straightforward"]
+    )
+    ap.add_argument("--runs", type=int, default=3, help="timed runs per configuration (median reported)")
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--legacy", action="store_true", help="time the published duplicated KV cache instead")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    malloc_fixed = release_memory_promptly()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    dtype = parse_dtype(args.dtype)
+    mm_dtype = dtype or torch.float32
     t0 = time.perf_counter()
     model, vae = build(device)
     build_s = time.perf_counter() - t0
@@ -137,63 +205,51 @@ def main() -> None:
     weights_mib = (
         sum(t.numel() * t.element_size() for m in (model, vae) for t in m.state_dict().values()) / 2**20
     )
+    baseline_rss = rss_peak_mib() if device.type == "cpu" else None
+    rate = matmul_rate(device, mm_dtype)
     gen = torch.Generator().manual_seed(1)
     img = (torch.rand(max(args.batch_sizes), 3, R, R, generator=gen) * 2 - 1).to(device)
-
-    flops = count_flops(model, vae, img[:1], img[:1], args.legacy)
+    flops = {p: count_flops(model, vae, img[:1], img[:1], p) for p in args.paths}
     rows = []
-    for B in args.batch_sizes:
-        style, content = img[:B], img[:B].flip(0)
-        for _ in range(args.warmup):
-            run_once(model, vae, style, content, args.legacy)
-        sync(device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        rss_peak_reset()
-        times = []
-        for _ in range(args.runs):
-            sync(device)
-            t = time.perf_counter()
-            out = run_once(model, vae, style, content, args.legacy)
-            sync(device)
-            times.append(time.perf_counter() - t)
-        assert torch.isfinite(out.images).all()
-        med = statistics.median(times)
-        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else rss_peak_mib()
-        rows.append(
-            {
-                "batch": B,
-                "median_s_per_batch": med,
-                "s_per_sample": med / B,
-                "images_per_s": B / med,
-                "achieved_gflops": flops["total"] * B / med / 1e9,
-                "peak_mib": peak,
-                "times_s": times,
-            }
-        )
+    for path in args.paths:
+        for B in args.batch_sizes:
+            r = measure(model, vae, img, B, path, dtype, device, args.runs, args.warmup)
+            r["gflop_per_sample"] = flops[path]["total"] / 1e9
+            r["achieved_gflops"] = flops[path]["total"] * B / r["median_s_per_batch"] / 1e9
+            rows.append(r)
+            print(f"  measured {path} batch {B}: {r['s_per_sample']:.3f} s/sample", flush=True)
 
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    cores = torch.get_num_threads()
+    floor_s = flops.get("ours", next(iter(flops.values())))["total"] / rate
+    print(f"\nStyleVAR d20 + VQ-VAE ch160, {args.dtype}, {R}x{R}, random weights, top-k 900, top-p 0.96")
     print(
-        f"\nStyleVAR d20 + VQ-VAE ch160, fp32, {R}x{R}, random weights, cache={'legacy' if args.legacy else 'correct'}"
+        f"device: {device} ({dev_name}), torch {torch.__version__}, CPU threads {torch.get_num_threads()}; "
+        f"build {build_s:.1f} s"
     )
     print(
-        f"device: {device} ({dev_name}), torch {torch.__version__}, CPU threads {cores}; build {build_s:.1f} s"
+        f"weights: {weights_mib:.0f} MiB"
+        + (f"; process RSS after building: {baseline_rss:.0f} MiB" if baseline_rss else "")
     )
-    print(f"weights: {weights_mib:.0f} MiB (fp32)")
-    g = {k: v / 1e9 for k, v in flops.items()}
-    print(
-        f"FLOPs per sample: {g['total']:.0f} GFLOP (conditioning {g['conditioning']:.0f}: VQ-VAE encode x2 + ResNet-18 x2; "
-        f"transformer {g['transformer']:.0f}; decode {g['decode']:.0f})\n"
-    )
-    mem = "peak GPU alloc (MiB)" if device.type == "cuda" else "peak RSS (MiB)"
-    print(f"| batch | s / batch (median of {args.runs}) | s / sample | images / s | GFLOP/s | {mem} |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        peak = f"{r['peak_mib']:.0f}" if r["peak_mib"] is not None else "n/a"
+    print(f"glibc mmap threshold fixed at 1 MiB: {malloc_fixed} (stylevar._malloc)")
+    print(f"matmul rate ({mm_dtype}, best large square GEMM): {rate / 1e9:.0f} GFLOP/s")
+    for path, f in flops.items():
+        g = {k: v / 1e9 for k, v in f.items()}
         print(
-            f"| {r['batch']} | {r['median_s_per_batch']:.3f} | {r['s_per_sample']:.3f} | {r['images_per_s']:.2f} | "
-            f"{r['achieved_gflops']:.0f} | {peak} |"
+            f"FLOPs per sample, {path}: {g['total']:.0f} GFLOP (conditioning {g['conditioning']:.0f}, "
+            f"transformer {g['transformer']:.0f}, decode {g['decode']:.0f})"
+        )
+    print(f"floor (ours' FLOPs / matmul rate): {floor_s:.3f} s per sample\n")
+    mem = "peak GPU alloc (MiB)" if device.type == "cuda" else "peak RSS (MiB)"
+    print(
+        f"| path | batch | s / batch (median of {args.runs}) | s / sample | x floor | images / s | GFLOP/s | {mem} | x weights |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        peak = r["peak_mib"]
+        print(
+            f"| {r['path']} | {r['batch']} | {r['median_s_per_batch']:.3f} | {r['s_per_sample']:.3f} | "
+            f"{r['s_per_sample'] / floor_s:.2f} | {r['images_per_s']:.2f} | {r['achieved_gflops']:.0f} | "
+            f"{'n/a' if peak is None else f'{peak:.0f}'} | {'n/a' if peak is None else f'{peak / weights_mib:.2f}'} |"
         )
     if args.json:
         args.json.write_text(
@@ -202,10 +258,12 @@ def main() -> None:
                     "device": str(device),
                     "device_name": dev_name,
                     "torch": torch.__version__,
-                    "threads": cores,
-                    "legacy_kv_cache": args.legacy,
+                    "threads": torch.get_num_threads(),
+                    "dtype": args.dtype,
                     "weights_mib": weights_mib,
-                    "gflop_per_sample": g,
+                    "matmul_gflops": rate / 1e9,
+                    "floor_s_per_sample": floor_s,
+                    "gflop_per_sample": {p: {k: v / 1e9 for k, v in f.items()} for p, f in flops.items()},
                     "rows": rows,
                 },
                 indent=2,

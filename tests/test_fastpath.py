@@ -69,3 +69,45 @@ def test_fused_sampler_reproduces_the_straightforward_sampler(legacy, cfg):
         assert torch.equal(ours.tokens[si], ref.tokens[si]), f"scale {si}"
         assert (ours.logits[si] - ref.logits[si]).abs().max() < 1e-4
     assert (ours.images - ref.images).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@torch.no_grad()
+def test_reduced_precision_sampling_tracks_fp32(dtype):
+    """bf16/fp16 autocast: logits within the dtype's tolerance, argmax agreement documented in the README."""
+    if dtype == torch.float16:
+        try:
+            with torch.autocast("cpu", dtype=torch.float16):
+                torch.nn.functional.linear(torch.ones(2, 2), torch.ones(2, 2))
+        except RuntimeError:
+            pytest.skip("this torch build has no fp16 autocast on the CPU")
+    model, vae = tiny_models(tag="amp", patch_nums=(1, 2, 3, 4, 6), depth=3, num_heads=4, embed_dim=128)
+    res = vae.config.resolution
+    cond = model.conditioning(vae, smooth_images(4, res, 1), smooth_images(4, res, 2))
+    full = model.generate(vae, cond, seed=[1, 2, 3, 4], return_logits=True)
+    # same prefix for both: teacher-forced logits of fp32's tokens, fp32 vs autocast
+    x = vae.quantize.idx_to_teacher_input(full.tokens)
+    ref = model(x, cond)
+    with torch.autocast("cpu", dtype=dtype):
+        amp = model(x, cond)
+    assert amp.dtype == torch.float32  # logits always fp32
+    err = (amp - ref).abs().max().item() / ref.abs().max().item()
+    assert err < 2e-2, err
+    agree = (amp.argmax(-1) == ref.argmax(-1)).float().mean().item()
+    assert agree > 0.95, agree
+    # the reduced-precision sampler's cache is consistent with its own teacher forcing
+    out = model.generate(vae, cond, seed=[1, 2, 3, 4], return_logits=True, dtype=dtype)
+    with torch.autocast("cpu", dtype=dtype):
+        teacher = model(vae.quantize.idx_to_teacher_input(out.tokens), cond)
+    for si, (bg, ed) in enumerate(model.begin_ends):
+        assert (out.logits[si] - teacher[:, bg:ed]).abs().max() < 2e-2 * ref.abs().max(), si
+    assert out.images.dtype == torch.float32 and out.images.shape == full.images.shape
+
+
+def test_parse_dtype():
+    from stylevar.models.ops import parse_dtype
+
+    assert parse_dtype(None) is None and parse_dtype("fp32") is None and parse_dtype(torch.float32) is None
+    assert parse_dtype("bf16") == torch.bfloat16 and parse_dtype("torch.float16") == torch.float16
+    with pytest.raises(ValueError, match="unknown dtype"):
+        parse_dtype("int8")

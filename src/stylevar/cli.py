@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from ._malloc import release_memory_promptly
 from .errors import ConfigError, ImageError, StyleVARError
 
 logger = logging.getLogger("stylevar")
@@ -148,6 +149,7 @@ def cmd_stylize(args: argparse.Namespace) -> int:
         fit=args.fit,
         keep_size=args.keep_size,
         legacy_kv_cache=args.legacy_kv_cache,
+        dtype=args.dtype,
         progress=not args.quiet,
         skip=skip,
     ):
@@ -295,6 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--legacy-kv-cache", action="store_true", help="reproduce the published sampler token for token"
     )
+    p.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="fp32 (default, exact) or bf16/fp16 products and attention under autocast (fast on GPUs; "
+        "logits, sampling and the quantizer stay fp32)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_checkpoint_args(p)
     p.set_defaults(func=cmd_stylize)
@@ -335,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    release_memory_promptly()
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # the Hub client logs every retry; our own error line says what failed

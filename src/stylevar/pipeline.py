@@ -26,6 +26,7 @@ from .config import SamplingConfig
 from .errors import ConfigError, ImageError
 from .images import FITS, crop_box, load_image, pil_from_tensor_input, tensor_to_pil, to_model_input, to_rgb
 from .models import VQVAE, Conditioning, StyleVAR
+from .models.ops import parse_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +183,8 @@ class StyleVARPipeline:
             batch_size: images generated at once.
             fit, keep_size: resize policy (see :mod:`stylevar.images`).
             legacy_kv_cache: reproduce the published sampler token for token.
+            dtype: ``torch.bfloat16``/``torch.float16`` (or ``"bf16"``/``"fp16"``) for the fast
+                reduced-precision path (see :meth:`StyleVAR.generate`); default fp32.
             output_type: ``pil`` or ``pt`` ((3, R, R) tensors in [0, 1]).
             progress: show a progress bar.
         """
@@ -211,6 +214,7 @@ class StyleVARPipeline:
         fit: str = "crop",
         keep_size: bool = False,
         legacy_kv_cache: bool = False,
+        dtype: torch.dtype | str | None = None,
         output_type: str = "pil",
         progress: bool = False,
         skip: Callable[[int, int, int], bool] | None = None,
@@ -290,6 +294,7 @@ class StyleVARPipeline:
                     alpha=alpha,
                     style_strength=style_strength,
                     legacy_kv_cache=legacy_kv_cache,
+                    dtype=parse_dtype(dtype),
                 )
                 yield StylizeOutput(
                     images=[

@@ -51,3 +51,26 @@ def gelu_tanh_(x: torch.Tensor) -> torch.Tensor:
     u = x * x
     u.mul_(0.044715 * _GELU_K).add_(_GELU_K).mul_(x).sigmoid_()
     return x.mul_(u)
+
+
+_DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+}
+
+
+def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """``None``/a torch dtype/``"fp32"``, ``"bf16"``, ``"fp16"`` (and long names) -> torch dtype or None (fp32)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        if dtype not in (None, torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"unsupported dtype {dtype}: use float32, bfloat16 or float16")
+        return None if dtype == torch.float32 else dtype
+    key = str(dtype).lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}: use fp32, bf16 or fp16")
+    return None if _DTYPES[key] == torch.float32 else _DTYPES[key]

@@ -27,11 +27,26 @@ from torch.nn import functional as F
 from ..config import StyleVARConfig
 from .blocks import AdaLNBeforeHead, BlendedBlock, KVCache
 from .encoders import ResNetEncoder
-from .ops import Linear
+from .ops import Linear, linear
 from .sampling import Seed, make_generators, sample_tokens
 from .vqvae import VQVAE
 
 AlphaLike = Sequence[float] | torch.Tensor | None
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to ``dtype`` on ``device`` (nothing for None/float32)."""
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, not {dtype}")
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    if device.type in ("cuda", "cpu", "mps", "xpu"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 @dataclass
@@ -247,7 +262,11 @@ class StyleVAR(nn.Module):
     def _logits(
         self, x_BLC: torch.Tensor, cond_BD: torch.Tensor, ada: torch.Tensor | None = None
     ) -> torch.Tensor:
-        return self.head(self.head_nm(x_BLC.float(), cond_BD.float(), ada).float()).float()
+        # fp32 whatever the surrounding autocast or the weights' dtype: logits feed sampling and log-probs
+        with _no_autocast(x_BLC.device):
+            h = self.head_nm(x_BLC.float(), cond_BD.float(), None if ada is None else ada.float())
+            w, b = self.head.weight, self.head.bias
+            return linear(h, w.float(), None if b is None else b.float())
 
     def forward(
         self, x_BLCv_wo_first_l: torch.Tensor, cond: Conditioning, alpha: AlphaLike = None
@@ -291,6 +310,7 @@ class StyleVAR(nn.Module):
         legacy_kv_cache: bool = False,
         return_logits: bool = False,
         decode: bool = True,
+        dtype: torch.dtype | None = None,
     ) -> GenerationOutput:
         """Sample target tokens scale by scale and decode them.
 
@@ -305,6 +325,10 @@ class StyleVAR(nn.Module):
                 (upstream-spec §2.7). Off: the cache matches the teacher-forced model exactly.
             return_logits: also return each scale's raw logits (before temperature and filters).
             decode: decode f_hat to images (False: ``images`` is an empty tensor).
+            dtype: ``torch.bfloat16`` or ``torch.float16`` runs the transformer's products and
+                attention, and the VQ-VAE decoder, under autocast in that dtype; the residual
+                stream, normalisations, the logits, sampling and the quantizer stay fp32. ``None``
+                (default) or ``torch.float32``: everything fp32.
 
         Returns:
             :class:`GenerationOutput` with images in [0, 1].
@@ -313,12 +337,16 @@ class StyleVAR(nn.Module):
         device = cond.style_feat.device
         alphas = self.resolve_alpha(alpha, style_strength, B)
         gens = make_generators(seed, B, device)
-        lvl_pos = self._lvl_pos()
-        cond_BD = cond.style_feat
-        style_BLC = self.word_embed(cond.style_cvae) + lvl_pos
-        content_BLC = self.word_embed(cond.content_cvae) + lvl_pos
+        amp = _autocast(device, dtype)
+        with amp:
+            lvl_pos = self._lvl_pos()
+            cond_BD = cond.style_feat
+            style_BLC = self.word_embed(cond.style_cvae) + lvl_pos
+            content_BLC = self.word_embed(cond.content_cvae) + lvl_pos
+            adas = [
+                block.adaln(cond_BD) for block in self.blocks
+            ]  # the condition is fixed: once, not per scale
         caches = [KVCache(self.L, legacy=legacy_kv_cache) for _ in self.blocks]
-        adas = [block.adaln(cond_BD) for block in self.blocks]  # the condition is fixed: once, not per scale
         head_ada = self.head_nm.adaln(cond_BD.float())
         side = self.patch_nums[-1]
         f_hat = torch.zeros(B, self.Cvae, side, side, device=device, dtype=torch.float32)
@@ -332,10 +360,11 @@ class StyleVAR(nn.Module):
         SN = len(self.patch_nums)
         for si, pn in enumerate(self.patch_nums):
             bg, ed = self.begin_ends[si]
-            guides_ln = self._guides_ln(style_BLC[:, bg:ed], content_BLC[:, bg:ed])
             a = alphas[:, si].view(B, 1, 1)
-            for block, cache, ada in zip(self.blocks, caches, adas):
-                x = block(x, guides_ln, cond_BD, a, attn_bias=None, cache=cache, ada=ada)
+            with amp:
+                guides_ln = self._guides_ln(style_BLC[:, bg:ed], content_BLC[:, bg:ed])
+                for block, cache, ada in zip(self.blocks, caches, adas):
+                    x = block(x, guides_ln, cond_BD, a, attn_bias=None, cache=cache, ada=ada)
             logits = self._logits(x, cond_BD, head_ada)
             if return_logits:
                 all_logits.append(logits.clone())
@@ -345,8 +374,16 @@ class StyleVAR(nn.Module):
             f_hat, next_map = vae.quantize.next_input(si, f_hat, h_BChw)
             if si != SN - 1:
                 nb, ne = self.begin_ends[si + 1]
-                x = self.word_embed(next_map.reshape(B, self.Cvae, -1).transpose(1, 2)) + lvl_pos[:, nb:ne]
-        images = vae.fhat_to_img(f_hat).add_(1).mul_(0.5) if decode else f_hat.new_empty(0)
+                with amp:
+                    x = (
+                        self.word_embed(next_map.reshape(B, self.Cvae, -1).transpose(1, 2))
+                        + lvl_pos[:, nb:ne]
+                    )
+        if decode:
+            with amp:
+                images = vae.fhat_to_img(f_hat).float().add_(1).mul_(0.5)
+        else:
+            images = f_hat.new_empty(0)
         return GenerationOutput(
             images=images, tokens=tokens, f_hat=f_hat, logits=all_logits if return_logits else None
         )

@@ -47,10 +47,16 @@ class ResnetBlock(nn.Module):
         self.nin_shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        inplace = not torch.is_grad_enabled()  # inference: no temporaries beyond the convolutions' outputs
-        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=inplace)))
-        return h.add_(self.nin_shortcut(x)) if inplace else self.nin_shortcut(x) + h
+        if torch.is_grad_enabled():
+            h = self.conv1(F.silu(self.norm1(x)))
+            h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+            return self.nin_shortcut(x) + h
+        # inference: each temporary is released as soon as the next one exists (peak: x + 2 maps)
+        h = F.silu(self.norm1(x), inplace=True)
+        h = self.conv1(h)
+        h = F.silu(self.norm2(h), inplace=True)
+        h = self.conv2(self.dropout(h))
+        return h.add_(self.nin_shortcut(x))
 
 
 class AttnBlock(nn.Module):
