@@ -120,11 +120,13 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, seconds: float = 3.0) 
     return best
 
 
-def run_once(model, vae, style, content, path: str, dtype):
+def run_once(model, vae, style, content, path: str, dtype, cuda_graphs: bool = False):
     with torch.no_grad():
         cond = model.conditioning(vae, style, content)
         if path == "ours":
-            return model.generate(vae, cond, seed=0, top_k=900, top_p=0.96, dtype=dtype)
+            return model.generate(
+                vae, cond, seed=0, top_k=900, top_p=0.96, dtype=dtype, cuda_graphs=cuda_graphs
+            )
         with _autocast(style.device, dtype):
             return reference_generate(model, vae, cond, seed=0, top_k=900, top_p=0.96, legacy_kv_cache=True)
 
@@ -150,10 +152,10 @@ def count_flops(model, vae, style, content, path: str) -> dict[str, float]:
     return out
 
 
-def measure(model, vae, img, B, path, dtype, device, runs, warmup) -> dict:
+def measure(model, vae, img, B, path, dtype, device, runs, warmup, cuda_graphs=False) -> dict:
     style, content = img[:B], img[:B].flip(0)
     for _ in range(warmup):
-        run_once(model, vae, style, content, path, dtype)
+        run_once(model, vae, style, content, path, dtype, cuda_graphs)
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -162,7 +164,7 @@ def measure(model, vae, img, B, path, dtype, device, runs, warmup) -> dict:
     for _ in range(runs):
         sync(device)
         t = time.perf_counter()
-        out = run_once(model, vae, style, content, path, dtype)
+        out = run_once(model, vae, style, content, path, dtype, cuda_graphs)
         sync(device)
         times.append(time.perf_counter() - t)
     assert torch.isfinite(out.images).all()
@@ -190,6 +192,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="timed runs per configuration (median reported)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--cuda-graphs", action="store_true", help="ours: replay each scale as a CUDA graph")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     malloc_fixed = release_memory_promptly()
@@ -213,7 +216,18 @@ def main() -> None:
     rows = []
     for path in args.paths:
         for B in args.batch_sizes:
-            r = measure(model, vae, img, B, path, dtype, device, args.runs, args.warmup)
+            r = measure(
+                model,
+                vae,
+                img,
+                B,
+                path,
+                dtype,
+                device,
+                args.runs,
+                args.warmup,
+                args.cuda_graphs and path == "ours",
+            )
             r["gflop_per_sample"] = flops[path]["total"] / 1e9
             r["achieved_gflops"] = flops[path]["total"] * B / r["median_s_per_batch"] / 1e9
             rows.append(r)
@@ -221,7 +235,9 @@ def main() -> None:
 
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     floor_s = flops.get("ours", next(iter(flops.values())))["total"] / rate
-    print(f"\nStyleVAR d20 + VQ-VAE ch160, {args.dtype}, {R}x{R}, random weights, top-k 900, top-p 0.96")
+    print(
+        f"\nStyleVAR d20 + VQ-VAE ch160, {args.dtype}{', CUDA graphs' if args.cuda_graphs else ''}, {R}x{R}, random weights, top-k 900, top-p 0.96"
+    )
     print(
         f"device: {device} ({dev_name}), torch {torch.__version__}, CPU threads {torch.get_num_threads()}; "
         f"build {build_s:.1f} s"

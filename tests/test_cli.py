@@ -137,6 +137,20 @@ def test_keep_size_squash_and_jpeg(tmp_path, data, ours_dir):
     assert Image.open(out).size == Image.open(data["content"][0]).size == (80, 60)
 
 
+def test_fast_path_options_match_the_python_pipeline(tmp_path, data, ours_dir):
+    """--dtype bf16 --cuda-graphs (the static path runs eagerly on the CPU) writes what the pipeline gives."""
+    from stylevar.pipeline import StyleVARPipeline
+
+    out = tmp_path / "fast.png"
+    c, s = str(data["content"][0]), str(data["style"][0])
+    args = ["stylize", c, s, "-o", str(out), "--checkpoint", str(ours_dir), "--seed", "3", "-q"]
+    assert main([*args, "--dtype", "bf16", "--cuda-graphs"]) == 0
+    pipe = StyleVARPipeline.from_pretrained(str(ours_dir), device="cpu")
+    want = pipe(c, s, seed=3, dtype="bf16", cuda_graphs=True, output_type="pt").images[0]
+    got = torch.from_numpy(np.asarray(Image.open(out), dtype=np.float32) / 255).permute(2, 0, 1)
+    assert (got - want).abs().max() <= 1 / 255 + 1e-6
+
+
 def _bad(tmp_path, args, capsys):
     out = tmp_path / "outdir"
     code = main(["stylize", *args[:2], "-o", str(out), *args[2:], "-q"])

@@ -111,3 +111,68 @@ def test_parse_dtype():
     assert parse_dtype("bf16") == torch.bfloat16 and parse_dtype("torch.float16") == torch.float16
     with pytest.raises(ValueError, match="unknown dtype"):
         parse_dtype("int8")
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
+@torch.no_grad()
+def test_static_runner_matches_eager_sampling(dtype):
+    """The CUDA-graph path's static buffers and fixed cache offsets (run eagerly here) give the eager results."""
+    model, vae = tiny_models(tag="static", patch_nums=(1, 2, 3, 5), depth=2, num_heads=2)
+    res = vae.config.resolution
+    for call in range(2):  # the second call reuses the runner and its buffers with new conditions
+        cond = model.conditioning(vae, smooth_images(2, res, 10 + call), smooth_images(2, res, 20 + call))
+        kw = dict(
+            seed=[call, call + 1], top_k=30, top_p=0.95, return_logits=True, dtype=dtype, style_strength=0.2
+        )
+        eager = model.generate(vae, cond, **kw)
+        static = model.generate(vae, cond, cuda_graphs=True, **kw)
+        tol = 1e-4 if dtype is None else 0.05
+        for si in range(len(model.patch_nums)):
+            if dtype is None:
+                assert torch.equal(static.tokens[si], eager.tokens[si]), f"call {call} scale {si}"
+            if torch.equal(static.tokens[si], eager.tokens[si]):
+                assert (static.logits[si] - eager.logits[si]).abs().max() < tol
+    assert len(model.__dict__["_static_runners"]) == 1
+    with pytest.raises(ValueError, match="legacy_kv_cache"):
+        model.generate(vae, cond, cuda_graphs=True, legacy_kv_cache=True)
+
+
+@torch.no_grad()
+def test_static_runner_refreshes_reduced_precision_weights():
+    model, vae = tiny_models(tag="static2", patch_nums=(1, 2, 3), depth=1, num_heads=2)
+    runner = model.static_runner(1, "cpu", torch.bfloat16)
+    model.blocks[0].ffn.fc1.weight.add_(1.0)
+    assert not torch.equal(runner.blocks[0].ffn.fc1.weight, model.blocks[0].ffn.fc1.weight.bfloat16())
+    runner.refresh_weights()
+    assert torch.equal(runner.blocks[0].ffn.fc1.weight, model.blocks[0].ffn.fc1.weight.bfloat16())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@torch.no_grad()
+def test_cuda_graphs_replay_matches_eager_on_cuda():
+    model, vae = tiny_models(tag="graph", patch_nums=(1, 2, 3, 5), depth=2, num_heads=2)
+    model, vae = model.cuda(), vae.cuda()
+    res = vae.config.resolution
+    for call in range(2):
+        cond = model.conditioning(
+            vae,
+            smooth_images(2, res, 30 + call).cuda() * 2 - 1,
+            smooth_images(2, res, 40 + call).cuda() * 2 - 1,
+        )
+        kw = dict(seed=[call, call + 1], top_k=30, return_logits=True)
+        eager = model.generate(vae, cond, **kw)
+        graph = model.generate(vae, cond, cuda_graphs=True, **kw)
+        for si in range(len(model.patch_nums)):
+            assert torch.equal(graph.tokens[si], eager.tokens[si])
+            assert (graph.logits[si] - eager.logits[si]).abs().max() < 1e-3
+
+
+def test_release_memory_promptly_respects_the_users_setting(monkeypatch):
+    import platform
+
+    from stylevar._malloc import release_memory_promptly
+
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert release_memory_promptly() is False  # the user's own setting wins
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    assert release_memory_promptly() is (platform.libc_ver()[0] == "glibc")

@@ -150,6 +150,7 @@ def cmd_stylize(args: argparse.Namespace) -> int:
         keep_size=args.keep_size,
         legacy_kv_cache=args.legacy_kv_cache,
         dtype=args.dtype,
+        cuda_graphs=args.cuda_graphs,
         progress=not args.quiet,
         skip=skip,
     ):
@@ -303,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="fp32",
         help="fp32 (default, exact) or bf16/fp16 products and attention under autocast (fast on GPUs; "
         "logits, sampling and the quantizer stay fp32)",
+    )
+    p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="replay each scale's transformer pass as a CUDA graph (GPU; captured once per batch size)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_checkpoint_args(p)

@@ -185,6 +185,8 @@ class StyleVARPipeline:
             legacy_kv_cache: reproduce the published sampler token for token.
             dtype: ``torch.bfloat16``/``torch.float16`` (or ``"bf16"``/``"fp16"``) for the fast
                 reduced-precision path (see :meth:`StyleVAR.generate`); default fp32.
+            cuda_graphs: replay each scale's transformer pass as a CUDA graph (captured on the
+                first batch of each size); on CPU the same static path runs eagerly.
             output_type: ``pil`` or ``pt`` ((3, R, R) tensors in [0, 1]).
             progress: show a progress bar.
         """
@@ -215,6 +217,7 @@ class StyleVARPipeline:
         keep_size: bool = False,
         legacy_kv_cache: bool = False,
         dtype: torch.dtype | str | None = None,
+        cuda_graphs: bool = False,
         output_type: str = "pil",
         progress: bool = False,
         skip: Callable[[int, int, int], bool] | None = None,
@@ -295,6 +298,7 @@ class StyleVARPipeline:
                     style_strength=style_strength,
                     legacy_kv_cache=legacy_kv_cache,
                     dtype=parse_dtype(dtype),
+                    cuda_graphs=cuda_graphs,
                 )
                 yield StylizeOutput(
                     images=[

@@ -27,6 +27,7 @@ from torch.nn import functional as F
 from ..config import StyleVARConfig
 from .blocks import AdaLNBeforeHead, BlendedBlock, KVCache
 from .encoders import ResNetEncoder
+from .graphs import StaticRunner
 from .ops import Linear, linear
 from .sampling import Seed, make_generators, sample_tokens
 from .vqvae import VQVAE
@@ -259,6 +260,16 @@ class StyleVAR(nn.Module):
             dim=1,
         )
 
+    def static_runner(
+        self, batch_size: int, device: torch.device | str, dtype: torch.dtype | None = None
+    ) -> StaticRunner:
+        """The (cached) :class:`~stylevar.models.graphs.StaticRunner` for this batch size, device and dtype."""
+        runners = self.__dict__.setdefault("_static_runners", {})
+        key = (batch_size, torch.device(device), dtype)
+        if key not in runners:
+            runners[key] = StaticRunner(self, batch_size, torch.device(device), dtype)
+        return runners[key]
+
     def _logits(
         self, x_BLC: torch.Tensor, cond_BD: torch.Tensor, ada: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -311,6 +322,7 @@ class StyleVAR(nn.Module):
         return_logits: bool = False,
         decode: bool = True,
         dtype: torch.dtype | None = None,
+        cuda_graphs: bool = False,
     ) -> GenerationOutput:
         """Sample target tokens scale by scale and decode them.
 
@@ -329,6 +341,11 @@ class StyleVAR(nn.Module):
                 attention, and the VQ-VAE decoder, under autocast in that dtype; the residual
                 stream, normalisations, the logits, sampling and the quantizer stay fp32. ``None``
                 (default) or ``torch.float32``: everything fp32.
+            cuda_graphs: run each scale's transformer pass from static buffers, captured as a CUDA
+                graph on the first call for this batch size and dtype and replayed afterwards
+                (:mod:`stylevar.models.graphs`); on other devices the same static path runs
+                eagerly. After changing the weights with a reduced ``dtype``, call
+                ``static_runner(...).refresh_weights()``.
 
         Returns:
             :class:`GenerationOutput` with images in [0, 1].
@@ -343,11 +360,27 @@ class StyleVAR(nn.Module):
             cond_BD = cond.style_feat
             style_BLC = self.word_embed(cond.style_cvae) + lvl_pos
             content_BLC = self.word_embed(cond.content_cvae) + lvl_pos
-            adas = [
-                block.adaln(cond_BD) for block in self.blocks
-            ]  # the condition is fixed: once, not per scale
-        caches = [KVCache(self.L, legacy=legacy_kv_cache) for _ in self.blocks]
-        head_ada = self.head_nm.adaln(cond_BD.float())
+        if cuda_graphs:
+            if legacy_kv_cache:
+                raise ValueError("cuda_graphs=True runs the correct KV cache only; legacy_kv_cache is eager")
+            runner = self.static_runner(B, device, dtype)
+            runner.bind(cond_BD, style_BLC, content_BLC, alphas)
+            step = runner.step
+        else:
+            caches = [KVCache(self.L, legacy=legacy_kv_cache) for _ in self.blocks]
+            with amp:  # the condition is fixed: AdaLN parameters once per call, not once per scale
+                adas = [block.adaln(cond_BD) for block in self.blocks]
+            head_ada = self.head_nm.adaln(cond_BD.float())
+
+            def step(si: int, x: torch.Tensor) -> torch.Tensor:
+                bg, ed = self.begin_ends[si]
+                a = alphas[:, si].view(B, 1, 1)
+                with amp:
+                    guides_ln = self._guides_ln(style_BLC[:, bg:ed], content_BLC[:, bg:ed])
+                    for block, cache, ada in zip(self.blocks, caches, adas):
+                        x = block(x, guides_ln, cond_BD, a, attn_bias=None, cache=cache, ada=ada)
+                return self._logits(x, cond_BD, head_ada)
+
         side = self.patch_nums[-1]
         f_hat = torch.zeros(B, self.Cvae, side, side, device=device, dtype=torch.float32)
         x = (
@@ -359,13 +392,7 @@ class StyleVAR(nn.Module):
         all_logits: list[torch.Tensor] = []
         SN = len(self.patch_nums)
         for si, pn in enumerate(self.patch_nums):
-            bg, ed = self.begin_ends[si]
-            a = alphas[:, si].view(B, 1, 1)
-            with amp:
-                guides_ln = self._guides_ln(style_BLC[:, bg:ed], content_BLC[:, bg:ed])
-                for block, cache, ada in zip(self.blocks, caches, adas):
-                    x = block(x, guides_ln, cond_BD, a, attn_bias=None, cache=cache, ada=ada)
-            logits = self._logits(x, cond_BD, head_ada)
+            logits = step(si, x)
             if return_logits:
                 all_logits.append(logits.clone())
             idx_Bl = sample_tokens(logits, top_k=top_k, top_p=top_p, temperature=temperature, generator=gens)
@@ -379,6 +406,7 @@ class StyleVAR(nn.Module):
                         self.word_embed(next_map.reshape(B, self.Cvae, -1).transpose(1, 2))
                         + lvl_pos[:, nb:ne]
                     )
+        step = caches = adas = None  # release the KV caches (139 MB per d20 sample) before decoding
         if decode:
             with amp:
                 images = vae.fhat_to_img(f_hat).float().add_(1).mul_(0.5)
