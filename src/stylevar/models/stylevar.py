@@ -375,10 +375,9 @@ class StyleVAR(nn.Module):
             def step(si: int, x: torch.Tensor) -> torch.Tensor:
                 bg, ed = self.begin_ends[si]
                 a = alphas[:, si].view(B, 1, 1)
-                with amp:
-                    guides_ln = self._guides_ln(style_BLC[:, bg:ed], content_BLC[:, bg:ed])
-                    for block, cache, ada in zip(self.blocks, caches, adas):
-                        x = block(x, guides_ln, cond_BD, a, attn_bias=None, cache=cache, ada=ada)
+                guides_ln = self._guides_ln(style_BLC[:, bg:ed], content_BLC[:, bg:ed])
+                for block, cache, ada in zip(self.blocks, caches, adas):
+                    x = block(x, guides_ln, cond_BD, a, attn_bias=None, cache=cache, ada=ada)
                 return self._logits(x, cond_BD, head_ada)
 
         side = self.patch_nums[-1]
@@ -391,21 +390,22 @@ class StyleVAR(nn.Module):
         tokens: list[torch.Tensor] = []
         all_logits: list[torch.Tensor] = []
         SN = len(self.patch_nums)
-        for si, pn in enumerate(self.patch_nums):
-            logits = step(si, x)
-            if return_logits:
-                all_logits.append(logits.clone())
-            idx_Bl = sample_tokens(logits, top_k=top_k, top_p=top_p, temperature=temperature, generator=gens)
-            tokens.append(idx_Bl)
-            h_BChw = vae.quantize.idx_to_h(idx_Bl, pn)
-            f_hat, next_map = vae.quantize.next_input(si, f_hat, h_BChw)
-            if si != SN - 1:
-                nb, ne = self.begin_ends[si + 1]
-                with amp:
-                    x = (
-                        self.word_embed(next_map.reshape(B, self.Cvae, -1).transpose(1, 2))
-                        + lvl_pos[:, nb:ne]
+        # one autocast region for the whole loop, so autocast casts each weight once per call
+        with amp:
+            for si, pn in enumerate(self.patch_nums):
+                logits = step(si, x)  # fp32 whatever the autocast
+                if return_logits:
+                    all_logits.append(logits.clone())
+                with _no_autocast(device):  # sampling and the quantizer in fp32
+                    idx_Bl = sample_tokens(
+                        logits, top_k=top_k, top_p=top_p, temperature=temperature, generator=gens
                     )
+                    tokens.append(idx_Bl)
+                    f_hat, next_map = vae.quantize.next_input(si, f_hat, vae.quantize.idx_to_h(idx_Bl, pn))
+                if si != SN - 1:
+                    nb, ne = self.begin_ends[si + 1]
+                    next_BlC = next_map.reshape(B, self.Cvae, -1).transpose(1, 2)
+                    x = self.word_embed(next_BlC) + lvl_pos[:, nb:ne]
         step = caches = adas = None  # release the KV caches (139 MB per d20 sample) before decoding
         if decode:
             with amp:
