@@ -15,3 +15,7 @@ class ImageError(StyleVARError):
 
 class CheckpointError(StyleVARError):
     """A checkpoint that is missing, unreadable, of the wrong kind or not allowed to load."""
+
+
+class DataError(StyleVARError):
+    """A dataset that is missing, empty, laid out unexpectedly, or holds missing/unreadable files."""
