@@ -124,6 +124,9 @@ class VQVAEConfig(_Serialisable):
         return self.patch_nums[-1] * self.downsample
 
 
+ENCODER_INPUTS = ("raw", "imagenet")
+
+
 @dataclass
 class StyleVARConfig(_Serialisable):
     """The StyleVAR transformer (upstream-spec §2). Defaults: the released d20 model."""
@@ -142,9 +145,15 @@ class StyleVARConfig(_Serialisable):
     #: per-scale alpha_k, the style branch's weight in the blended cross-attention: one value per
     #: scale, or a preset name of :data:`ALPHA_PRESETS` (resampled for other scale counts)
     alpha: tuple[float, ...] | str = "paper"
+    #: what the ResNet-18 encoders see: ``raw`` = the model's [-1, 1] images (the released
+    #: checkpoints were trained so); ``imagenet`` = [0, 1] images normalised with ImageNet's
+    #: mean/std (set when the encoders start from torchvision's ImageNet weights)
+    encoder_input: str = "raw"
 
     def __post_init__(self) -> None:
         self.patch_nums = _check_patch_nums(self.patch_nums)
+        if self.encoder_input not in ENCODER_INPUTS:
+            raise ConfigError(f"encoder_input must be one of {ENCODER_INPUTS}, not {self.encoder_input!r}")
         if self.depth < 1:
             raise ConfigError("depth must be >= 1")
         if self.embed_dim <= 0:

@@ -33,6 +33,8 @@ from .sampling import Seed, make_generators, sample_tokens
 from .vqvae import VQVAE
 
 AlphaLike = Sequence[float] | torch.Tensor | None
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -190,9 +192,14 @@ class StyleVAR(nn.Module):
 
     # ------------------------------------------------------------------ conditioning
     def _image_feat(self, encoder: nn.Module, img: torch.Tensor) -> torch.Tensor:
-        dev = img.device.type
-        with torch.autocast(dev, enabled=False) if dev in ("cuda", "cpu") else contextlib.nullcontext():
-            return self.feat_emb(encoder(img.float()))
+        """Images in [-1, 1] -> projected ResNet feature (B, C), fp32, with the config's encoder input."""
+        x = img.float()
+        if self.config.encoder_input == "imagenet":
+            mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+            std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+            x = (x + 1).mul_(0.5).sub_(mean).div_(std)
+        with _no_autocast(img.device):
+            return self.feat_emb(encoder(x))
 
     def encode_style(self, vae: VQVAE, style_img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Style images [-1, 1] (B, 3, R, R) -> (AdaLN feature (B, C), VQ features (B, L, Cvae))."""
