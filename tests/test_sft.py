@@ -149,3 +149,38 @@ def test_sigterm_saves_and_stops(tmp_path):
     assert 0 < state.step < t.total_steps
     resumed = _trainer(tmp_path, "sig", save_every=0)
     assert resumed.resume() and resumed.state.step == state.step
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_equal_one_process_on_the_same_global_batch(tmp_path):
+    """torchrun, 2 CPU processes x micro-batch 2 == 1 process x micro-batch 2 x accumulation 2."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    worker = str(Path(__file__).parent / "ddp_sft_worker.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for name, nproc, micro, accum, port in (("two", 2, 2, 1, 29541), ("one", 1, 2, 2, 29542)):
+        cmd = [
+            torchrun,
+            "--nproc_per_node",
+            str(nproc),
+            "--master_port",
+            str(port),
+            worker,
+            str(tmp_path / name),
+            str(micro),
+            str(accum),
+        ]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        assert res.returncode == 0, res.stderr[-3000:]
+    two = torch.load(tmp_path / "two" / "params.pt", weights_only=True)
+    one = torch.load(tmp_path / "one" / "params.pt", weights_only=True)
+    init, _ = tiny_models(tag="ddp", depth=2, num_heads=2)
+    moved = [k for k, v in init.state_dict().items() if v.is_floating_point() and not torch.equal(v, one[k])]
+    assert len(moved) > 20  # training happened
+    for k in one:
+        if one[k].is_floating_point():
+            assert torch.allclose(one[k], two[k], atol=1e-5, rtol=1e-4), k

@@ -158,7 +158,7 @@ class SFTTrainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = DDP(model, device_ids=ids, broadcast_buffers=True)
+            self.net = DDP(model, device_ids=ids)
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(
             param_groups(model, cfg.weight_decay), lr=self.peak_lr, betas=cfg.betas, fused=fused or None
