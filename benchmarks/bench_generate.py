@@ -33,9 +33,8 @@ import torch
 from stylevar._malloc import release_memory_promptly
 from stylevar.config import d20_configs
 from stylevar.models import VQVAE, StyleVAR
-from stylevar.models.ops import parse_dtype
+from stylevar.models.ops import autocast_to, parse_dtype
 from stylevar.models.reference import reference_generate
-from stylevar.models.stylevar import _autocast
 
 
 def build(device: torch.device) -> tuple[StyleVAR, VQVAE]:
@@ -127,7 +126,7 @@ def run_once(model, vae, style, content, path: str, dtype, cuda_graphs: bool = F
             return model.generate(
                 vae, cond, seed=0, top_k=900, top_p=0.96, dtype=dtype, cuda_graphs=cuda_graphs
             )
-        with _autocast(style.device, dtype):
+        with autocast_to(style.device, dtype):
             return reference_generate(model, vae, cond, seed=0, top_k=900, top_p=0.96, legacy_kv_cache=True)
 
 

@@ -201,17 +201,19 @@ def _fake_hub_cache(cache, repo, files: dict):
         shutil.copy(src, snap / name)
 
 
-def test_hub_repo_from_the_cache_offline(tmp_path, upstream_dir, tiny, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    cache = tmp_path / "hf"
+def _cache_release(cache, upstream_dir):
+    """The released GRPO + VQ-VAE files (small stand-ins) in a Hugging Face cache."""
     _fake_hub_cache(
         cache,
         "Senfier-LiqiJing/StyleVAR",
-        {
-            "StyleVAR-GRPO.pth": upstream_dir / "StyleVAR-GRPO.pth",
-            "vae_ch160v4096z32.pth": upstream_dir / "vae_ch160v4096z32.pth",
-        },
+        {name: upstream_dir / name for name in ("StyleVAR-GRPO.pth", "vae_ch160v4096z32.pth")},
     )
+
+
+def test_hub_repo_from_the_cache_offline(tmp_path, upstream_dir, tiny, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache = tmp_path / "hf"
+    _cache_release(cache, upstream_dir)
     ckpt = load_pretrained(cache_dir=cache)  # default repo, default variant grpo
     assert _same_weights(ckpt.model, tiny[0]) and ckpt.info["repo_id"] == "Senfier-LiqiJing/StyleVAR"
     with pytest.raises(CheckpointError) as e:  # the SFT file is not cached and we are offline
@@ -241,14 +243,7 @@ def test_unresolvable_hub_uses_the_cache_without_retrying(tmp_path, upstream_dir
         lambda *a, **k: calls.append(k["local_files_only"]) or real(*a, **k),
     )
     cache = tmp_path / "hf"
-    _fake_hub_cache(
-        cache,
-        "Senfier-LiqiJing/StyleVAR",
-        {
-            "StyleVAR-GRPO.pth": upstream_dir / "StyleVAR-GRPO.pth",
-            "vae_ch160v4096z32.pth": upstream_dir / "vae_ch160v4096z32.pth",
-        },
-    )
+    _cache_release(cache, upstream_dir)
     ckpt = load_pretrained(cache_dir=cache)
     assert _same_weights(ckpt.model, tiny[0])
     assert calls and all(calls)  # every lookup was cache-only

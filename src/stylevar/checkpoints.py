@@ -172,7 +172,7 @@ def _wrong_kind(path: Any, kind: str, sd: Mapping[str, torch.Tensor], expected: 
 
 # ---------------------------------------------------------------------------- config inference
 def infer_stylevar_config(sd: Mapping[str, torch.Tensor], alpha: Any = "paper") -> StyleVARConfig:
-    """Rebuild a :class:`StyleVARConfig` from the tensor shapes of a StyleVAR state dict."""
+    """Rebuild a :class:`StyleVARConfig` from the tensor shapes of a StyleVAR (or vanilla VAR) state dict."""
     try:
         depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k)))
         C = sd["pos_start"].shape[-1]
@@ -191,7 +191,7 @@ def infer_stylevar_config(sd: Mapping[str, torch.Tensor], alpha: Any = "paper") 
             num_heads=heads or depth,
             mlp_ratio=sd["blocks.0.ffn.fc1.weight"].shape[0] / C,
             attn_l2_norm=heads is not None,
-            style_enc_dim=sd["feat_emb.weight"].shape[1],
+            style_enc_dim=sd["feat_emb.weight"].shape[1] if "feat_emb.weight" in sd else 512,  # VAR has none
             vocab_size=sd["head.weight"].shape[0],
             z_channels=sd["word_embed.weight"].shape[1],
             patch_nums=tuple(patch_nums),

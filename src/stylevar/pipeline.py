@@ -242,6 +242,7 @@ class StyleVARPipeline:
             raise ConfigError("num_samples and batch_size must be >= 1")
         if output_type not in ("pil", "pt"):
             raise ConfigError("output_type must be 'pil' or 'pt'")
+        dtype = parse_dtype(dtype)
         if alpha is not None:
             try:
                 self.model.resolve_alpha(alpha)
@@ -297,7 +298,7 @@ class StyleVARPipeline:
                     alpha=alpha,
                     style_strength=style_strength,
                     legacy_kv_cache=legacy_kv_cache,
-                    dtype=parse_dtype(dtype),
+                    dtype=dtype,
                     cuda_graphs=cuda_graphs,
                 )
                 yield StylizeOutput(

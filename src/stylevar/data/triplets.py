@@ -102,11 +102,13 @@ def scan_imagepulse(root: str | os.PathLike, *, source: str = "imagepulse") -> l
     if omnistyle_target_dir(root) is not None:  # (C) organised flat layout
         return scan_omnistyle(root, source=source)
     out: list[Triplet] = []
-    # (A) per-sample folders (at any depth)
+    # (A) per-sample folders (at any depth); one sample per folder
+    folders: set[Path] = set()
     for content in sorted(root.rglob("content.*")):
         folder = content.parent
-        if not _is_image(content) or any(t.content.parent == folder for t in out[-1:]):
+        if not _is_image(content) or folder in folders:
             continue
+        folders.add(folder)
         style, target = _role_file(folder, "style"), _role_file(folder, "target")
         out.append(
             Triplet(

@@ -9,11 +9,14 @@ the same result up to float summation order (~1e-7 relative).
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from ..errors import ConfigError
 
 #: at most this many rows use the transposed form on the CPU (measured crossover, see module doc)
 SKINNY_ROWS = 16
@@ -68,9 +71,24 @@ def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     """``None``/a torch dtype/``"fp32"``, ``"bf16"``, ``"fp16"`` (and long names) -> torch dtype or None (fp32)."""
     if dtype is None or isinstance(dtype, torch.dtype):
         if dtype not in (None, torch.float32, torch.bfloat16, torch.float16):
-            raise ValueError(f"unsupported dtype {dtype}: use float32, bfloat16 or float16")
+            raise ConfigError(f"unsupported dtype {dtype}: use float32, bfloat16 or float16")
         return None if dtype == torch.float32 else dtype
     key = str(dtype).lower().removeprefix("torch.")
     if key not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}: use fp32, bf16 or fp16")
+        raise ConfigError(f"unknown dtype {dtype!r}: use fp32, bf16 or fp16")
     return None if _DTYPES[key] == torch.float32 else _DTYPES[key]
+
+
+def autocast_to(device: torch.device, dtype: torch.dtype | str | None) -> contextlib.AbstractContextManager:
+    """Autocast to ``dtype`` on ``device``; nothing for None/float32."""
+    dtype = parse_dtype(dtype)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast off on ``device`` (fp32 regions inside an autocast region)."""
+    if device.type in ("cuda", "cpu", "mps", "xpu"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()

@@ -15,7 +15,6 @@ VQ-VAE is not a submodule (as upstream): pass it to the methods that need it.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,28 +27,13 @@ from ..config import StyleVARConfig
 from .blocks import AdaLNBeforeHead, BlendedBlock, KVCache
 from .encoders import ResNetEncoder
 from .graphs import StaticRunner
-from .ops import Linear, linear
+from .ops import Linear, autocast_to, linear, no_autocast
 from .sampling import Seed, make_generators, sample_tokens
 from .vqvae import VQVAE
 
 AlphaLike = Sequence[float] | torch.Tensor | None
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """Autocast to ``dtype`` on ``device`` (nothing for None/float32)."""
-    if dtype is None or dtype == torch.float32:
-        return contextlib.nullcontext()
-    if dtype not in (torch.bfloat16, torch.float16):
-        raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, not {dtype}")
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    if device.type in ("cuda", "cpu", "mps", "xpu"):
-        return torch.autocast(device.type, enabled=False)
-    return contextlib.nullcontext()
 
 
 @dataclass
@@ -198,7 +182,7 @@ class StyleVAR(nn.Module):
             mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
             std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
             x = (x + 1).mul_(0.5).sub_(mean).div_(std)
-        with _no_autocast(img.device):
+        with no_autocast(img.device):
             return self.feat_emb(encoder(x))
 
     def encode_style(self, vae: VQVAE, style_img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -281,7 +265,7 @@ class StyleVAR(nn.Module):
         self, x_BLC: torch.Tensor, cond_BD: torch.Tensor, ada: torch.Tensor | None = None
     ) -> torch.Tensor:
         # fp32 whatever the surrounding autocast or the weights' dtype: logits feed sampling and log-probs
-        with _no_autocast(x_BLC.device):
+        with no_autocast(x_BLC.device):
             h = self.head_nm(x_BLC.float(), cond_BD.float(), None if ada is None else ada.float())
             w, b = self.head.weight, self.head.bias
             return linear(h, w.float(), None if b is None else b.float())
@@ -361,7 +345,7 @@ class StyleVAR(nn.Module):
         device = cond.style_feat.device
         alphas = self.resolve_alpha(alpha, style_strength, B)
         gens = make_generators(seed, B, device)
-        amp = _autocast(device, dtype)
+        amp = autocast_to(device, dtype)
         with amp:
             lvl_pos = self._lvl_pos()
             cond_BD = cond.style_feat
@@ -403,7 +387,7 @@ class StyleVAR(nn.Module):
                 logits = step(si, x)  # fp32 whatever the autocast
                 if return_logits:
                     all_logits.append(logits.clone())
-                with _no_autocast(device):  # sampling and the quantizer in fp32
+                with no_autocast(device):  # sampling and the quantizer in fp32
                     idx_Bl = sample_tokens(
                         logits, top_k=top_k, top_p=top_p, temperature=temperature, generator=gens
                     )

@@ -17,6 +17,7 @@ They hold the model, optimizer, grad scaler, position, RNG states and configs, a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -38,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..checkpoints import save_pretrained
 from ..errors import CheckpointError, ConfigError, StyleVARError
 from ..models import VQVAE, Conditioning, StyleVAR
+from ..models.ops import autocast_to, no_autocast
 from .schedule import lr_multiplier, param_groups, scale_token_weights, set_lr
 
 logger = logging.getLogger(__name__)
@@ -203,9 +205,8 @@ class SFTTrainer:
     # ------------------------------------------------------------------------------ model step
     def _autocast(self):
         if self.cfg.precision == "fp32":
-            return torch.autocast(self.device.type, enabled=False)
-        dt = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dt)
+            return no_autocast(self.device)
+        return autocast_to(self.device, self.cfg.precision)
 
     def _inputs(self, mb: dict, train: bool) -> tuple[torch.Tensor, torch.Tensor, Conditioning, torch.Tensor]:
         target, style, content = (
@@ -252,7 +253,11 @@ class SFTTrainer:
         total, n = 0.0, len(group)
         for i, mb in enumerate(group):
             sync = i == n - 1 or self.world == 1
-            ctx = self.net.no_sync() if (not sync and hasattr(self.net, "no_sync")) else _null()
+            ctx = (
+                self.net.no_sync()
+                if (not sync and hasattr(self.net, "no_sync"))
+                else contextlib.nullcontext()
+            )
             with ctx:
                 loss = self._loss(mb)
                 self.scaler.scale(loss / n).backward()
@@ -477,8 +482,6 @@ class SFTTrainer:
                 self.save("last")
                 if stop_after is not None and done_here >= stop_after:
                     return self.state
-        except NonFiniteLossError:
-            raise
         finally:
             if bar is not None:
                 bar.close()
@@ -507,14 +510,6 @@ class SFTTrainer:
         if metrics["val_loss"] < self.state.best_val:
             self.state.best_val = metrics["val_loss"]
             self.save("best")
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False
 
 
 def _main_thread() -> bool:

@@ -15,6 +15,7 @@ the normalisation they were trained with; released checkpoints keep ``raw``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import classify, extract_state_dict, read_file
+from ..checkpoints import classify, extract_state_dict, infer_stylevar_config, read_file
 from ..config import StyleVARConfig
 from ..errors import CheckpointError
 from ..models import StyleVAR
@@ -32,7 +33,7 @@ _DUPLICATED = {
     "attn.q_bias": ("attn.q_bias_guide", "attn.q_bias_target"),
     "attn.v_bias": ("attn.v_bias_guide", "attn.v_bias_target"),
 }
-_DROPPED = ("class_emb.weight", "attn.zero_k_bias")
+_DROPPED_KEY, _DROPPED_SUFFIX = "class_emb.weight", ".attn.zero_k_bias"
 
 
 @dataclass
@@ -56,26 +57,8 @@ def var_config_from_state_dict(sd: Mapping[str, torch.Tensor], **overrides) -> S
     """The StyleVAR config matching a VAR state dict's depth, width, heads, vocabulary and scales."""
     if classify(sd) != "var":
         raise CheckpointError("not a vanilla VAR state dict (no blocks.*.attn.mat_qkv.weight / class_emb)")
-    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
-    C = sd["word_embed.weight"].shape[0]
-    heads = sd["blocks.0.attn.scale_mul_1H11"].shape[1]
-    vocab = sd["head.weight"].shape[0]
-    z = sd["word_embed.weight"].shape[1]
-    lvl = sd["lvl_1L"].flatten().tolist()
-    counts = [lvl.count(i) for i in range(int(max(lvl)) + 1)]
-    patch_nums = tuple(int(round(c**0.5)) for c in counts)
-    mlp_ratio = sd["blocks.0.ffn.fc1.weight"].shape[0] / C
-    kw = dict(
-        depth=depth,
-        embed_dim=C,
-        num_heads=heads,
-        vocab_size=vocab,
-        z_channels=z,
-        patch_nums=patch_nums,
-        mlp_ratio=mlp_ratio,
-    )
-    kw.update(overrides)
-    return StyleVARConfig(**kw)
+    cfg = infer_stylevar_config(sd, alpha=overrides.pop("alpha", "paper"))
+    return dataclasses.replace(cfg, **overrides) if overrides else cfg
 
 
 def var_to_stylevar(
@@ -93,7 +76,7 @@ def var_to_stylevar(
                 out[block + name] = v
                 report.duplicated.append(block + name)
             continue
-        if k == _DROPPED[0] or k.endswith("." + _DROPPED[1]):
+        if k == _DROPPED_KEY or k.endswith(_DROPPED_SUFFIX):
             report.dropped.append(k)
             continue
         if k in target:
