@@ -124,7 +124,7 @@ def test_split_is_deterministic_and_honours_files(tmp_path):
     assert [t.key for t in va] == [t.key for t in va2] and len(va) == 4 and len(tr) == 36
     assert {t.key for t in tr}.isdisjoint(t.key for t in va)
     assert [t.key for t in split_triplets(ts, val_fraction=0.1, seed=4)[1]] != [t.key for t in va]
-    path = save_split(tmp_path / "split.json", tr, va, seed=3)
+    path = save_split(tmp_path / "new_run" / "split.json", tr, va, seed=3)  # creates the run folder
     ltr, lva = load_split(path)
     assert [t.key for t in ltr] == [t.key for t in tr] and lva[0].target == va[0].target
     (root / "train_files.txt").write_text("s00\ns01\n")

@@ -20,6 +20,7 @@ from ._malloc import release_memory_promptly
 from .errors import ConfigError, ImageError, StyleVARError
 
 logger = logging.getLogger("stylevar")
+DTYPE_CHOICES = ("fp32", "bf16", "fp16", "float32", "bfloat16", "float16")
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -200,11 +201,11 @@ def cmd_stylize(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------ convert / info
 def cmd_convert(args: argparse.Namespace) -> int:
-    import torch
 
     from .checkpoints import convert_upstream
+    from .models.ops import parse_dtype
 
-    dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    dtype = parse_dtype(args.dtype)
     out = convert_upstream(
         args.source,
         args.output,
@@ -300,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--dtype",
-        choices=["fp32", "bf16", "fp16"],
+        choices=DTYPE_CHOICES,
         default="fp32",
         help="fp32 (default, exact) or bf16/fp16 products and attention under autocast (fast on GPUs; "
         "logits, sampling and the quantizer stay fp32)",
@@ -327,7 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--alpha", type=_alpha_arg, default=None, help="per-scale alpha to store (preset or values)"
     )
     p.add_argument(
-        "--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="weight dtype on disk"
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default="float32",
+        help="weight dtype on disk (bf16 halves the size)",
     )
     p.add_argument(
         "--trust-checkpoint", action="store_true", help="allow pickled Python objects (trusted files only)"

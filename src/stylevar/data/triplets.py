@@ -184,6 +184,7 @@ def read_manifest(path: str | os.PathLike, *, source: str = "") -> list[Triplet]
 def write_manifest(triplets: Iterable[Triplet], path: str | os.PathLike) -> Path:
     """Write triplets as a CSV manifest (absolute paths), atomically."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", newline="") as f:
         w = csv.writer(f)
@@ -256,6 +257,7 @@ def save_split(path: str | os.PathLike, train: Sequence[Triplet], val: Sequence[
         return [{"key": t.key, "source": t.source, **{r: str(p) for r, p in t.paths().items()}} for t in ts]
 
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps({**info, "train": rows(train), "val": rows(val)}, indent=1))
     os.replace(tmp, path)
