@@ -1,0 +1,105 @@
+"""Synthetic triplets: deterministic, in the OmniStyle layout, and the target really is the content in the style."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from stylevar.data import scan, split_triplets
+from stylevar.data.synthetic import TEXTURES, make_synthetic, random_content, random_style, synthetic_triplet
+from stylevar.errors import DataError
+from stylevar.eval import mean_abs_error, psnr, ssim
+
+
+def _arr(img) -> np.ndarray:
+    return np.asarray(img, dtype=np.float32) / 255
+
+
+def test_triplet_is_a_pure_function_of_ids_and_seed():
+    a, b = synthetic_triplet(3, 5, seed=1), synthetic_triplet(3, 5, seed=1)
+    for x, y in ((a.content, b.content), (a.style, b.style), (a.target, b.target)):
+        assert np.array_equal(_arr(x), _arr(y))
+    c = synthetic_triplet(3, 6, seed=1)  # same content, another style
+    assert np.array_equal(_arr(a.content), _arr(c.content)) and not np.array_equal(
+        _arr(a.target), _arr(c.target)
+    )
+    assert a.target.size == (64, 64) and a.target.mode == "RGB"
+
+
+@pytest.mark.parametrize("texture", TEXTURES)
+def test_target_keeps_structure_and_takes_the_palette(texture):
+    size = 64
+    _, mask = random_content(random.Random("c"), size)
+    spec = random_style(random.Random("s"))
+    spec = type(spec)(spec.background, spec.foreground, texture, 8, 0.5)
+    out = spec.paint(mask)
+    t = spec.texture_map(size)
+    # wherever the texture is off, the pixel is exactly the palette colour of its region
+    plain = t == 0
+    assert np.allclose(out[mask & plain], spec.foreground) and np.allclose(
+        out[~mask & plain], spec.background
+    )
+    # the foreground and background differ clearly, so the silhouette is recoverable from the target alone
+    fg_l = out[mask].mean(0) @ [0.299, 0.587, 0.114]
+    bg_l = out[~mask].mean(0) @ [0.299, 0.587, 0.114]
+    assert abs(fg_l - bg_l) > 0.1
+    if texture != "plain":
+        assert 0.1 < t.mean() < 0.9
+
+
+def test_make_synthetic_writes_an_omnistyle_dataset(tmp_path):
+    root = make_synthetic(tmp_path / "syn", num_contents=5, num_styles=4, num_triplets=12, size=32, seed=3)
+    ts = scan(root)
+    assert len(ts) == 12
+    assert len({t.content for t in ts}) == 5 and len({t.style for t in ts}) == 4  # every image used
+    t = ts[0]
+    ci, si = int(t.content.stem[1:]), int(t.style.stem[1:])
+    ref = synthetic_triplet(ci, si, seed=3, size=32)
+    from PIL import Image
+
+    assert np.array_equal(_arr(Image.open(t.target)), _arr(ref.target))
+    train, val = split_triplets(ts, val_fraction=0.25, seed=0)
+    assert len(train) == 9 and len(val) == 3
+    # the same arguments write the same bytes
+    again = make_synthetic(tmp_path / "syn2", num_contents=5, num_styles=4, num_triplets=12, size=32, seed=3)
+    assert sorted(p.name for p in (again / "target").iterdir()) == sorted(
+        p.name for p in (root / "target").iterdir()
+    )
+    with pytest.raises(DataError, match="raise --num-contents"):
+        make_synthetic(tmp_path / "bad", num_contents=2, num_styles=2, num_triplets=5)
+
+
+def test_metrics():
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(2, 3, 32, 32, generator=g)
+    assert torch.allclose(ssim(a, a), torch.ones(2), atol=1e-6)
+    noisy = (a + 0.2 * torch.randn(2, 3, 32, 32, generator=g)).clamp(0, 1)
+    s = ssim(a, noisy)
+    assert (s < 0.9).all() and (s > 0).all()
+    # the zero-padded Gaussian-window SSIM of the spec, computed independently with numpy/scipy-free loops
+    x, y = a[0:1].double(), noisy[0:1].double()
+    k = torch.exp(-((torch.arange(11) - 5.0) ** 2) / (2 * 1.5**2)).double()
+    k = k / k.sum()
+    w2 = torch.outer(k, k)
+
+    def blur(t):
+        p = torch.nn.functional.pad(t, (5, 5, 5, 5))
+        out = torch.zeros_like(t)
+        for i in range(11):
+            for j in range(11):
+                out += w2[i, j] * p[..., i : i + 32, j : j + 32]
+        return out
+
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    ref = ((2 * mx * my + 1e-4) * (2 * cxy + 9e-4)) / ((mx**2 + my**2 + 1e-4) * (vx + vy + 9e-4))
+    assert s[0].item() == pytest.approx(ref.mean().item(), abs=1e-6)
+    assert psnr(a, a).isinf().all() and mean_abs_error(a, a).abs().max() == 0
+    assert psnr(torch.zeros(1, 3, 4, 4), torch.full((1, 3, 4, 4), 0.1)).item() == pytest.approx(
+        20.0, abs=1e-4
+    )
+    with pytest.raises(ValueError):
+        ssim(a, a[:, :, :16])
