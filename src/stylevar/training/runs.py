@@ -1,0 +1,247 @@
+"""What makes a training run survive: atomic checkpoints, RNG capture, logs, stop signals.
+
+Shared by the trainers (tokenizer now; SFT's private copies of the same logic can switch to it
+without changing its files on disk):
+
+* :func:`world` -- (rank, world size) under ``torchrun``, (0, 1) otherwise;
+* :func:`atomic_save` / :func:`save_checkpoint` / :func:`load_training_checkpoint` -- files that
+  are either complete or absent, ``last`` / ``best`` / rolling ``step-<N>.pt`` kinds, loaded with
+  ``torch.load(weights_only=True)`` (no pickled code);
+* :func:`capture_rng` / :func:`restore_rng` -- torch, CUDA and Python ``random`` states, as plain
+  tensors/ints so they pass ``weights_only`` loading;
+* :func:`epoch_permutation` -- the seeded per-epoch data order (SFT's formula);
+* :class:`RunLogger` -- ``metrics.jsonl`` plus TensorBoard scalars when ``tensorboard`` is installed;
+* :class:`StopSignals` -- SIGTERM/SIGINT become a flag the loop checks at step boundaries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..errors import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_KINDS = ("last", "best", "rolling")
+
+
+# ---------------------------------------------------------------------------------------- processes
+def world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the initialised default process group, else ``(0, 1)``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def main_thread() -> bool:
+    """True on the interpreter's main thread (the only one allowed to install signal handlers)."""
+    return threading.current_thread() is threading.main_thread()
+
+
+# ---------------------------------------------------------------------------------------- files
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` via a temporary sibling, fsync and an atomic rename.
+
+    A crash leaves either the old file or the new one, never a truncated file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_checkpoint(
+    ckpt_dir: str | os.PathLike, obj: Any, kind: str = "last", *, step: int = 0, keep_rolling: int = 5
+) -> Path:
+    """Write ``obj`` as ``last.pt``, ``best.pt`` or (``kind="rolling"``) ``step-<step:08d>.pt``.
+
+    Rolling checkpoints beyond the newest ``keep_rolling`` are deleted. Returns the path written.
+    """
+    if kind not in CHECKPOINT_KINDS:
+        raise ValueError(f"kind must be one of {CHECKPOINT_KINDS}, not {kind!r}")
+    ckpt_dir = Path(ckpt_dir)
+    name = f"step-{step:08d}.pt" if kind == "rolling" else f"{kind}.pt"
+    path = atomic_save(obj, ckpt_dir / name)
+    if kind == "rolling":
+        rolling = sorted(ckpt_dir.glob("step-*.pt"))
+        for old in rolling[: max(0, len(rolling) - max(keep_rolling, 1))]:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def load_training_checkpoint(path: str | os.PathLike, expected_format: str, what: str) -> dict:
+    """Read a training checkpoint with ``weights_only=True`` and check its ``"format"`` field.
+
+    ``what`` names the kind in error messages (e.g. ``"tokenizer training"``). Raises
+    :class:`CheckpointError` (one line: file and problem) for a missing, unreadable or foreign file.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{what} checkpoint not found: {p}")
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        raise CheckpointError(f"{p}: unreadable {what} checkpoint ({type(e).__name__}: {msg})") from None
+    if not isinstance(ck, dict) or ck.get("format") != expected_format:
+        found = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
+        raise CheckpointError(
+            f"{p}: not a stylevar {what} checkpoint (format {found!r}, expected {expected_format!r})"
+        )
+    return ck
+
+
+# ---------------------------------------------------------------------------------------- randomness
+def capture_rng() -> dict[str, Any]:
+    """The global RNG states: ``{"torch": ByteTensor, "cuda": [ByteTensor...], "python": (v, (ints), gauss)}``.
+
+    Everything is a tensor, int, float, tuple/list or None, so ``torch.load(weights_only=True)`` reads it.
+    """
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Undo :func:`capture_rng` (CUDA states are restored when CUDA is available and were saved)."""
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    py = state["python"]
+    random.setstate((int(py[0]), tuple(int(v) for v in py[1]), py[2]))
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
+    """Data order of ``epoch``: a permutation of ``range(n)`` from (seed, epoch) only (SFT's formula)."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+# ---------------------------------------------------------------------------------------- logs
+def _scalar(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v)
+
+
+class RunLogger:
+    """Appends records to ``run_dir/metrics.jsonl`` and their scalars to TensorBoard (``run_dir/tb``).
+
+    Only rank 0 writes. Each record is one JSON line (``{"step": N, "loss": ..., ...}``); numeric
+    fields other than ``step`` also go to TensorBoard at global step ``step`` when
+    ``torch.utils.tensorboard`` imports (``pip install "stylevar[train]"``), silently skipped
+    otherwise. The writer is opened on first use and reopened after :meth:`close`.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, rank: int = 0, *, tensorboard: bool = True):
+        self.run_dir = Path(run_dir)
+        self.rank = rank
+        self.path = self.run_dir / "metrics.jsonl"
+        self._use_tb = tensorboard
+        self._tb: Any = None  # None: not tried yet; False: unavailable
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.run_dir / "tb"
+
+    def _writer(self) -> Any:
+        if self._tb is None and self._use_tb:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.tensorboard_dir))
+            except Exception:  # tensorboard not installed (torch raises ImportError or ModuleNotFoundError)
+                logger.debug("tensorboard unavailable; logging to %s only", self.path)
+                self._tb = False
+        return self._tb or None
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append ``record`` (must hold an int ``"step"``) to the metrics file and TensorBoard."""
+        if self.rank != 0:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        tb = self._writer()
+        if tb is not None:
+            step = int(record.get("step", 0))
+            for k, v in record.items():
+                x = _scalar(v)
+                if k != "step" and x is not None and math.isfinite(x):
+                    tb.add_scalar(k, x, step)
+
+    def flush(self) -> None:
+        if self._tb:
+            self._tb.flush()
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard writer (a later :meth:`log` opens a new one)."""
+        if self._tb:
+            self._tb.close()
+            self._tb = None
+
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------- signals
+class StopSignals:
+    """Context manager turning SIGTERM/SIGINT into a flag, so a loop can save and stop cleanly.
+
+    Handlers are installed only on the main thread (elsewhere this is a no-op and ``received``
+    stays None); the previous handlers are restored on exit. A second SIGINT while the first is
+    pending raises :class:`KeyboardInterrupt` (press Ctrl-C twice to abort without saving).
+
+        with StopSignals() as stop:
+            for step in ...:
+                ...
+                if stop.received is not None:
+                    save(); break
+    """
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)):
+        self.signals = signals
+        self.received: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:  # noqa: ARG002
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __enter__(self) -> StopSignals:
+        self.received = None
+        if main_thread():
+            self._old = {s: signal.signal(s, self._handler) for s in self.signals}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old = {}
