@@ -13,6 +13,14 @@ Checkpoints (``run_dir/checkpoints``) are written atomically at optimizer-step b
 They hold the model, optimizer, grad scaler, position, RNG states and configs, and load with
 ``torch.load(weights_only=True)``. The finished model is also exported in our format to
 ``run_dir/final`` (config.json + safetensors, VQ-VAE included).
+
+Parallelism, when a process group is initialised (``torchrun``): ``SFTConfig.parallel="ddp"``
+(default) replicates the model with DDP; ``"fsdp"`` shards it with FSDP2, one unit per
+transformer block plus the root (:mod:`stylevar.training.distributed`), for the large depths.
+Both give the parameters of one process with accumulation on the same global batch; FSDP
+checkpoints are gathered to the same full, unsharded format on rank 0, so a run resumes with
+another world size, with or without FSDP (the data position is exact when
+``micro_batch * grad_accum * world_size`` stays the same).
 """
 
 from __future__ import annotations
@@ -36,10 +44,11 @@ import torch.distributed as dist
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ..checkpoints import save_pretrained
+from ..checkpoints import build_stylevar, save_pretrained
 from ..errors import CheckpointError, ConfigError, StyleVARError
-from ..models import VQVAE, Conditioning, StyleVAR
+from ..models import VQVAE, StyleVAR
 from ..models.ops import autocast_to, no_autocast
+from . import distributed as D
 from .schedule import lr_multiplier, param_groups, scale_token_weights, set_lr
 
 logger = logging.getLogger(__name__)
@@ -80,8 +89,15 @@ class SFTConfig:
     encoder_bn: str = "frozen"
     on_nonfinite: str = "stop"  #: stop (save, raise) or skip (drop the step, log it)
     log_every: int = 10
+    #: under a process group: ``ddp`` (replicated model) or ``fsdp`` (parameters, gradients and
+    #: optimizer state sharded per transformer block; fp32 or bf16)
+    parallel: str = "ddp"
 
     def __post_init__(self) -> None:
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ConfigError(f"parallel must be ddp or fsdp, not {self.parallel!r}")
+        if self.parallel == "fsdp" and self.precision == "fp16":
+            raise ConfigError("precision fp16 is not supported with FSDP; use bf16 or fp32")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"precision must be fp32, bf16 or fp16, not {self.precision!r}")
         if self.on_nonfinite not in ("stop", "skip"):
@@ -107,9 +123,29 @@ class TrainState:
 
 
 def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    return D.world()
+
+
+class TeacherForced(torch.nn.Module):
+    """Conditioning + teacher-forced forward in one call, so DDP/FSDP see every parameter used inside
+    ``forward`` (FSDP gathers the encoders' and embeddings' parameters only there)."""
+
+    def __init__(self, model: StyleVAR):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        style: torch.Tensor,
+        content: torch.Tensor,
+        style_cvae: torch.Tensor,
+        content_cvae: torch.Tensor,
+        x_wo_first: torch.Tensor,
+        alpha: torch.Tensor,
+    ) -> torch.Tensor:
+        """Images in [-1, 1] (B, 3, R, R), VQ features (B, L, Cvae), teacher input, alpha (B, SN) -> logits (B, L, V)."""
+        cond = self.model.conditioning_from_features(style, content, style_cvae, content_cvae)
+        return self.model(x_wo_first, cond, alpha)
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -155,12 +191,19 @@ class SFTTrainer:
         for block in model.blocks:  # dead upstream parameters (kept for strict loading): never trained
             block.attn.q_bias_target.requires_grad_(False)
             block.attn.v_bias_guide.requires_grad_(False)
-        self.net: torch.nn.Module = model
-        if self.world > 1:
+        self._fwd = TeacherForced(model)
+        self.net: torch.nn.Module = self._fwd
+        self.fsdp = cfg.parallel == "fsdp" and dist.is_available() and dist.is_initialized()
+        if cfg.parallel == "fsdp" and not self.fsdp:
+            logger.warning("parallel='fsdp' without a process group (not under torchrun): training unsharded")
+        if self.fsdp:
+            D.broadcast_module(model)  # FSDP shards what each rank holds: start from rank 0's weights
+            self.net = D.shard_fsdp(self._fwd, model.blocks, self.device, cfg.precision)
+        elif self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = DDP(model, device_ids=ids)
+            self.net = DDP(self._fwd, device_ids=ids)
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(
             param_groups(model, cfg.weight_decay), lr=self.peak_lr, betas=cfg.betas, fused=fused or None
@@ -208,7 +251,9 @@ class SFTTrainer:
             return no_autocast(self.device)
         return autocast_to(self.device, self.cfg.precision)
 
-    def _inputs(self, mb: dict, train: bool) -> tuple[torch.Tensor, torch.Tensor, Conditioning, torch.Tensor]:
+    def _inputs(self, mb: dict, train: bool) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """(targets' tokens (B, L), the arguments of :class:`TeacherForced` (images, VQ features,
+        teacher input, alpha))."""
         target, style, content = (
             mb[k].to(self.device, non_blocking=True).float() for k in ("target", "style", "content")
         )
@@ -219,17 +264,16 @@ class SFTTrainer:
             content_cvae = self.vae.quantize.idx_to_condition(self.vae.img_to_idx(content))
         if train and self.cfg.style_noise > 0:
             style_cvae = style_cvae + self.cfg.style_noise * torch.randn_like(style_cvae)
-        cond = self.model.conditioning_from_features(style, content, style_cvae, content_cvae)
         B = target.shape[0]
         alpha = self.model.resolve_alpha(None, 0.0, B)
         if train and self.cfg.alpha_jitter > 0:
             alpha = (alpha + self.cfg.alpha_jitter * torch.randn_like(alpha)).clamp_(0.0, 1.0)
-        return torch.cat(gt_idx, dim=1), x_wo_first, cond, alpha
+        return torch.cat(gt_idx, dim=1), (style, content, style_cvae, content_cvae, x_wo_first, alpha)
 
     def _loss(self, mb: dict) -> torch.Tensor:
-        gt, x_wo_first, cond, alpha = self._inputs(mb, train=True)
+        gt, args = self._inputs(mb, train=True)
         with self._autocast():
-            logits = self.net(x_wo_first, cond, alpha)
+            logits = self.net(*args)
         ce = F.cross_entropy(
             logits.float().flatten(0, 1),
             gt.flatten(),
@@ -253,6 +297,8 @@ class SFTTrainer:
         total, n = 0.0, len(group)
         for i, mb in enumerate(group):
             sync = i == n - 1 or self.world == 1
+            if self.fsdp:  # accumulate unsharded gradients, reduce-scatter them on the last micro-batch
+                self.net.set_requires_gradient_sync(sync)
             ctx = (
                 self.net.no_sync()
                 if (not sync and hasattr(self.net, "no_sync"))
@@ -283,12 +329,13 @@ class SFTTrainer:
         set_lr(self.optimizer, lr)
         self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        # under FSDP the gradients are sharded DTensors: the norm is reduced over all shards
         gnorm = torch.nn.utils.clip_grad_norm_(
             params, self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
         )
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return {"loss": loss_t.item(), "lr": lr, "grad_norm": float(gnorm)}
+        return {"loss": loss_t.item(), "lr": lr, "grad_norm": float(D.full_tensor(gnorm))}
 
     # ------------------------------------------------------------------------------ validation
     @torch.no_grad()
@@ -308,9 +355,9 @@ class SFTTrainer:
         for bi, mb in enumerate(loader):
             if max_batches is not None and bi >= max_batches:
                 break
-            gt, x_wo_first, cond, alpha = self._inputs(mb, train=False)
-            with self._autocast():
-                logits = self.model(x_wo_first, cond, alpha).float()
+            gt, args = self._inputs(mb, train=False)
+            with self._autocast():  # every rank runs the same batches: FSDP gathers inside forward
+                logits = (self.net if self.fsdp else self._fwd)(*args).float()
             ce = F.cross_entropy(logits.flatten(0, 1), gt.flatten(), reduction="none").view_as(gt)
             ce_sum += ce.mean(1).sum().double().cpu()
             tail_sum += ce[:, bg_last:ed_last].mean(1).sum().double().cpu()
@@ -330,10 +377,16 @@ class SFTTrainer:
 
     # ------------------------------------------------------------------------------ checkpoints
     def _checkpoint(self) -> dict:
+        """The checkpoint dict (rank 0). Under FSDP every rank calls this: it gathers the shards."""
+        if self.fsdp:
+            model_sd = D.full_state_dict(self.model, self.rank)
+            optim_sd = D.full_optimizer_state(self.optimizer, self.rank)
+        else:
+            model_sd, optim_sd = self.model.state_dict(), self.optimizer.state_dict()
         return {
             "format": "stylevar-sft-1",
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": model_sd,
+            "optimizer": optim_sd,
             "scaler": self.scaler.state_dict(),
             "state": dataclasses.asdict(self.state),
             "rng": {
@@ -346,14 +399,17 @@ class SFTTrainer:
                 "stylevar": self.model.config.to_dict(),
                 "vqvae": self.vae.config.to_dict(),
                 "world_size": self.world,
+                "parallel": "fsdp" if self.fsdp else ("ddp" if self.world > 1 else "none"),
             },
         }
 
     def save(self, kind: str = "last") -> Path | None:
-        """Write ``last``/``best``/rolling checkpoints (rank 0), atomically."""
-        if self.rank != 0:
+        """Write ``last``/``best``/rolling checkpoints (rank 0), atomically. Every rank calls it under FSDP."""
+        if self.rank != 0 and not self.fsdp:
             return None
         ck = self._checkpoint()
+        if self.rank != 0:
+            return None
         path = self.ckpt_dir / f"{kind}.pt"
         _atomic_save(ck, path)
         if kind == "rolling":
@@ -379,8 +435,12 @@ class SFTTrainer:
             raise CheckpointError(f"{p}: not a stylevar SFT training checkpoint")
         if ck["config"]["stylevar"] != self.model.config.to_dict():
             raise CheckpointError(f"{p}: written for another model configuration; resume with the same model")
-        self.model.load_state_dict(ck["model"])
-        self.optimizer.load_state_dict(ck["optimizer"])
+        if self.fsdp:
+            D.load_full_state_dict(self.model, ck["model"])
+            D.load_full_optimizer_state(self.optimizer, ck["optimizer"])
+        else:
+            self.model.load_state_dict(ck["model"])
+            self.optimizer.load_state_dict(ck["optimizer"])
         self.scaler.load_state_dict(ck["scaler"])
         self.state = TrainState(**ck["state"])
         torch.set_rng_state(ck["rng"]["torch"])
@@ -418,6 +478,17 @@ class SFTTrainer:
 
     def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
         self._stop_signal = signum
+
+    def _stop_requested(self) -> bool:
+        """A signal arrived on any rank (all ranks stop after the same step, so their collectives match)."""
+        flag = self._stop_signal is not None
+        if self.world > 1:
+            t = torch.tensor([float(flag)], device=self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flag = t.item() > 0
+            if flag and self._stop_signal is None:
+                self._stop_signal = signal.SIGTERM
+        return flag
 
     def fit(self, *, progress: bool = True, stop_after: int | None = None) -> TrainState:
         """Train to the end (or ``stop_after`` more steps), saving as configured; returns the state."""
@@ -465,7 +536,7 @@ class SFTTrainer:
                     if cfg.save_every and self.state.step % cfg.save_every == 0:
                         self.save("last")
                         self.save("rolling")
-                    if self._stop_signal is not None:
+                    if self._stop_requested():
                         self.save("last")
                         logger.warning(
                             "signal %d: saved %s and stopped", self._stop_signal, self.ckpt_dir / "last.pt"
@@ -487,10 +558,14 @@ class SFTTrainer:
                 bar.close()
             for s, h in old.items():
                 signal.signal(s, h)
+        final_model: torch.nn.Module = self.model
+        if self.fsdp:  # gather the shards into a plain model on rank 0's CPU
+            sd = D.full_state_dict(self.model, self.rank)
+            final_model = build_stylevar(self.model.config, sd, "final") if self.rank == 0 else None
         if self.rank == 0:
             save_pretrained(
                 self.run_dir / "final",
-                self.model,
+                final_model,
                 self.vae,
                 info={"trained_by": "stylevar sft", "steps": self.state.step},
             )
@@ -498,6 +573,8 @@ class SFTTrainer:
 
     def _validate_and_keep_best(self) -> None:
         metrics = self.validate()
+        if self.world > 1:  # one decision for all ranks (saving is a collective under FSDP)
+            metrics = D.broadcast_object(metrics)
         if not metrics:
             return
         self._log(
