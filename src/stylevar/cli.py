@@ -241,6 +241,167 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ synthetic data / demo
+def cmd_make_synthetic(args: argparse.Namespace) -> int:
+    from .data.synthetic import make_synthetic
+
+    out = make_synthetic(
+        args.output,
+        num_contents=args.num_contents,
+        num_styles=args.num_styles,
+        num_triplets=args.num_triplets,
+        size=args.size,
+        period=args.period,
+        seed=args.seed,
+    )
+    print(f"wrote {args.num_triplets} triplets to {out}/ (content/, style/, target/: the OmniStyle layout)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from .demo import DemoConfig, run_demo
+    from .pipeline import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = DemoConfig(seed=args.seed)
+    if args.quick:
+        cfg = DemoConfig(
+            seed=args.seed,
+            num_contents=60,
+            num_styles=60,
+            num_triplets=400,
+            num_heldout=16,
+            tokenizer_steps=40,
+            sft_steps=40,
+        )
+    if args.tokenizer_steps is not None:
+        cfg.tokenizer_steps = args.tokenizer_steps
+    if args.sft_steps is not None:
+        cfg.sft_steps = args.sft_steps
+    m = run_demo(args.output, cfg, device=resolve_device(args.device), progress=not args.quiet)
+    t = m["against_target"]
+    print(f"\nheld-out pairs: {m['heldout_pairs']} (new contents and new styles); similarity to the target:")
+    print(f"  {'':28s} {'SSIM':>7s} {'PSNR':>7s} {'L1':>7s}")
+    for name, row in t.items():
+        print(f"  {name:28s} {row['ssim']:7.4f} {row['psnr']:7.2f} {row['l1']:7.4f}")
+    print(f"took {m['timings']['total_s'] / 60:.1f} min; metrics: {args.output}/metrics.json; grid: {m['grid']}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ tokenizer / plot
+def _int_tuple(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in re.split(r"[,\s]+", text.strip()) if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _float_pair(text: str) -> tuple[float, float]:
+    try:
+        vals = tuple(float(v) for v in re.split(r"[,\s]+", text.strip()) if v)
+    except ValueError:
+        vals = ()
+    if len(vals) != 2:
+        raise argparse.ArgumentTypeError(f"expected two comma-separated numbers, got {text!r}")
+    return vals  # type: ignore[return-value]
+
+
+#: train-tokenizer flags that set TokenizerConfig fields: (flag, type, help); default None = the
+#: config's default on a new run, the run's own value with --resume
+_TOKENIZER_FLAGS: tuple[tuple[str, object, str], ...] = (
+    ("--epochs", int, "passes over the training images (default 10; --max-steps overrides)"),
+    ("--max-steps", int, "stop after this many optimizer steps"),
+    ("--batch", int, "images per process per forward (default 16)"),
+    ("--grad-accum", int, "micro-batches per optimizer step (default 1)"),
+    ("--lr", float, "peak learning rate, AdamW (default 1e-4)"),
+    ("--betas", _float_pair, "AdamW betas (default 0.5,0.9)"),
+    ("--weight-decay", float, "weight decay of conv weights (default 0)"),
+    ("--schedule", str, "lin0, step, cosine (default) or constant"),
+    ("--warmup-steps", int, "linear warm-up steps (default: 2%% of the steps)"),
+    ("--grad-clip", float, "max gradient norm (default 1; 0 = off)"),
+    ("--precision", str, "fp32 (default), bf16 or fp16"),
+    ("--recon-loss", str, "l1 (default), l2 or l1+l2"),
+    ("--vq-weight", float, "weight of the codebook + commitment loss (default 1)"),
+    ("--perceptual-weight", float, "weight of the VGG16 perceptual loss (default: 1 with --vgg-weights)"),
+    ("--dead-code-steps", int, "restart codes unused for N steps from batch features (default 0 = off)"),
+    ("--seed", int, "seed of data order, split, flips and initialisation (default 0)"),
+    ("--val-every", int, "validate every N steps (default: epoch ends)"),
+    ("--save-every", int, "write last.pt and a rolling checkpoint every N steps (default 500)"),
+    ("--keep-rolling", int, "rolling checkpoints kept (default 3)"),
+    ("--log-every", int, "metrics record every N steps (default 10)"),
+    ("--num-workers", int, "data loader processes (default 2)"),
+    ("--on-nonfinite", str, "stop (default: save and exit) or skip the step"),
+)
+_ARCH_FLAGS = ("vocab_size", "z_channels", "ch", "ch_mult", "num_res_blocks", "patch_nums")
+
+
+def cmd_train_tokenizer(args: argparse.Namespace) -> int:
+    from .training.tokenizer import train_tokenizer
+
+    config = {
+        flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
+        for flag, _, _ in _TOKENIZER_FLAGS
+        if getattr(args, flag[2:].replace("-", "_")) is not None
+    }
+    if args.vgg_weights and "perceptual_weight" not in config and not args.resume:
+        config["perceptual_weight"] = 1.0
+    vqvae = {k: getattr(args, k) for k in _ARCH_FLAGS if getattr(args, k) is not None}
+    trainer = train_tokenizer(
+        args.data,
+        args.output,
+        config=config,
+        vqvae=vqvae,
+        resolution=args.resolution,
+        init=args.init,
+        resume=args.resume,
+        triplets=args.triplets,
+        recursive=args.recursive,
+        val_fraction=args.val_fraction,
+        fit=args.fit,
+        hflip=args.hflip,
+        on_bad=args.on_bad_file,
+        vgg_weights=args.vgg_weights,
+        device=args.device,
+        progress=not args.quiet,
+        allow_pickle=args.trust_checkpoint,
+    )
+    if trainer.rank != 0:
+        return 0
+    if trainer.stopped_by is not None:
+        last = trainer.ckpt_dir / "last.pt"
+        step = trainer.state.step
+        print(f"stopped by signal {trainer.stopped_by} at step {step}: saved {last}; continue with --resume")
+        return 128 + int(trainer.stopped_by)
+    print(f"tokenizer: {trainer.final_dir}/ (vqvae.safetensors, config.json); run: {trainer.run_dir}/")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .training.plot import plot_run
+
+    print(f"wrote {plot_run(args.run_dir, args.output)}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ sft
+def cmd_sft(args: argparse.Namespace) -> int:
+    from .training.sft_cli import OtherRankFailed, run_sft
+
+    try:
+        run = run_sft(args, say=print)  # rank 0 prints; the progress bar too
+    except OtherRankFailed:  # rank 0 printed the reason
+        return 1
+    if run.rank == 0:
+        if run.final is None:
+            print(f"stopped at step {run.step} of {run.total_steps}; continue with the same command and --resume")
+        else:
+            print(f"final model: {run.final}/ (stylevar stylize ... --checkpoint {run.final})")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -348,6 +509,88 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offline", action="store_true")
     p.add_argument("--trust-checkpoint", action="store_true")
     p.set_defaults(func=cmd_info)
+    p = sub.add_parser(
+        "make-synthetic",
+        help="write procedural (content, style, target) triplets in the OmniStyle layout",
+        description="Contents are shapes on a background; styles a two-colour palette and a texture; each "
+        "target is the content's silhouette painted in the style (deterministic, seeded).",
+    )
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--num-contents", type=int, default=200)
+    p.add_argument("--num-styles", type=int, default=200)
+    p.add_argument("--num-triplets", type=int, default=1000)
+    p.add_argument("--size", type=int, default=64, help="image side in pixels (a multiple of 8)")
+    p.add_argument("--period", type=int, default=0, help="texture period in pixels (default: size/8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_make_synthetic)
+
+    p = sub.add_parser(
+        "demo",
+        help="train a small tokenizer and StyleVAR on synthetic triplets (CPU, minutes), then evaluate",
+        description="Makes synthetic data, trains a VQ-VAE and a StyleVAR from scratch, stylizes held-out "
+        "pairs, and writes OUT/grid.png and OUT/metrics.json. About 8 minutes on 2 CPU cores.",
+    )
+    p.add_argument("-o", "--output", default="stylevar-demo", help="output folder (default: stylevar-demo)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokenizer-steps", type=int, default=None, help="override the tokenizer's steps")
+    p.add_argument("--sft-steps", type=int, default=None, help="override the SFT steps")
+    p.add_argument("--quick", action="store_true", help="a one-minute smoke run (does not learn much)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "train-tokenizer",
+        help="train (or fine-tune) the multi-scale VQ-VAE tokenizer on your images",
+        description="Train a VQ-VAE on DATA: image files, folders of images, or triplet datasets (OmniStyle, "
+        "ImagePulse, CSV/JSONL manifests; their target images, or all three with --triplets). Checkpoints, "
+        "metrics.jsonl and TensorBoard logs go to RUN_DIR; the tokenizer to RUN_DIR/final.",
+    )
+    p.add_argument("data", nargs="+", help="image files, image folders or triplet datasets")
+    p.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoints/last.pt")
+    p.add_argument("--init", metavar="VAE", help="start from a VQ-VAE: our folder or an upstream .pth")
+    p.add_argument("--trust-checkpoint", action="store_true", help="allow a pickled --init (trusted files)")
+    p.add_argument("--vgg-weights", metavar="PATH", help="torchvision vgg16-397923af.pth: perceptual loss")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default); torchrun runs DDP")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("data")
+    g.add_argument("--triplets", action="store_true", help="take content, style and target of each triplet")
+    g.add_argument("--recursive", action="store_true", help="read image folders with their subfolders")
+    g.add_argument("--val-fraction", type=float, default=0.02, help="share of images held out (default 0.02)")
+    g.add_argument("--fit", choices=("squash", "crop"), default="squash", help="how images become square")
+    g.add_argument("--hflip", action="store_true", help="random horizontal flips")
+    g.add_argument("--on-bad-file", choices=("fail", "skip"), default="fail", help="on an unreadable image")
+    g = p.add_argument_group("model (a new run; --init and --resume keep theirs)")
+    g.add_argument("--resolution", type=int, help="image side: patch_nums[-1] x 2^(levels-1), checked")
+    g.add_argument("--vocab-size", type=int, default=None, help="codebook size (default 4096)")
+    g.add_argument("--z-channels", type=int, default=None, help="code dimension (default 32)")
+    g.add_argument("--ch", type=int, default=None, help="base channels, a multiple of 32 (default 160)")
+    g.add_argument("--ch-mult", type=_int_tuple, help="channel multipliers per level (default 1,1,2,2,4)")
+    g.add_argument("--num-res-blocks", type=int, default=None, help="ResNet blocks per level (default 2)")
+    g.add_argument("--patch-nums", type=_int_tuple, help="token-map sides (default 1,2,3,4,5,6,8,10,13,16)")
+    g = p.add_argument_group("training")
+    for flag, kind, text in _TOKENIZER_FLAGS:
+        g.add_argument(flag, type=kind, default=None, help=text)
+    p.set_defaults(func=cmd_train_tokenizer)
+
+    p = sub.add_parser("plot", help="draw a training run's loss/accuracy curves to a PNG")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory holding metrics.jsonl")
+    p.add_argument("-o", "--output", default=None, help="PNG path (default: RUN_DIR/curves.png)")
+    p.set_defaults(func=cmd_plot)
+
+    from .training.sft_cli import add_arguments as add_sft_arguments
+
+    p = sub.add_parser(
+        "sft",
+        help="fine-tune StyleVAR on (content, style, target) triplets (torchrun: DDP or --fsdp)",
+        description="Supervised fine-tuning from a vanilla VAR checkpoint (--init-var), any StyleVAR (--init) "
+        "or a new model (--depth) on OmniStyle-150K / ImagePulse roots or manifests. Under torchrun each "
+        "process trains on its slice of every global batch.",
+    )
+    add_sft_arguments(p)
+    p.set_defaults(func=cmd_sft)
     return parser
 
 

@@ -3,8 +3,8 @@
 Made for learning and testing the whole pipeline without downloads (``stylevar make-synthetic``,
 ``stylevar demo``):
 
-* **content**: a few geometric shapes (discs, rectangles, triangles, rings) in arbitrary colours
-  on a plain background. Its *structure* is the shapes' silhouette (a foreground mask).
+* **content**: a few geometric shapes (discs, rectangles, triangles, rings) in dark colours of
+  any hue on a light, muted background. Its *structure* is the shapes' silhouette (a foreground mask).
 * **style**: a two-colour palette and a texture (stripes, checks, dots, or plain), shown as
   the textured background colour with a few blobs of the second colour at random places.
 * **target**: the content's silhouette rendered in the style: background pixels take the
@@ -111,17 +111,18 @@ def _shape_mask(rng: random.Random, size: int) -> np.ndarray:
 def random_content(rng: random.Random, size: int) -> tuple[np.ndarray, np.ndarray]:
     """(image (H, W, 3) float in [0, 1], foreground mask (H, W) bool): 1-3 shapes on a background.
 
-    Shape colours differ from the background's lightness by at least 0.25, so the silhouette
-    is visible in the content image itself.
+    The background is light and muted (a sheet of paper), the shapes darker and of any hue
+    (lightness at least 0.25 apart), so every pixel's own colour tells whether it belongs to the
+    silhouette, as edges and figure/ground do in a photograph or a drawing.
     """
-    bg = _colour(rng, (0.1, 0.9))
+    bg = colorsys.hls_to_rgb(rng.random(), rng.uniform(0.72, 0.95), rng.uniform(0.0, 0.4))
     img = np.empty((size, size, 3), np.float32)
     img[:] = bg
     mask = np.zeros((size, size), bool)
     for _ in range(rng.randint(1, 3)):
         m = _shape_mask(rng, size)
         while True:
-            c = _colour(rng, (0.1, 0.9))
+            c = _colour(rng, (0.1, 0.55))
             if abs(_luma(c) - _luma(bg)) >= 0.25:
                 break
         img[m] = c
