@@ -12,6 +12,8 @@ with micro-batches of 2, even one process moves some ResNet weights by up to 2e-
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 import shutil
@@ -31,10 +33,16 @@ from stylevar.training.sft import SFTConfig, SFTTrainer
 TESTS = Path(__file__).parent
 
 
+@functools.cache
+def _base() -> tuple:
+    model, vae = tiny_models(tag="fsdp", depth=2, num_heads=2)  # filling the ResNets takes seconds: once
+    model.config.drop_path_rate = 0.0
+    return model, vae
+
+
 def _one_process(run: Path, **kw) -> SFTTrainer:
     """The same model and data as tests/fsdp_sft_worker.py, one process, micro-batch 1 x accumulation 4."""
-    model, vae = tiny_models(tag="fsdp", depth=2, num_heads=2)
-    model.config.drop_path_rate = 0.0
+    model, vae = copy.deepcopy(_base())
     cfg = dict(micro_batch=1, grad_accum=4, max_steps=2, lr=3e-3, num_workers=0, save_every=0, warmup_steps=0)
     cfg.setdefault("log_every", 1)
     cfg.update(kw)
@@ -61,7 +69,9 @@ def test_fsdp_config_is_checked():
 def test_fsdp_two_processes_equal_one_and_checkpoints_cross_over(tmp_path):
     """2 FSDP processes x (micro 1, accumulation 2) == 1 process x (micro 1, accumulation 4), and
     checkpoints move between the two: an FSDP checkpoint resumes in one process, a 1-process one under FSDP."""
-    ref = _one_process(tmp_path / "one" / "run", save_every=1)  # its step-1 checkpoint is resumed under FSDP
+    ref = _one_process(tmp_path / "one" / "run")
+    ref.fit(progress=False, stop_after=1)  # its step-1 checkpoint is resumed under FSDP
+    os.link(ref.ckpt_dir / "last.pt", ref.ckpt_dir / "step1.pt")
     ref.fit(progress=False)
     want = {k: v.clone() for k, v in ref.model.state_dict().items()}
 
@@ -72,8 +82,9 @@ def test_fsdp_two_processes_equal_one_and_checkpoints_cross_over(tmp_path):
     res = subprocess.run([*cmd, str(tmp_path)], capture_output=True, text=True, timeout=400, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
 
-    init, _ = tiny_models(tag="fsdp", depth=2, num_heads=2)
-    moved = [k for k, v in init.state_dict().items() if v.is_floating_point() and not torch.equal(v, want[k])]
+    moved = [
+        k for k, v in _base()[0].state_dict().items() if v.is_floating_point() and not torch.equal(v, want[k])
+    ]
     assert len(moved) > 20  # training happened
     _assert_close(want, torch.load(tmp_path / "fsdp_full.pt", weights_only=True), "fsdp vs one process")
     logged = [json.loads(line) for line in (tmp_path / "fsdp_full" / "run" / "metrics.jsonl").open()]
@@ -89,7 +100,7 @@ def test_fsdp_two_processes_equal_one_and_checkpoints_cross_over(tmp_path):
     _assert_close(want, torch.load(tmp_path / "fsdp_resumed.pt", weights_only=True), "1-proc ckpt under fsdp")
 
     # the FSDP checkpoint: full tensors, the plain format, resumable without FSDP in one process
-    ck_path = tmp_path / "fsdp_full" / "run" / "checkpoints" / "step-00000001.pt"
+    ck_path = tmp_path / "fsdp_full" / "run" / "checkpoints" / "step1.pt"
     ck = torch.load(ck_path, weights_only=True)
     assert ck["config"]["parallel"] == "fsdp" and ck["state"]["step"] == 1
     assert {k: tuple(v.shape) for k, v in ck["model"].items()} == {k: tuple(v.shape) for k, v in want.items()}
