@@ -103,3 +103,64 @@ def test_metrics():
     )
     with pytest.raises(ValueError):
         ssim(a, a[:, :, :16])
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_writes_its_metrics(tmp_path):
+    """The demo's plumbing on a tiny budget (learning itself is measured by the full demo, README)."""
+    import json
+
+    from stylevar.cli import main
+    from stylevar.demo import DemoConfig, run_demo
+    from stylevar.errors import ConfigError
+
+    cfg = DemoConfig(
+        num_contents=8,
+        num_styles=8,
+        num_triplets=40,
+        num_heldout=4,
+        tokenizer_steps=2,
+        sft_steps=2,
+        tokenizer_batch=8,
+        sft_batch=8,
+        depth=1,
+        embed_dim=64,
+        num_heads=2,
+        vocab_size=32,
+    )
+    m = run_demo(tmp_path / "demo", cfg, progress=False, say=lambda *_: None)
+    saved = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert saved["against_target"] == m["against_target"] and saved["heldout_pairs"] == 4
+    assert set(m["against_target"]) == {
+        "stylevar",
+        "stylevar_style_swapped",
+        "stylevar_content_swapped",
+        "content_image",
+        "style_image",
+        "tokenizer_reconstruction",
+    }
+    from PIL import Image
+
+    assert Image.open(tmp_path / "demo" / "grid.png").size[0] > 5 * 4 * 32
+    assert (tmp_path / "demo" / "sft" / "final" / "config.json").exists()
+    with pytest.raises(ConfigError, match="already holds a finished demo"):
+        run_demo(tmp_path / "demo", cfg, progress=False, say=lambda *_: None)
+    assert (
+        main(
+            [
+                "make-synthetic",
+                "-o",
+                str(tmp_path / "syn"),
+                "--num-contents",
+                "2",
+                "--num-styles",
+                "2",
+                "--num-triplets",
+                "3",
+                "--size",
+                "16",
+            ]
+        )
+        == 0
+    )
+    assert len(list((tmp_path / "syn" / "target").iterdir())) == 3
