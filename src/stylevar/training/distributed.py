@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import ConfigError
+from .runs import world  # noqa: F401  (re-exported: D.world())
 
 logger = logging.getLogger(__name__)
 
@@ -35,13 +36,6 @@ logger = logging.getLogger(__name__)
 def under_torchrun() -> bool:
     """True when this process was started by ``torchrun`` (its environment variables are set)."""
     return all(k in os.environ for k in ("LOCAL_RANK", "RANK", "WORLD_SIZE"))
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) of the default process group; (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def resolve_device(device: str | None = "auto") -> torch.device:

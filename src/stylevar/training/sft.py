@@ -37,7 +37,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -49,6 +48,15 @@ from ..errors import CheckpointError, ConfigError, StyleVARError
 from ..models import VQVAE, StyleVAR
 from ..models.ops import autocast_to, no_autocast
 from . import distributed as D
+from .runs import (
+    capture_rng,
+    epoch_permutation,
+    load_training_checkpoint,
+    main_thread,
+    restore_rng,
+    save_checkpoint,
+    world,
+)
 from .schedule import lr_multiplier, param_groups, scale_token_weights, set_lr
 
 logger = logging.getLogger(__name__)
@@ -122,10 +130,6 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
 
 
-def _world() -> tuple[int, int]:
-    return D.world()
-
-
 class TeacherForced(torch.nn.Module):
     """Conditioning + teacher-forced forward in one call, so DDP/FSDP see every parameter used inside
     ``forward`` (FSDP gathers the encoders' and embeddings' parameters only there)."""
@@ -148,12 +152,6 @@ class TeacherForced(torch.nn.Module):
         return self.model(x_wo_first, cond, alpha)
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 class SFTTrainer:
     """Teacher-forced cross-entropy training of a :class:`StyleVAR` with a frozen VQ-VAE."""
 
@@ -170,7 +168,7 @@ class SFTTrainer:
     ):
         self.cfg = cfg = config or SFTConfig()
         self.device = torch.device(device)
-        self.rank, self.world = _world()
+        self.rank, self.world = world()
         self.model = model.to(self.device)
         self.vae = vae.to(self.device).eval().requires_grad_(False)
         self.train_set, self.val_set = train_set, val_set
@@ -216,8 +214,7 @@ class SFTTrainer:
 
     # ------------------------------------------------------------------------------ data
     def _epoch_order(self, epoch: int) -> list[int]:
-        g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
-        return torch.randperm(len(self.train_set), generator=g).tolist()
+        return epoch_permutation(len(self.train_set), self.cfg.seed, epoch)
 
     def _batches(self, epoch: int, start: int) -> Iterator[list[dict]]:
         """This process's micro-batches of global batches ``start..`` of ``epoch``, grouped per step."""
@@ -389,11 +386,7 @@ class SFTTrainer:
             "optimizer": optim_sd,
             "scaler": self.scaler.state_dict(),
             "state": dataclasses.asdict(self.state),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "python": random.getstate(),
-            },
+            "rng": capture_rng(),
             "config": {
                 "sft": self.cfg.to_dict(),
                 "stylevar": self.model.config.to_dict(),
@@ -410,15 +403,9 @@ class SFTTrainer:
         ck = self._checkpoint()
         if self.rank != 0:
             return None
-        path = self.ckpt_dir / f"{kind}.pt"
-        _atomic_save(ck, path)
-        if kind == "rolling":
-            path = self.ckpt_dir / f"step-{self.state.step:08d}.pt"
-            os.replace(self.ckpt_dir / "rolling.pt", path)
-            rolling = sorted(self.ckpt_dir.glob("step-*.pt"))
-            for old in rolling[: max(0, len(rolling) - self.cfg.keep_rolling)]:
-                old.unlink(missing_ok=True)
-        return path
+        return save_checkpoint(
+            self.ckpt_dir, ck, kind, step=self.state.step, keep_rolling=self.cfg.keep_rolling
+        )
 
     def resume(self, path: str | os.PathLike | None = None) -> bool:
         """Load ``path`` (default ``checkpoints/last.pt`` when present); False when there is nothing to resume."""
@@ -427,12 +414,7 @@ class SFTTrainer:
             if path:
                 raise CheckpointError(f"checkpoint to resume not found: {p}")
             return False
-        try:
-            ck = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise CheckpointError(f"{p}: unreadable training checkpoint ({type(e).__name__}: {e})") from None
-        if ck.get("format") != "stylevar-sft-1":
-            raise CheckpointError(f"{p}: not a stylevar SFT training checkpoint")
+        ck = load_training_checkpoint(p, "stylevar-sft-1", "SFT training")
         if ck["config"]["stylevar"] != self.model.config.to_dict():
             raise CheckpointError(f"{p}: written for another model configuration; resume with the same model")
         if self.fsdp:
@@ -443,11 +425,7 @@ class SFTTrainer:
             self.optimizer.load_state_dict(ck["optimizer"])
         self.scaler.load_state_dict(ck["scaler"])
         self.state = TrainState(**ck["state"])
-        torch.set_rng_state(ck["rng"]["torch"])
-        if ck["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
-        py = ck["rng"]["python"]
-        random.setstate((py[0], tuple(py[1]), py[2]))
+        restore_rng(ck["rng"])
         logger.info(
             "resumed from %s at epoch %d, batch %d, step %d",
             p,
@@ -495,7 +473,7 @@ class SFTTrainer:
         cfg = self.cfg
         old = (
             {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-            if _main_thread()
+            if main_thread()
             else {}
         )
         bar = None
@@ -587,9 +565,3 @@ class SFTTrainer:
         if metrics["val_loss"] < self.state.best_val:
             self.state.best_val = metrics["val_loss"]
             self.save("best")
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from ..cli import _alpha_arg
 from ..errors import CheckpointError, ConfigError, StyleVARError
 
 logger = logging.getLogger(__name__)
@@ -76,19 +77,6 @@ _CHOICES = {
     "encoder_bn": ("frozen", "train"),
     "on_nonfinite": ("stop", "skip"),
 }
-
-
-def _alpha_arg(text: str) -> str | list[float]:
-    from ..config import ALPHA_PRESETS
-
-    if text in ALPHA_PRESETS:
-        return text
-    try:
-        return [float(v) for v in re.split(r"[,\s]+", text.strip()) if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a preset ({', '.join(ALPHA_PRESETS)}) or comma-separated numbers, got {text!r}"
-        ) from None
 
 
 def _ints_arg(text: str) -> tuple[int, ...]:
