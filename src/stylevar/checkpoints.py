@@ -329,17 +329,46 @@ def save_pretrained(
     Files are written to a temporary sibling directory that replaces ``out_dir`` only when complete.
     ``dtype`` casts floating-point weights (e.g. ``torch.bfloat16`` halves the size); loading casts back.
     """
+    config = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "stylevar": model.config.to_dict(),
+        "vqvae": vae.config.to_dict(),
+        "sampling": (sampling or SamplingConfig()).to_dict(),
+        "info": info or {},
+    }
+    return write_weights_dir(
+        out_dir,
+        {MODEL_WEIGHTS: model, VAE_WEIGHTS: vae},
+        config,
+        kind="stylevar checkpoint directory",
+        dtype=dtype,
+    )
+
+
+def write_weights_dir(
+    out_dir: str | os.PathLike,
+    modules: Mapping[str, torch.nn.Module],
+    config: dict[str, Any],
+    *,
+    kind: str,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write each module's state dict as ``<name>`` (safetensors) plus ``config.json`` into ``out_dir``.
+
+    Atomic: the files go to a temporary sibling directory that replaces ``out_dir`` only when
+    complete. An existing non-empty ``out_dir`` without a ``config.json`` is refused (``kind``
+    names what it should have been). ``dtype`` casts floating-point weights.
+    """
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     if out.exists() and not (out / CONFIG_NAME).exists() and any(out.iterdir()):
-        raise CheckpointError(
-            f"{out} exists and is not a stylevar checkpoint directory; choose a new output path"
-        )
+        raise CheckpointError(f"{out} exists and is not a {kind}; choose a new output path")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        for module, name in ((model, MODEL_WEIGHTS), (vae, VAE_WEIGHTS)):
+        for name, module in modules.items():
             sd, seen = {}, set()
             for k, v in module.state_dict().items():
                 v = v.detach().to("cpu")
@@ -351,14 +380,6 @@ def save_pretrained(
                 seen.add(v.data_ptr())
                 sd[k] = v
             save_file(sd, str(tmp / name), metadata={"format": "pt"})
-        config = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "stylevar": model.config.to_dict(),
-            "vqvae": vae.config.to_dict(),
-            "sampling": (sampling or SamplingConfig()).to_dict(),
-            "info": info or {},
-        }
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")

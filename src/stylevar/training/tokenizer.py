@@ -38,8 +38,6 @@ import logging
 import math
 import os
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -62,6 +60,7 @@ from ..checkpoints import (
     extract_state_dict,
     infer_vqvae_config,
     read_file,
+    write_weights_dir,
 )
 from ..config import DEFAULT_PATCH_NUMS, VQVAEConfig
 from ..errors import CheckpointError, ConfigError, DataError, ImageError, StyleVARError
@@ -401,36 +400,13 @@ def save_vqvae(out_dir: str | os.PathLike, vae: VQVAE, *, info: dict[str, Any] |
     """Write a tokenizer folder: ``vqvae.safetensors`` + ``config.json``
     (``{"format": "stylevar-vqvae", "format_version": 1, "vqvae": {...}, "info": {...}}``), atomically
     (a temporary sibling folder replaces ``out_dir`` only when complete)."""
-    from safetensors.torch import save_file
-
-    out = Path(out_dir)
-    if out.exists() and not (out / CONFIG_NAME).exists() and any(out.iterdir()):
-        raise CheckpointError(
-            f"{out} exists and is not a stylevar tokenizer folder; choose a new output path"
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        sd = {k: v.detach().to("cpu").contiguous().clone() for k, v in vae.state_dict().items()}
-        save_file(sd, str(tmp / VAE_WEIGHTS), metadata={"format": "pt"})
-        config = {
-            "format": VQVAE_FORMAT,
-            "format_version": VQVAE_FORMAT_VERSION,
-            "vqvae": vae.config.to_dict(),
-            "info": info or {},
-        }
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    config = {
+        "format": VQVAE_FORMAT,
+        "format_version": VQVAE_FORMAT_VERSION,
+        "vqvae": vae.config.to_dict(),
+        "info": info or {},
+    }
+    return write_weights_dir(out_dir, {VAE_WEIGHTS: vae}, config, kind="stylevar tokenizer folder")
 
 
 def _with_patch_nums(cfg: VQVAEConfig, patch_nums: Sequence[int] | None) -> VQVAEConfig:
