@@ -9,10 +9,16 @@ Our format is a directory::
 Upstream files (``StyleVAR_SFT.pth``, ``StyleVAR-GRPO.pth``, ``vae_ch160v4096z32.pth``, SFT trainer
 checkpoints) load through ``torch.load(weights_only=True)``; their configuration is read off the
 tensor shapes. Pickled Python objects are refused unless the caller opts in (``allow_pickle``).
+
+GRPO training checkpoints (upstream-spec §5.6) load as plain models: a LoRA-wrapped full state
+is baked, LoRA-only adapters (upstream's ``grpo_*.pth`` or our ``adapter_config.json`` folder,
+see :mod:`stylevar.models.lora`) are applied to a ``base`` checkpoint; :func:`merge_lora_checkpoint`
+writes the merged result (``stylevar merge-lora``).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -32,6 +38,15 @@ import torch
 from .config import VARIANT_ALPHA, SamplingConfig, StyleVARConfig, VQVAEConfig, alpha_for_scales
 from .errors import CheckpointError, ConfigError
 from .models import VQVAE, StyleVAR
+from .models.lora import (
+    ADAPTER_CONFIG,
+    apply_lora_to_plain_state,
+    bake_wrapped_state,
+    is_lora_dir,
+    load_lora,
+    lora_hparams,
+    lora_hparams_from_checkpoint,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -153,10 +168,11 @@ _KIND_HINT = {
     "and give the transformer (StyleVAR-GRPO.pth or StyleVAR_SFT.pth) with --checkpoint",
     "var": "it is a vanilla (class-conditional) VAR checkpoint; it only initialises StyleVAR training, "
     "use a StyleVAR checkpoint (StyleVAR-GRPO.pth or StyleVAR_SFT.pth)",
-    "lora_only": "it holds only LoRA adapters of a GRPO run; merge them into their SFT base first "
-    "(the released StyleVAR-GRPO.pth is already merged)",
-    "stylevar_lora": "it is a LoRA-wrapped GRPO training checkpoint; merge the adapters into the base weights "
-    "first (the released StyleVAR-GRPO.pth is already merged)",
+    "lora_only": "it holds only LoRA adapters of a GRPO run; pass --base SFT_CHECKPOINT (the checkpoint "
+    "the run started from) to apply them, or merge once with stylevar merge-lora (the released "
+    "StyleVAR-GRPO.pth is already merged)",
+    "stylevar_lora": "it is a LoRA-wrapped GRPO training checkpoint of the StyleVAR transformer; pass it with "
+    "--checkpoint (its adapters are baked in when it loads)",
     "stylevar": "it is a StyleVAR transformer checkpoint, not a VQ-VAE; pass it with --checkpoint and the "
     "VQ-VAE (vae_ch160v4096z32.pth) with --vae",
 }
@@ -348,29 +364,34 @@ def save_pretrained(
 
 def write_weights_dir(
     out_dir: str | os.PathLike,
-    modules: Mapping[str, torch.nn.Module],
+    modules: Mapping[str, torch.nn.Module | Mapping[str, torch.Tensor]],
     config: dict[str, Any],
     *,
     kind: str,
     dtype: torch.dtype | None = None,
+    config_name: str = CONFIG_NAME,
 ) -> Path:
-    """Write each module's state dict as ``<name>`` (safetensors) plus ``config.json`` into ``out_dir``.
+    """Write each module's state dict (or tensor dict) as ``<name>`` (safetensors) plus ``config_name``
+    (default ``config.json``) into ``out_dir``.
 
     Atomic: the files go to a temporary sibling directory that replaces ``out_dir`` only when
-    complete. An existing non-empty ``out_dir`` without a ``config.json`` is refused (``kind``
+    complete. An existing non-empty ``out_dir`` without a ``config_name`` is refused (``kind``
     names what it should have been). ``dtype`` casts floating-point weights.
     """
     from safetensors.torch import save_file
 
     out = Path(out_dir)
-    if out.exists() and not (out / CONFIG_NAME).exists() and any(out.iterdir()):
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"{out} exists and is a file, not a {kind}; choose a new output path")
+    if out.exists() and not (out / config_name).exists() and any(out.iterdir()):
         raise CheckpointError(f"{out} exists and is not a {kind}; choose a new output path")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         for name, module in modules.items():
             sd, seen = {}, set()
-            for k, v in module.state_dict().items():
+            tensors = module.state_dict() if isinstance(module, torch.nn.Module) else module
+            for k, v in tensors.items():
                 v = v.detach().to("cpu")
                 if dtype is not None and v.is_floating_point():
                     v = v.to(dtype)
@@ -380,7 +401,7 @@ def write_weights_dir(
                 seen.add(v.data_ptr())
                 sd[k] = v
             save_file(sd, str(tmp / name), metadata={"format": "pt"})
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / config_name).write_text(json.dumps(config, indent=2) + "\n")
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, old)
@@ -442,6 +463,49 @@ def _guess_variant(path: Path) -> str | None:
     return None
 
 
+def _read_vae(vae_src: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
+    return extract_state_dict(read_file(vae_src, allow_pickle=allow_pickle), vae_src)
+
+
+def _vae_for(
+    scfg: StyleVARConfig,
+    vae_src: Any,
+    vae_sd: Mapping[str, torch.Tensor] | None,
+    model_path: Any,
+    vae: VQVAE | None = None,
+) -> VQVAE:
+    """Build (or check) the VQ-VAE for ``scfg``: from its state dict, or an already built ``vae``."""
+    if vae is None:
+        assert vae_sd is not None
+        vkind = classify(vae_sd)
+        if vkind != "vqvae":
+            raise _wrong_kind(vae_src, vkind, vae_sd, "VQ-VAE")
+        vcfg = infer_vqvae_config(vae_sd, scfg.patch_nums)
+    else:
+        vcfg = vae.config
+    try:
+        scfg.check_vqvae(vcfg)
+    except ConfigError as e:
+        raise CheckpointError(f"{vae_src} does not fit {model_path}: {e}") from None
+    return vae if vae is not None else build_vqvae(vcfg, vae_sd, vae_src)  # type: ignore[arg-type]
+
+
+def _load_base(
+    base: str | os.PathLike, vae: str | os.PathLike | None, allow_pickle: bool, need_vae: bool
+) -> Checkpoint:
+    """The base (SFT) checkpoint that LoRA adapters apply to: any local checkpoint ``load_pretrained`` reads."""
+    path = Path(base).expanduser()
+    if not path.exists():
+        raise CheckpointError(
+            f"base checkpoint not found: {path} (--base takes a local SFT checkpoint file or folder)"
+        )
+    if is_lora_dir(path):
+        raise CheckpointError(
+            f"the base {path} is itself a LoRA directory; pass the full SFT checkpoint as --base"
+        )
+    return _load_local(path, vae=vae, allow_pickle=allow_pickle, need_vae=need_vae)
+
+
 def load_upstream(
     model_path: str | os.PathLike,
     vae_path: str | os.PathLike | None = None,
@@ -449,32 +513,116 @@ def load_upstream(
     variant: str | None = None,
     alpha: Any = None,
     allow_pickle: bool = False,
+    base: str | os.PathLike | None = None,
+    lora_rank: int | None = None,
+    lora_alpha: float | None = None,
 ) -> Checkpoint:
     """Load upstream ``.pth`` (or plain ``.safetensors``) files: a StyleVAR transformer and a VQ-VAE.
 
     ``vae_path`` may be omitted when ``model_path`` is an SFT trainer checkpoint (it embeds the
-    VQ-VAE) or when ``vae_ch160v4096z32.pth`` lies beside it. Alpha (not stored upstream) is
-    ``alpha`` if given, else the variant's preset (``grpo`` -> paper, ``sft`` -> sft; the
-    variant is guessed from the file name when not given), else the paper preset.
+    VQ-VAE), when ``vae_ch160v4096z32.pth`` lies beside it, or when a ``base`` brings one. Alpha
+    (not stored upstream) is ``alpha`` if given, else the variant's preset (``grpo`` -> paper,
+    ``sft`` -> sft; the variant is guessed from the file name when not given), else the paper
+    preset.
+
+    GRPO training checkpoints (upstream-spec §5.6) load too:
+
+    * LoRA-wrapped full state (``.base_weight`` / ``.lora_A`` ...): the adapters are baked in
+      (``info["lora_baked"]``);
+    * LoRA adapters only: applied to ``base``, the SFT checkpoint the run started from (any local
+      checkpoint :func:`load_pretrained` reads; ``info["lora_merged"]``). The model
+      configuration (apart from alpha) and, unless ``vae_path`` is given, the VQ-VAE come from
+      the base.
+
+    rank / alpha of the adapters: ``lora_rank`` / ``lora_alpha``, else the file's ``args``
+    (``lora_rank``, ``lora_alpha``), else lora_A's rows and 2 * rank (upstream's 256 / 512).
     """
-    model_path = Path(model_path)
+    return _load_file(
+        Path(model_path),
+        vae_path,
+        variant=variant,
+        alpha=alpha,
+        allow_pickle=allow_pickle,
+        base=base,
+        lora_rank=lora_rank,
+        lora_alpha=lora_alpha,
+    )
+
+
+def _load_file(
+    model_path: Path,
+    vae_path: str | os.PathLike | None = None,
+    *,
+    variant: str | None = None,
+    alpha: Any = None,
+    allow_pickle: bool = False,
+    base: str | os.PathLike | None = None,
+    lora_rank: int | None = None,
+    lora_alpha: float | None = None,
+    need_vae: bool = True,
+) -> Checkpoint:
+    """:func:`load_upstream`; with ``need_vae=False`` a missing VQ-VAE leaves ``Checkpoint.vae`` None."""
     obj = read_file(model_path, allow_pickle=allow_pickle)
     sd = extract_state_dict(obj, model_path)
     kind = classify(sd)
-    if kind != "stylevar":
+    lora_info: dict[str, Any] = {}
+    base_ckpt: Checkpoint | None = None
+    if kind in ("stylevar_lora", "lora_only"):
+        if kind == "lora_only" and base is None:
+            raise _wrong_kind(model_path, kind, sd, "StyleVAR transformer")
+        file_rank, file_alpha = lora_hparams_from_checkpoint(obj)
+        try:
+            r, a = lora_hparams(
+                sd,
+                lora_rank if lora_rank is not None else file_rank,
+                lora_alpha if lora_alpha is not None else file_alpha,
+                where=model_path,
+            )
+            if kind == "stylevar_lora":
+                sd = bake_wrapped_state(sd, r, a)
+                lora_info["lora_baked"] = {"rank": r, "alpha": a}
+                logger.info(
+                    "%s is a LoRA-wrapped GRPO checkpoint: baked its adapters (rank %d, alpha %g)",
+                    model_path,
+                    r,
+                    a,
+                )
+            else:
+                assert base is not None
+                base_ckpt = _load_base(base, vae_path, allow_pickle, need_vae)
+                n = len([k for k in sd if k.endswith(".lora_A")])
+                sd = apply_lora_to_plain_state(base_ckpt.model.state_dict(), sd, r, a)
+                lora_info["lora_merged"] = {"rank": r, "alpha": a, "base": str(base), "modules": n}
+                logger.info(
+                    "merged %d LoRA adapters of %s into %s (rank %d, alpha %g)", n, model_path, base, r, a
+                )
+        except CheckpointError as e:
+            msg = str(e)
+            raise CheckpointError(msg if str(model_path) in msg else f"{model_path}: {msg}") from None
+    elif kind != "stylevar":
         raise _wrong_kind(model_path, kind, sd, "StyleVAR transformer")
+    elif base is not None:
+        logger.info(
+            "%s is a full (merged) checkpoint; --base %s is not needed and was ignored", model_path, base
+        )
     variant = variant or _guess_variant(model_path)
     if alpha is None:
         alpha_src = VARIANT_ALPHA.get(variant or "", "paper")
         alpha_value: Any = alpha_src
     else:
         alpha_src, alpha_value = "explicit", alpha
-    scfg = infer_stylevar_config(sd, alpha_value)
+    if base_ckpt is not None:  # fields the shapes do not tell (encoder_input, norm_eps) are the base's
+        scfg = StyleVARConfig.from_dict({**base_ckpt.model.config.to_dict(), "alpha": alpha_value})
+    else:
+        scfg = infer_stylevar_config(sd, alpha_value)
 
-    vae_sd, vae_src = None, None
+    vae_sd, vae_src, vae_model = None, None, None
     if vae_path is not None:
         vae_src = Path(vae_path)
-        vae_sd = extract_state_dict(read_file(vae_src, allow_pickle=allow_pickle), vae_src)
+        vae_sd = _read_vae(vae_src, allow_pickle)
+    elif base_ckpt is not None and base_ckpt.vae is not None:
+        vae_model = base_ckpt.vae
+        vae_src = base_ckpt.info.get("vae_source", base_ckpt.info.get("source", base))
     elif (
         isinstance(obj, Mapping)
         and isinstance(obj.get("trainer"), Mapping)
@@ -483,30 +631,132 @@ def load_upstream(
         vae_src, vae_sd = model_path, dict(obj["trainer"]["vae_local"])
     elif (model_path.parent / VAE_FILENAME).exists():
         vae_src = model_path.parent / VAE_FILENAME
-        vae_sd = extract_state_dict(read_file(vae_src, allow_pickle=allow_pickle), vae_src)
-    else:
+        vae_sd = _read_vae(vae_src, allow_pickle)
+    elif need_vae:
         raise CheckpointError(
             f"no VQ-VAE for {model_path}: pass --vae PATH (the released file is {VAE_FILENAME}) "
             "or put it beside the checkpoint"
         )
-    vkind = classify(vae_sd)
-    if vkind != "vqvae":
-        raise _wrong_kind(vae_src, vkind, vae_sd, "VQ-VAE")
-    vcfg = infer_vqvae_config(vae_sd, scfg.patch_nums)
-    try:
-        scfg.check_vqvae(vcfg)
-    except ConfigError as e:
-        raise CheckpointError(f"{vae_src} does not fit {model_path}: {e}") from None
+    vae = None if vae_src is None else _vae_for(scfg, vae_src, vae_sd, model_path, vae_model)
     model = build_stylevar(scfg, sd, model_path)
-    vae = build_vqvae(vcfg, vae_sd, vae_src)
-    info = {
+    info: dict[str, Any] = {
         "source": str(model_path),
-        "vae_source": str(vae_src),
+        "vae_source": None if vae_src is None else str(vae_src),
         "variant": variant,
         "alpha_source": alpha_src,
+        **lora_info,
     }
     logger.info("loaded %s (variant %s), alpha %s (%s)", model_path, variant, list(scfg.alpha), alpha_src)
-    return Checkpoint(model.float(), vae.float(), SamplingConfig(), info)
+    sampling = base_ckpt.sampling if base_ckpt is not None else SamplingConfig()
+    return Checkpoint(model.float(), None if vae is None else vae.float(), sampling, info)  # type: ignore[arg-type]
+
+
+def _load_lora_dir(
+    path: Path,
+    *,
+    base: str | os.PathLike | None,
+    vae: str | os.PathLike | None,
+    alpha: Any,
+    allow_pickle: bool,
+    lora_rank: int | None = None,
+    lora_alpha: float | None = None,
+    need_vae: bool = True,
+) -> Checkpoint:
+    """Our LoRA directory merged into its base (``base``, else the ``info["base"]`` it recorded)."""
+    cfg, lora_sd, meta = load_lora(path)
+    recorded = meta["info"].get("base")
+    if base is None and recorded:
+        base = recorded
+        if not Path(base).expanduser().is_absolute() and not Path(base).expanduser().exists():
+            base = path / base  # recorded relative to the adapter directory
+    if base is None:
+        raise CheckpointError(
+            f"{path} holds only LoRA adapters; pass --base SFT_CHECKPOINT (the checkpoint they were trained on)"
+        )
+    if lora_rank is not None and int(lora_rank) != cfg.rank:
+        raise CheckpointError(
+            f"{path} has rank {cfg.rank} (its {ADAPTER_CONFIG}), not {lora_rank}; drop --rank"
+        )
+    a = float(lora_alpha) if lora_alpha is not None else cfg.alpha
+    base_ckpt = _load_base(base, vae, allow_pickle, need_vae)
+    try:
+        sd = apply_lora_to_plain_state(base_ckpt.model.state_dict(), lora_sd, cfg.rank, a)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path} does not fit the base {base}: {e}") from None
+    stored = meta.get("stylevar")
+    try:
+        scfg = StyleVARConfig.from_dict(stored) if stored else copy.deepcopy(base_ckpt.model.config)
+        if alpha is not None:
+            scfg.alpha = alpha_for_scales(alpha, scfg.num_scales)
+    except (TypeError, ConfigError) as e:
+        raise CheckpointError(f"{path / ADAPTER_CONFIG}: invalid configuration ({_short(e)})") from None
+    model = build_stylevar(scfg, sd, f"{path} merged into {base}")
+    vae_model, vae_src = base_ckpt.vae, base_ckpt.info.get("vae_source", base_ckpt.info.get("source"))
+    if vae is not None:
+        vae_src = Path(vae)
+        vae_model = _vae_for(scfg, vae_src, _read_vae(vae_src, allow_pickle), path)
+    elif vae_model is not None:
+        vae_model = _vae_for(scfg, vae_src, None, path, vae_model)
+    info = dict(meta["info"])
+    info.update(
+        {
+            "source": str(path),
+            "vae_source": None if vae_src is None else str(vae_src),
+            "alpha_source": "explicit" if alpha is not None else "adapter config",
+            "lora_merged": {"rank": cfg.rank, "alpha": a, "base": str(base), "modules": len(lora_sd) // 2},
+        }
+    )
+    info.pop("base", None)
+    logger.info(
+        "merged %d LoRA adapters of %s into %s (rank %d, alpha %g)",
+        len(lora_sd) // 2,
+        path,
+        base,
+        cfg.rank,
+        a,
+    )
+    return Checkpoint(
+        model.float(), None if vae_model is None else vae_model.float(), base_ckpt.sampling, info
+    )  # type: ignore[arg-type]
+
+
+def _load_local(
+    path: Path,
+    *,
+    vae: str | os.PathLike | None = None,
+    variant: str | None = None,
+    alpha: Any = None,
+    allow_pickle: bool = False,
+    base: str | os.PathLike | None = None,
+    lora_rank: int | None = None,
+    lora_alpha: float | None = None,
+    need_vae: bool = True,
+) -> Checkpoint:
+    """A local checkpoint: our directory, our LoRA directory, a folder of upstream files, or a file."""
+    lora_kw = dict(
+        base=base, allow_pickle=allow_pickle, lora_rank=lora_rank, lora_alpha=lora_alpha, need_vae=need_vae
+    )
+    if path.is_dir():
+        if is_lora_dir(path):
+            return _load_lora_dir(path, vae=vae, alpha=alpha, **lora_kw)  # type: ignore[arg-type]
+        if (path / CONFIG_NAME).exists():
+            return _load_our_format(path, alpha)
+        name = VARIANT_FILES[variant or "grpo"]
+        candidates = [path / name] if variant else [path / VARIANT_FILES["grpo"], path / VARIANT_FILES["sft"]]
+        found = next((c for c in candidates if c.exists()), None)
+        if found is None:
+            raise CheckpointError(
+                f"{path} holds neither a stylevar checkpoint ({CONFIG_NAME}) nor {' / '.join(c.name for c in candidates)}"
+            )
+        vae_path = Path(vae) if vae else path / VAE_FILENAME
+        return _load_file(
+            found,
+            vae_path if vae_path.exists() or vae else None,
+            variant=variant or _guess_variant(found),
+            alpha=alpha,
+            **lora_kw,  # type: ignore[arg-type]
+        )
+    return _load_file(path, vae, variant=variant, alpha=alpha, **lora_kw)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------- hub
@@ -600,6 +850,7 @@ def load_pretrained(
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool = False,
     allow_pickle: bool = False,
+    base: str | os.PathLike | None = None,
 ) -> Checkpoint:
     """Load a StyleVAR checkpoint from a directory, files or a Hub repo id.
 
@@ -608,40 +859,25 @@ def load_pretrained(
             * a directory in our format (``config.json`` + safetensors),
             * a directory holding upstream files (``vae_ch160v4096z32.pth`` and
               ``StyleVAR-GRPO.pth`` / ``StyleVAR_SFT.pth``),
-            * a transformer file (``.pth`` / ``.safetensors``), with ``vae`` or the VQ-VAE beside it,
+            * a transformer file (``.pth`` / ``.safetensors``), with ``vae`` or the VQ-VAE beside it;
+              GRPO training checkpoints too (LoRA-wrapped: baked; LoRA only: needs ``base``),
+            * our LoRA directory (``adapter_config.json``): merged into ``base``, or into the
+              base path it recorded as ``info["base"]``,
             * a Hub repo id (default ``Senfier-LiqiJing/StyleVAR``).
         vae: path of the VQ-VAE file (upstream files only).
         variant: ``grpo`` or ``sft``: which released transformer, and its default alpha.
         alpha: per-scale alpha values or a preset name; overrides the checkpoint's.
         revision, cache_dir, local_files_only: passed to ``huggingface_hub``.
         allow_pickle: allow ``.pth`` files with arbitrary pickled objects (trusted files only).
+        base: the local base (SFT) checkpoint that LoRA-only adapters apply to (ignored for full
+            checkpoints). Its VQ-VAE is used unless ``vae`` is given.
     """
     if variant is not None and variant not in VARIANT_FILES:
         raise CheckpointError(f"unknown variant {variant!r}; choose one of {sorted(VARIANT_FILES)}")
     src = str(pretrained) if pretrained is not None else DEFAULT_REPO
     path = Path(src).expanduser()
     if path.exists():
-        if path.is_dir():
-            if (path / CONFIG_NAME).exists():
-                return _load_our_format(path, alpha)
-            name = VARIANT_FILES[variant or "grpo"]
-            candidates = (
-                [path / name] if variant else [path / VARIANT_FILES["grpo"], path / VARIANT_FILES["sft"]]
-            )
-            found = next((c for c in candidates if c.exists()), None)
-            if found is None:
-                raise CheckpointError(
-                    f"{path} holds neither a stylevar checkpoint ({CONFIG_NAME}) nor {' / '.join(c.name for c in candidates)}"
-                )
-            vae_path = Path(vae) if vae else path / VAE_FILENAME
-            return load_upstream(
-                found,
-                vae_path if vae_path.exists() or vae else None,
-                variant=variant or _guess_variant(found),
-                alpha=alpha,
-                allow_pickle=allow_pickle,
-            )
-        return load_upstream(path, vae, variant=variant, alpha=alpha, allow_pickle=allow_pickle)
+        return _load_local(path, vae=vae, variant=variant, alpha=alpha, allow_pickle=allow_pickle, base=base)
     if not _REPO_RE.match(src) or src.startswith((".", "/", "~")):
         raise CheckpointError(
             f"checkpoint not found: {src} (neither a local path nor a Hub repo id like {DEFAULT_REPO})"
@@ -664,7 +900,9 @@ def load_pretrained(
     variant = variant or "grpo"
     model_file = hub_download(src, VARIANT_FILES[variant], **kw)
     vae_file = Path(vae) if vae else hub_download(src, VAE_FILENAME, **kw)
-    ckpt = load_upstream(model_file, vae_file, variant=variant, alpha=alpha, allow_pickle=allow_pickle)
+    ckpt = load_upstream(
+        model_file, vae_file, variant=variant, alpha=alpha, allow_pickle=allow_pickle, base=base
+    )
     ckpt.info["repo_id"] = src
     return ckpt
 
@@ -682,3 +920,96 @@ def convert_upstream(
     """Convert upstream files (a StyleVAR ``.pth`` and its VQ-VAE) into our format in ``out_dir``."""
     ckpt = load_pretrained(model_path, vae=vae, variant=variant, alpha=alpha, allow_pickle=allow_pickle)
     return save_pretrained(out_dir, ckpt.model, ckpt.vae, sampling=ckpt.sampling, info=ckpt.info, dtype=dtype)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` via a temporary sibling, fsync and an atomic rename.
+
+    A crash leaves either the old file or the new one, never a truncated file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+MERGE_FORMATS = ("stylevar", "upstream")
+
+
+def merge_lora_checkpoint(
+    lora_path: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    base: str | os.PathLike | None = None,
+    vae: str | os.PathLike | None = None,
+    fmt: str = "stylevar",
+    rank: int | None = None,
+    alpha: float | None = None,
+    allow_pickle: bool = False,
+) -> Path:
+    """Merge GRPO LoRA adapters into plain weights and write them (``stylevar merge-lora``).
+
+    ``lora_path`` is a GRPO checkpoint of upstream's (``grpo_*.pth``: LoRA only, which needs
+    ``base``; LoRA-wrapped full state; or plain, full-parameter mode) or our LoRA directory.
+    ``rank`` / ``alpha`` override the adapters' (default: the file's ``args``, else lora_A's rows
+    and 2 * rank). The merged state is checked by a strict load into a fresh plain model and for
+    finite values, then written as
+
+    * ``fmt="stylevar"``: our checkpoint directory ``out`` (with the VQ-VAE: ``vae``, the base's,
+      or the one beside the checkpoint), provenance in ``info``;
+    * ``fmt="upstream"``: ``{'model': plain_state_dict, 'note': str}`` to the file ``out``, like
+      upstream's ``merge_grpo_lora.py`` (no VQ-VAE needed).
+
+    Returns the path written.
+    """
+    if fmt not in MERGE_FORMATS:
+        raise ConfigError(f"unknown output format {fmt!r}; choose one of {list(MERGE_FORMATS)}")
+    src = Path(lora_path).expanduser()
+    if not src.exists():
+        raise CheckpointError(f"checkpoint not found: {src}")
+    out_path = Path(out).expanduser()
+    if fmt == "upstream" and out_path.is_dir():
+        raise CheckpointError(
+            f"{out_path} is a directory; --format upstream writes one file (e.g. {out_path}/merged.pth)"
+        )
+    ckpt = _load_local(
+        src,
+        vae=vae,
+        allow_pickle=allow_pickle,
+        base=base,
+        lora_rank=rank,
+        lora_alpha=alpha,
+        need_vae=fmt == "stylevar",
+    )
+    plain = {k: v.detach() for k, v in ckpt.model.state_dict().items()}
+    leftover = [k for k in plain if ".lora_" in k or k.endswith((".base_weight", ".base_bias"))]
+    if leftover:
+        raise CheckpointError(f"{src}: the merged state still has LoRA keys (e.g. {leftover[0]})")
+    params = {n for n, _ in ckpt.model.named_parameters()}  # buffers hold -inf (the attention mask)
+    bad = [k for k in sorted(params) if not bool(torch.isfinite(plain[k]).all())]
+    if bad:
+        raise CheckpointError(
+            f"{src}: merged weights are not finite (e.g. {bad[0]}); the GRPO run diverged or --rank/--lora-alpha are wrong"
+        )
+    build_stylevar(copy.deepcopy(ckpt.model.config), plain, f"{src} (merged)")  # strict round trip
+    merged = {k: v for k, v in ckpt.info.items() if k in ("lora_merged", "lora_baked")}
+    note = f"merged by stylevar merge-lora from {src}"
+    for k, v in merged.items():
+        note += f"; {k.replace('_', ' ')}: " + ", ".join(f"{a} {b}" for a, b in v.items())
+    if not merged:
+        note += " (a plain checkpoint: nothing to merge)"
+    logger.info(note)
+    if fmt == "upstream":
+        return atomic_save({"model": plain, "note": note}, out_path)
+    info = dict(ckpt.info)
+    info["merge_note"] = note
+    return save_pretrained(out_path, ckpt.model, ckpt.vae, sampling=ckpt.sampling, info=info)

@@ -2,6 +2,7 @@
 
 stylevar stylize CONTENT STYLE -o OUT      stylize files or folders (every content x style pair)
 stylevar convert UPSTREAM.pth -o DIR       upstream .pth files -> config.json + safetensors
+stylevar merge-lora LORA --base SFT -o OUT  GRPO LoRA adapters merged into plain weights
 stylevar info CHECKPOINT                   print a checkpoint's configuration
 """
 
@@ -59,6 +60,11 @@ def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="per-scale alpha: a preset (paper, sft) or N comma-separated values",
     )
+    g.add_argument(
+        "--base",
+        default=None,
+        help="base (SFT) checkpoint for a checkpoint holding only GRPO LoRA adapters",
+    )
     g.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
     g.add_argument("--cache-dir", default=None, help="Hugging Face cache directory")
     g.add_argument("--offline", action="store_true", help="use only files already in the Hugging Face cache")
@@ -85,6 +91,7 @@ def _checkpoint_kwargs(args: argparse.Namespace) -> dict:
         cache_dir=args.cache_dir,
         local_files_only=args.offline,
         allow_pickle=args.trust_checkpoint,
+        base=args.base,
     )
 
 
@@ -219,6 +226,26 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge_lora(args: argparse.Namespace) -> int:
+    from .checkpoints import merge_lora_checkpoint
+
+    out = merge_lora_checkpoint(
+        args.lora,
+        args.output,
+        base=args.base,
+        vae=args.vae,
+        fmt=args.format,
+        rank=args.rank,
+        alpha=args.lora_alpha,
+        allow_pickle=args.trust_checkpoint,
+    )
+    if args.format == "upstream":
+        print(f"wrote {out} ({{'model': merged state dict, 'note': ...}}; load it with its VQ-VAE via --vae)")
+    else:
+        print(f"wrote {out}/ (config.json, model.safetensors, vqvae.safetensors)")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .checkpoints import load_pretrained
 
@@ -287,7 +314,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"  {'':28s} {'SSIM':>7s} {'PSNR':>7s} {'L1':>7s}")
     for name, row in t.items():
         print(f"  {name:28s} {row['ssim']:7.4f} {row['psnr']:7.2f} {row['l1']:7.4f}")
-    print(f"took {m['timings']['total_s'] / 60:.1f} min; metrics: {args.output}/metrics.json; grid: {m['grid']}")
+    print(
+        f"took {m['timings']['total_s'] / 60:.1f} min; metrics: {args.output}/metrics.json; grid: {m['grid']}"
+    )
     return 0
 
 
@@ -396,9 +425,32 @@ def cmd_sft(args: argparse.Namespace) -> int:
         return 1
     if run.rank == 0:
         if run.final is None:
-            print(f"stopped at step {run.step} of {run.total_steps}; continue with the same command and --resume")
+            print(
+                f"stopped at step {run.step} of {run.total_steps}; continue with the same command and --resume"
+            )
         else:
             print(f"final model: {run.final}/ (stylevar stylize ... --checkpoint {run.final})")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ grpo
+def cmd_grpo(args: argparse.Namespace) -> int:
+    from .training.grpo_cli import run_grpo
+    from .training.sft_cli import OtherRankFailed
+
+    try:
+        run = run_grpo(args, say=print)
+    except OtherRankFailed:
+        return 1
+    if run.rank == 0:
+        if run.eval_start is not None and run.eval_end is not None:
+            print(f"held-out reward: {run.eval_start:.4f} -> {run.eval_end:.4f}")
+        if run.final is None:
+            print(
+                f"stopped at step {run.step} of {run.total_steps}; continue with the same command and --resume"
+            )
+        else:
+            print(f"final model (LoRA merged): {run.final}/ (stylevar stylize ... --checkpoint {run.final})")
     return 0
 
 
@@ -499,11 +551,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_convert)
 
+    p = sub.add_parser(
+        "merge-lora",
+        help="merge GRPO LoRA adapters into plain weights (upstream's merge_grpo_lora.py)",
+        description="LORA is an upstream GRPO checkpoint (grpo_*.pth: adapters only, which need --base, or a "
+        "LoRA-wrapped full state) or a stylevar LoRA folder. The merged weights are checked by a strict "
+        "load, then written as our checkpoint folder or as upstream's {'model': ..., 'note': ...} .pth.",
+    )
+    p.add_argument("lora", metavar="LORA", help="grpo_*.pth or a LoRA folder (adapter_config.json)")
+    p.add_argument("-o", "--output", required=True, help="output folder (--format stylevar) or .pth file")
+    p.add_argument(
+        "--base", default=None, help="the SFT checkpoint the GRPO run started from (file or folder)"
+    )
+    p.add_argument(
+        "--vae", default=None, help="VQ-VAE .pth (default: the base's, or vae_ch160v4096z32.pth beside it)"
+    )
+    p.add_argument(
+        "--format",
+        choices=("stylevar", "upstream"),
+        default="stylevar",
+        help="stylevar: config.json + safetensors folder (default); upstream: one .pth file",
+    )
+    p.add_argument(
+        "--rank", type=int, default=None, help="LoRA rank (default: the file's args, else lora_A's)"
+    )
+    p.add_argument(
+        "--lora-alpha", type=float, default=None, help="LoRA alpha (default: the file's args, else 2 x rank)"
+    )
+    p.add_argument(
+        "--trust-checkpoint", action="store_true", help="allow pickled Python objects (trusted files only)"
+    )
+    p.set_defaults(func=cmd_merge_lora)
+
     p = sub.add_parser("info", help="print a checkpoint's configuration")
     p.add_argument("checkpoint", nargs="?", default=None, help="checkpoint directory, file or Hub repo id")
     p.add_argument("--vae", default=None)
     p.add_argument("--variant", choices=("grpo", "sft"), default=None)
     p.add_argument("--alpha", type=_alpha_arg, default=None)
+    p.add_argument("--base", default=None, help="base (SFT) checkpoint for LoRA-only adapters")
     p.add_argument("--revision", default=None)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--offline", action="store_true")
@@ -591,6 +676,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_sft_arguments(p)
     p.set_defaults(func=cmd_sft)
+
+    from .training.grpo_cli import add_arguments as add_grpo_arguments
+
+    p = sub.add_parser(
+        "grpo",
+        help="reinforcement fine-tuning (GRPO + LoRA) of a StyleVAR against a perceptual reward",
+        description="GRPO from an SFT checkpoint (--init) on triplets: G rollouts per (content, style), a reward "
+        "(default -5 DreamSim vs target), PPO clip + KL to the LoRA-off reference, PANW token weights, "
+        "iterative reference merges; options for VAR RL Done Right's middle return (--vmr) and mask "
+        "propagation. Under torchrun each process rolls out its own conditions.",
+    )
+    add_grpo_arguments(p)
+    p.set_defaults(func=cmd_grpo)
     return parser
 
 

@@ -107,6 +107,7 @@ class StyleVARPipeline:
         cache_dir: str | os.PathLike | None = None,
         local_files_only: bool = False,
         allow_pickle: bool = False,
+        base: str | os.PathLike | None = None,
     ) -> StyleVARPipeline:
         """Load from our format, upstream files or a Hub repo (see :func:`stylevar.checkpoints.load_pretrained`)."""
         ckpt: Checkpoint = load_pretrained(
@@ -118,6 +119,7 @@ class StyleVARPipeline:
             cache_dir=cache_dir,
             local_files_only=local_files_only,
             allow_pickle=allow_pickle,
+            base=base,
         )
         return cls(ckpt.model, ckpt.vae, ckpt.sampling, device=device, info=ckpt.info)
 

@@ -4,7 +4,7 @@ Shared by the trainers (tokenizer now; SFT's private copies of the same logic ca
 without changing its files on disk):
 
 * :func:`world` -- (rank, world size) under ``torchrun``, (0, 1) otherwise;
-* :func:`atomic_save` / :func:`save_checkpoint` / :func:`load_training_checkpoint` -- files that
+* :func:`atomic_save` (from :mod:`stylevar.checkpoints`) / :func:`save_checkpoint` / :func:`load_training_checkpoint` -- files that
   are either complete or absent, ``last`` / ``best`` / rolling ``step-<N>.pt`` kinds, loaded with
   ``torch.load(weights_only=True)`` (no pickled code);
 * :func:`capture_rng` / :func:`restore_rng` -- torch, CUDA and Python ``random`` states, as plain
@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ..checkpoints import atomic_save  # the one implementation; re-exported here for training code
 from ..errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -51,26 +52,6 @@ def main_thread() -> bool:
 
 
 # ---------------------------------------------------------------------------------------- files
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` via a temporary sibling, fsync and an atomic rename.
-
-    A crash leaves either the old file or the new one, never a truncated file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_checkpoint(
     ckpt_dir: str | os.PathLike, obj: Any, kind: str = "last", *, step: int = 0, keep_rolling: int = 5
 ) -> Path:
