@@ -19,3 +19,11 @@ class CheckpointError(StyleVARError):
 
 class DataError(StyleVARError):
     """A dataset that is missing, empty, laid out unexpectedly, or holds missing/unreadable files."""
+
+
+class MissingDependencyError(StyleVARError, ImportError):
+    """An optional package (an extra such as ``stylevar[rewards]``) that a feature needs is not installed."""
+
+
+class MissingWeightsError(CheckpointError, FileNotFoundError):
+    """Pretrained weights (of a metric or reward model) that are neither on disk nor downloadable now."""
