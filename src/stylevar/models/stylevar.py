@@ -314,6 +314,8 @@ class StyleVAR(nn.Module):
         decode: bool = True,
         dtype: torch.dtype | None = None,
         cuda_graphs: bool = False,
+        prefix: Sequence[torch.Tensor] | None = None,
+        num_scales: int | None = None,
     ) -> GenerationOutput:
         """Sample target tokens scale by scale and decode them.
 
@@ -337,6 +339,11 @@ class StyleVAR(nn.Module):
                 (:mod:`stylevar.models.graphs`); on other devices the same static path runs
                 eagerly. After changing the weights with a reduced ``dtype``, call
                 ``static_runner(...).refresh_weights()``.
+            prefix: tokens of the first ``len(prefix)`` scales, each (B, pn*pn) int64, taken as
+                given instead of sampled (continuations of a prefix: GRPO's middle-return value
+                estimate). They draw nothing from the generators.
+            num_scales: stop after this many scales (a prefix only); ``images`` is then empty and
+                ``f_hat`` holds the partial sum.
 
         Returns:
             :class:`GenerationOutput` with images in [0, 1].
@@ -380,17 +387,30 @@ class StyleVAR(nn.Module):
         )
         tokens: list[torch.Tensor] = []
         all_logits: list[torch.Tensor] = []
-        SN = len(self.patch_nums)
+        SN = len(self.patch_nums) if num_scales is None else int(num_scales)
+        prefix = list(prefix or [])
+        if not 1 <= SN <= len(self.patch_nums) or len(prefix) > SN:
+            raise ValueError(
+                f"num_scales must lie in [1, {len(self.patch_nums)}] and cover the prefix "
+                f"({len(prefix)} scales), got {SN}"
+            )
+        for si, t in enumerate(prefix):
+            n = self.patch_nums[si] ** 2
+            if tuple(t.shape) != (B, n):
+                raise ValueError(f"prefix scale {si} must have shape ({B}, {n}), got {tuple(t.shape)}")
         # one autocast region for the whole loop, so autocast casts each weight once per call
         with amp:
-            for si, pn in enumerate(self.patch_nums):
+            for si, pn in enumerate(self.patch_nums[:SN]):
                 logits = step(si, x)  # fp32 whatever the autocast
                 if return_logits:
                     all_logits.append(logits.clone())
                 with no_autocast(device):  # sampling and the quantizer in fp32
-                    idx_Bl = sample_tokens(
-                        logits, top_k=top_k, top_p=top_p, temperature=temperature, generator=gens
-                    )
+                    if si < len(prefix):
+                        idx_Bl = prefix[si].to(device=device, dtype=torch.long)
+                    else:
+                        idx_Bl = sample_tokens(
+                            logits, top_k=top_k, top_p=top_p, temperature=temperature, generator=gens
+                        )
                     tokens.append(idx_Bl)
                     f_hat, next_map = vae.quantize.next_input(si, f_hat, vae.quantize.idx_to_h(idx_Bl, pn))
                 if si != SN - 1:
@@ -398,7 +418,7 @@ class StyleVAR(nn.Module):
                     next_BlC = next_map.reshape(B, self.Cvae, -1).transpose(1, 2)
                     x = self.word_embed(next_BlC) + lvl_pos[:, nb:ne]
         step = caches = adas = None  # release the KV caches (139 MB per d20 sample) before decoding
-        if decode:
+        if decode and SN == len(self.patch_nums):
             with amp:
                 images = vae.fhat_to_img(f_hat).float().add_(1).mul_(0.5)
         else:
