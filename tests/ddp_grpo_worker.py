@@ -12,7 +12,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_grpo import ToyConditions, small_cfg  # noqa: E402
 
 from helpers import tiny_models  # noqa: E402
-from stylevar.models.lora import lora_state_dict  # noqa: E402
 from stylevar.training.grpo import GRPOTrainer  # noqa: E402
 from stylevar.training.rewards import build_reward  # noqa: E402
 
@@ -29,13 +28,14 @@ def main(out: str, batch: int) -> None:
         merge_cooldown=1,
         merge_patience=0,
         merge_min_gain=-1.0,
+        restore_peak=False,
     )
     t = GRPOTrainer(
         model, vae, ToyConditions(4, vae.config.resolution), build_reward("ssim"), Path(out) / "run", cfg
     )
     t.fit(progress=False)
     if dist.get_rank() == 0:
-        torch.save(lora_state_dict(t.model), Path(out) / "lora.pt")
+        torch.save({"state": t.model.state_dict(), "merges": len(t.controller.merges)}, Path(out) / "lora.pt")
     dist.destroy_process_group()
 
 
