@@ -234,7 +234,9 @@ def run_demo(
     timings["eval_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_all
     metrics["timings"] = timings
-    metrics["config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
+    metrics["config"] = {
+        k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()
+    }
     metrics["threads"] = torch.get_num_threads()
     tmp = out / ".metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=2) + "\n")

@@ -22,7 +22,7 @@ import torch
 
 from ..cli import _alpha_arg
 from ..errors import ConfigError
-from .sft_cli import OtherRankFailed, Say, _jsonable, prepare_data
+from .sft_cli import Say, _jsonable, launch, on_rank0, prepare_data
 
 #: help of the flags that set :class:`GRPOConfig` fields (defaults come from the dataclass)
 _HELP = {
@@ -171,22 +171,12 @@ class GRPORun:
 
 def run_grpo(args: argparse.Namespace, say: Say = lambda _m: None) -> GRPORun:
     """Everything ``stylevar grpo`` does, from parsed flags; ``say`` gets progress lines (rank 0)."""
-    from . import distributed as D
-
-    device = D.resolve_device(args.device)
-    created = D.init_from_env(device)
-    try:
-        rank, world = D.world()
-        return _run(args, device, rank, world, say if rank == 0 else (lambda _m: None))
-    finally:
-        if created:
-            D.destroy()
+    return launch(_run, args, say)
 
 
 def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int, say: Say) -> GRPORun:
     from ..checkpoints import load_pretrained
     from ..data import TripletDataset, TripletTransform
-    from . import distributed as D
     from .grpo import GRPOTrainer
     from .rewards import build_reward, requires_target
 
@@ -215,21 +205,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int, 
             msg += f"; held-out set from --val: {len(val)} triplets ({report.summary()})"
         return resuming, train, val, msg
 
-    if world == 1:
-        resuming, train, val, data_msg = prepare()
-    else:
-        group = D.patient_group()
-        outcome: Any = None
-        if rank == 0:
-            try:
-                outcome = ("ok", prepare())
-            except Exception as e:
-                D.broadcast_object(("error", f"{type(e).__name__}: {e}"), group)
-                raise
-        outcome = D.broadcast_object(outcome, group)
-        if outcome[0] == "error":
-            raise OtherRankFailed(f"rank 0 failed while preparing the run ({outcome[1]})")
-        resuming, train, val, data_msg = outcome[1]
+    resuming, train, val, data_msg = on_rank0(prepare, rank, world)
     say(f"data: {data_msg}")
 
     ckpt = load_pretrained(

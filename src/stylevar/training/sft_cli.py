@@ -387,6 +387,27 @@ def prepare_data(args: argparse.Namespace, run_dir: Path, reuse_split: bool) -> 
 
 
 # ------------------------------------------------------------------------------------------ run
+def on_rank0(fn: Callable[[], Any], rank: int, world: int) -> Any:
+    """``fn()`` on rank 0 (checking the run folder, scanning data), its result broadcast to the other
+    ranks, which wait with a long timeout; a failure there raises :class:`OtherRankFailed` on the others."""
+    from . import distributed as D
+
+    if world == 1:
+        return fn()
+    group = D.patient_group()
+    outcome: Any = None
+    if rank == 0:
+        try:
+            outcome = ("ok", fn())
+        except Exception as e:  # tell the other ranks, then report it here
+            D.broadcast_object(("error", f"{type(e).__name__}: {e}"), group)
+            raise
+    outcome = D.broadcast_object(outcome, group)
+    if outcome[0] == "error":
+        raise OtherRankFailed(f"rank 0 failed while preparing the run ({outcome[1]})")
+    return outcome[1]
+
+
 @dataclass
 class SFTRun:
     """What ``stylevar sft`` did."""
@@ -408,23 +429,28 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def run_sft(args: argparse.Namespace, say: Say = lambda _m: None) -> SFTRun:
-    """Everything ``stylevar sft`` does, from parsed flags; ``say`` gets progress lines (rank 0)."""
+def launch(body: Callable[..., Any], args: argparse.Namespace, say: Say) -> Any:
+    """``body(args, device, rank, world, say)`` inside the ``torchrun`` process group (created from the
+    environment when present, destroyed after); ``say`` is silenced on ranks > 0."""
     from . import distributed as D
 
     device = D.resolve_device(args.device)
     created = D.init_from_env(device)
     try:
         rank, world = D.world()
-        return _run(args, device, rank, world, say if rank == 0 else (lambda _m: None))
+        return body(args, device, rank, world, say if rank == 0 else (lambda _m: None))
     finally:
         if created:
             D.destroy()
 
 
+def run_sft(args: argparse.Namespace, say: Say = lambda _m: None) -> SFTRun:
+    """Everything ``stylevar sft`` does, from parsed flags; ``say`` gets progress lines (rank 0)."""
+    return launch(_run, args, say)
+
+
 def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int, say: Say) -> SFTRun:
     from ..data import TripletDataset, TripletTransform
-    from . import distributed as D
     from .sft import SFTTrainer
 
     run_dir = Path(args.output).expanduser()
@@ -443,21 +469,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int, 
         run_dir.mkdir(parents=True, exist_ok=True)
         return (resuming, *prepare_data(args, run_dir, reuse_split=args.resume))
 
-    if world == 1:
-        resuming, train, val, data_msg = prepare()
-    else:
-        group = D.patient_group()
-        outcome: Any = None
-        if rank == 0:
-            try:
-                outcome = ("ok", prepare())
-            except Exception as e:  # tell the other ranks, then report it here
-                D.broadcast_object(("error", f"{type(e).__name__}: {e}"), group)
-                raise
-        outcome = D.broadcast_object(outcome, group)
-        if outcome[0] == "error":
-            raise OtherRankFailed(f"rank 0 failed while preparing the run ({outcome[1]})")
-        resuming, train, val, data_msg = outcome[1]
+    resuming, train, val, data_msg = on_rank0(prepare, rank, world)
     say(f"data: {data_msg}")
     if args.resume and not resuming:
         say(f"nothing to resume in {run_dir} (no checkpoints/last.pt): starting a new run")
