@@ -174,6 +174,12 @@ def run_grpo(args: argparse.Namespace, say: Say = lambda _m: None) -> GRPORun:
     return launch(_run, args, say)
 
 
+def _base_ref(init: str) -> str:
+    """Where the adapter's base lives: the absolute path of a local ``--init``, else the Hub id as given."""
+    p = Path(init).expanduser()
+    return str(p.resolve()) if p.exists() else str(init)
+
+
 def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int, say: Say) -> GRPORun:
     from ..checkpoints import load_pretrained
     from ..data import TripletDataset, TripletTransform
@@ -242,7 +248,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int, 
         cfg,
         val_set=val_set,
         device=device,
-        info={"init": str(args.init), "reward": args.reward},
+        info={"init": str(args.init), "base": _base_ref(args.init), "reward": args.reward},
     )
     if resuming:
         trainer.resume(last)
