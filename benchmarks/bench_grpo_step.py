@@ -65,7 +65,17 @@ def build(args) -> tuple[StyleVAR, VQVAE]:
     return model.eval(), vae.eval()
 
 
-def time_steps(args, rollout_batch: int, device: torch.device) -> dict:
+#: what each --modes entry changes in GRPOConfig
+MODES = {
+    "batched": {"rollout_batch": 0},
+    "serial": {"rollout_batch": 1},
+    "vmr": {"vmr": True, "vmr_k": 4},  # timed steps 1-3: prefix, prefix, suffix
+    "mp-grad": {"mask_propagation": "reward_grad"},
+    "ppo3": {"ppo_epochs": 3},
+}
+
+
+def time_steps(args, mode: str, device: torch.device) -> dict:
     torch.manual_seed(0)
     model, vae = build(args)
     res = vae.config.resolution
@@ -74,7 +84,6 @@ def time_steps(args, rollout_batch: int, device: torch.device) -> dict:
         batch_size=args.batch_size,
         group_size=args.group_size,
         micro_batch=args.micro_batch or args.batch_size * args.group_size,
-        rollout_batch=rollout_batch,
         lora_rank=args.lora_rank,
         lora_alpha=2 * args.lora_rank,
         top_k=args.top_k,
@@ -83,6 +92,7 @@ def time_steps(args, rollout_batch: int, device: torch.device) -> dict:
         save_every=0,
         merge_cooldown=0,
         precision=args.precision,
+        **MODES[mode],
     )
     data = RandomConditions(args.batch_size * (args.steps + 1), res)
     tr = GRPOTrainer(
@@ -90,7 +100,7 @@ def time_steps(args, rollout_batch: int, device: torch.device) -> dict:
         vae,
         data,
         build_reward("ssim", device=device),
-        args.out / f"rb{rollout_batch}",
+        args.out / mode,
         cfg,
         device=device,
     )
@@ -113,6 +123,12 @@ def time_steps(args, rollout_batch: int, device: torch.device) -> dict:
         "reward_s": statistics.median(r["reward_s"] for r in recs),
         "update_s": statistics.median(r["update_s"] for r in recs),
         "reward_mean": [r["reward_mean"] for r in recs],
+        "rollouts": statistics.median(r["rollouts"] for r in recs),
+        "phases": [r["phase"] for r in recs],
+        "per_phase_step_s": {
+            ph: statistics.median(w for w, r in zip(walls, recs) if r["phase"] == ph)
+            for ph in {r["phase"] for r in recs}
+        },
         "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
     }
 
@@ -132,7 +148,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--modes", default="batched,serial")
+    ap.add_argument("--modes", default="batched,serial", help=f"comma-separated, of {', '.join(MODES)}")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_grpo_step"))
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -141,7 +157,7 @@ def main() -> None:
     device = torch.device(args.device)
     rows = {}
     for mode in args.modes.split(","):
-        rows[mode] = time_steps(args, {"batched": 0, "serial": 1}[mode], device)
+        rows[mode] = time_steps(args, mode, device)
     n = args.batch_size * args.group_size
     print(
         f"GRPO step: depth {args.depth}, width {args.width or 64 * args.depth}, {args.resolution} px, "
@@ -153,8 +169,14 @@ def main() -> None:
     for mode, r in rows.items():
         print(
             f"| {mode} | {r['step_s']:.2f} | {r['rollout_s']:.2f} | {r['reward_s']:.2f} | {r['update_s']:.2f} "
-            f"| {n / r['rollout_s']:.1f} |"
+            f"| {r['rollouts'] / r['rollout_s']:.1f} |"
         )
+    for mode, r in rows.items():
+        if len(r["per_phase_step_s"]) > 1:
+            print(
+                f"\n{mode}: step time per phase "
+                + ", ".join(f"{k} {v:.2f} s" for k, v in r["per_phase_step_s"].items())
+            )
     if "batched" in rows and "serial" in rows:
         diff = max(abs(x - y) for x, y in zip(rows["batched"]["reward_mean"], rows["serial"]["reward_mean"]))
         speedup = rows["serial"]["step_s"] / rows["batched"]["step_s"]
