@@ -427,3 +427,31 @@ def test_torchrun_ddp_equals_one_process(tmp_path):
         and not torch.allclose(b[k], start[k.replace(".base_weight", ".weight")])
     ]
     assert moved  # the merge baked the trained adapters into the base
+
+
+@pytest.mark.parametrize("form", ["lora", "wrapped", "merged"])
+def test_upstream_grpo_forms_written_and_read_back(tmp_path, form):
+    from stylevar.checkpoints import load_pretrained, save_pretrained, save_upstream_grpo
+
+    tr = make_trainer(tiny_models(tag="forms"), tmp_path, max_steps=1)
+    tr.fit(progress=False)
+    save_pretrained(tmp_path / "base", *tiny_models(tag="forms"))  # what the run started from
+    path = save_upstream_grpo(tmp_path / f"grpo_{form}.pth", tr.model, form, step=1)
+    ck = torch.load(path, weights_only=True)
+    assert ck["args"] == {"lora_rank": 4, "lora_alpha": 8.0} and ck["step"] == 1
+    keys = set(ck["model"])
+    if form == "lora":
+        assert keys and all(".lora_" in k for k in keys)
+    elif form == "wrapped":
+        assert any(k.endswith(".base_weight") for k in keys) and any(".lora_A" in k for k in keys)
+    else:
+        assert not any(".lora_" in k or ".base_weight" in k for k in keys)
+    base = tmp_path / "base" if form == "lora" else None
+    got = load_pretrained(
+        path, base=base, vae=None if base else tmp_path / "base" / "vqvae.safetensors"
+    ).model
+    res = tr.vae.config.resolution
+    cond = tr.model.conditioning(tr.vae, smooth_images(2, res, 7), smooth_images(2, res, 8))
+    toks = tr.model.generate(tr.vae, cond, seed=[1, 2]).tokens
+    x = tr.vae.quantize.idx_to_teacher_input(toks)
+    assert torch.allclose(got(x, cond), tr.model(x, cond), atol=1e-4)

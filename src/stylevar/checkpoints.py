@@ -1013,3 +1013,41 @@ def merge_lora_checkpoint(
     info = dict(ckpt.info)
     info["merge_note"] = note
     return save_pretrained(out_path, ckpt.model, ckpt.vae, sampling=ckpt.sampling, info=info)
+
+
+def save_upstream_grpo(
+    path: str | os.PathLike, model: StyleVAR, form: str = "lora", *, step: int = 0, epoch: int = 0
+) -> Path:
+    """Write a LoRA-wrapped model in one of upstream's three GRPO checkpoint forms (upstream-spec §5.6).
+
+    ``form``: ``lora`` -- only the ``lora_A``/``lora_B`` keys (upstream's saves before a merge; loading
+    needs the base); ``wrapped`` -- the full wrapped state (``base_weight``/``base_bias``/``lora_*``,
+    upstream's saves after a merge); ``merged`` -- the adapters baked into a plain state dict (the
+    released ``StyleVAR-GRPO.pth`` form). The file is ``{step, epoch, use_lora, model, optimizer,
+    scaler, args}`` with ``args`` holding ``lora_rank``/``lora_alpha``, written atomically; upstream's
+    code and :func:`load_pretrained` read all three.
+    """
+    from .models.lora import bake_wrapped_state, has_lora, lora_state_dict
+
+    if form not in ("lora", "wrapped", "merged"):
+        raise ConfigError(f"form must be lora, wrapped or merged, not {form!r}")
+    if not has_lora(model):
+        raise ConfigError("the model has no LoRA adapters; save a plain model with save_pretrained")
+    cfg = model.lora_config
+    full = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if form == "lora":
+        sd = {k: v.clone() for k, v in lora_state_dict(model).items()}
+    elif form == "wrapped":
+        sd = full
+    else:
+        sd = bake_wrapped_state(full, cfg.rank, cfg.alpha)
+    obj = {
+        "step": step,
+        "epoch": epoch,
+        "use_lora": form != "merged",
+        "model": sd,
+        "optimizer": {},
+        "scaler": {},
+        "args": {"lora_rank": cfg.rank, "lora_alpha": cfg.alpha},
+    }
+    return atomic_save(obj, path)
