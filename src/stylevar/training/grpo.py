@@ -45,6 +45,7 @@ Under ``torchrun`` each rank rolls out its own conditions; gradients and statist
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -92,7 +93,7 @@ from .grpo_loss import (
     token_logprobs,
     unpack_mask,
 )
-from .rewards import RewardBatch
+from .rewards import RewardBatch, RewardFn
 from .runs import (
     RunLogger,
     StopSignals,
@@ -106,7 +107,6 @@ from .runs import (
 
 logger = logging.getLogger(__name__)
 
-RewardFn = Callable[[torch.Tensor, RewardBatch], torch.Tensor]
 MP_MODES = ("off", "reward_grad", "error")
 CKPT_FORMAT = "stylevar-grpo-1"
 
@@ -205,11 +205,6 @@ class GRPOConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GRPOConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def middle_scale(patch_nums: Sequence[int]) -> int:
@@ -496,10 +491,12 @@ class GRPOTrainer:
     def _amp(self):
         return autocast_to(self.device, self.dtype) if self.dtype is not None else no_autocast(self.device)
 
-    def _rollouts(self, cond: Conditioning, seeds: list[int], **kw) -> Rollouts:
+    def _rollouts(
+        self, cond: Conditioning, seeds: list[int], model: StyleVAR | None = None, **kw
+    ) -> Rollouts:
         cfg = self.cfg
         return generate_rollouts(
-            self.model,
+            model or self.model,
             self.vae,
             cond,
             seeds,
@@ -591,10 +588,10 @@ class GRPOTrainer:
             cond_gk = cond_g.repeat_interleave(K)
             seeds_k = [rollout_seed(cfg.seed + 1, step, i, g) for i in index for g in range(G * K)]
             ro = self._rollouts(cond_gk, seeds_k, prefix=[t.repeat_interleave(K, 0) for t in pre.tokens])
-            rb_roll = _repeat_batch(rb, G * K)
+            rb_roll = rb.repeat_interleave(G * K)
         else:
             ro = self._rollouts(cond_g, seeds)
-            rb_roll = _repeat_batch(rb, G)
+            rb_roll = rb.repeat_interleave(G)
         t_roll = time.perf_counter() - t0
         # 2. rewards and advantages ---------------------------------------------------------------
         t0 = time.perf_counter()
@@ -631,7 +628,6 @@ class GRPOTrainer:
         # 4. optimisation passes ------------------------------------------------------------------
         t0 = time.perf_counter()
         flat = torch.cat(tokens, dim=1)
-        cond_n = cond.repeat_interleave(G)
         old_lp = torch.empty(N, flat.shape[1], device=self.device)
         ref_lp = torch.empty_like(old_lp) if cfg.beta > 0 else None
         keeps: list[torch.Tensor | None] = [None] * N
@@ -647,15 +643,16 @@ class GRPOTrainer:
             for rows in mbs:
                 idx = torch.tensor(rows, device=self.device)
                 tok = [t[rows] for t in tokens]
-                c = cond_n.index_select(idx)
+                c = cond_g.index_select(idx)
                 logits = self._forward_logits(tok, c)
                 keep = None
                 if cfg.logprob_dist == "sampled":
                     if pass_i == 0:
                         keep = keep_mask(logits, cfg.top_k, cfg.top_p, cfg.temperature)
                         if cfg.ppo_epochs > 1:
+                            packed = pack_mask(keep)  # 1 bit per entry, kept for the later passes
                             for j, r in enumerate(rows):
-                                keeps[r] = pack_mask(keep[j])
+                                keeps[r] = packed[j]
                     else:
                         keep = torch.stack([unpack_mask(keeps[r], logits.shape[-1]) for r in rows])
                 lp = token_logprobs(
@@ -802,30 +799,14 @@ class GRPOTrainer:
             cond, rb, index = self._cond(mb)
             S = cfg.eval_samples
             seeds = [rollout_seed(cfg.seed + 99, 0, i, s) for i in index for s in range(S)]
-            if reference and self.ref_model is None:
-                with lora_disabled(self.model):
-                    ro = self._rollouts(cond.repeat_interleave(S), seeds)
-            elif reference:
-                ro = generate_rollouts(
-                    self.ref_model,
-                    self.vae,
-                    cond.repeat_interleave(S),
-                    seeds,
-                    top_k=cfg.top_k,
-                    top_p=cfg.top_p,
-                    temperature=cfg.temperature,
-                )
-            else:
-                ro = self._rollouts(cond.repeat_interleave(S), seeds)
-            r = self.reward_fn(ro.images, _repeat_batch(rb, S)).float()
+            off = reference and self.ref_model is None  # LoRA mode: the reference is the adapter switched off
+            policy = self.ref_model if reference and self.ref_model is not None else self.model
+            with lora_disabled(self.model) if off else contextlib.nullcontext():
+                ro = self._rollouts(cond.repeat_interleave(S), seeds, model=policy)
+            r = self.reward_fn(ro.images, rb.repeat_interleave(S)).float()
             total += r.sum().item()
             count += r.numel()
-        t = (
-            self._all_mean(torch.tensor([total / max(count, 1)], device=self.device))
-            if self.world > 1
-            else None
-        )
-        mean = t.item() if t is not None else total / max(count, 1)
+        mean = self._all_mean(torch.tensor([total / max(count, 1)], device=self.device)).item()
         return {"eval_reward": mean, "eval_n": count}
 
     # ------------------------------------------------------------------------------ checkpoints
@@ -1000,10 +981,3 @@ class GRPOTrainer:
         if self.rank == 0:
             self.state.history.append(rec)
             self.log.log(rec)
-
-
-def _repeat_batch(rb: RewardBatch, n: int) -> RewardBatch:
-    def rep(x):
-        return None if x is None else x.repeat_interleave(n, dim=0)
-
-    return RewardBatch(target=rep(rb.target), content=rep(rb.content), style=rep(rb.style))

@@ -11,18 +11,16 @@ LoRA-only files with ``--base``). Under ``torchrun`` each process rolls out its 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ..cli import _alpha_arg
 from ..errors import ConfigError
-from .sft_cli import Say, _jsonable, launch, on_rank0, prepare_data
+from .sft_cli import Say, _jsonable, add_config_flags, launch, on_rank0, prepare_data
 
 #: help of the flags that set :class:`GRPOConfig` fields (defaults come from the dataclass)
 _HELP = {
@@ -124,17 +122,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--fit", choices=("squash", "crop"), default="squash")
     g = p.add_argument_group("GRPO (GRPOConfig)")
-    fields = {f.name: f for f in dataclasses.fields(GRPOConfig)}
-    for name, text in _HELP.items():
-        default = fields[name].default
-        kw: dict[str, Any] = {
-            "type": type(default),
-            "default": default,
-            "help": f"{text} (default: %(default)s)",
-        }
-        if name in _CHOICES:
-            kw["choices"] = _CHOICES[name]
-        g.add_argument("--" + name.replace("_", "-"), **kw)
+    add_config_flags(g, GRPOConfig, _HELP, _CHOICES)
     g.add_argument("--full-finetune", action="store_true", help="train all transformer weights, no LoRA")
     g.add_argument("--vmr", action="store_true", help="Value as Middle Return (VAR RL Done Right)")
     g.add_argument("--no-restore-peak", action="store_true", help="merge the current LoRA, not the peak's")

@@ -112,6 +112,18 @@ class RewardBatch:
             }
         )
 
+    def repeat_interleave(self, n: int) -> RewardBatch:
+        """Each image repeated ``n`` times in a row, condition-major (row b·n + g is image b): the layout of
+        :class:`~stylevar.models.stylevar.Conditioning.repeat_interleave`, which GRPO's rollouts use."""
+        return RewardBatch(
+            **{
+                f.name: None
+                if getattr(self, f.name) is None
+                else getattr(self, f.name).repeat_interleave(n, dim=0)
+                for f in fields(self)
+            }
+        )
+
     def to(self, device: str | torch.device) -> RewardBatch:
         return RewardBatch(
             **{

@@ -86,6 +86,21 @@ def _ints_arg(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def add_config_flags(g: Any, config_cls: type, helps: dict[str, str], choices: dict[str, tuple]) -> None:
+    """One ``--field-name`` flag per entry of ``helps``, typed and defaulted from the dataclass ``config_cls``."""
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    for name, text in helps.items():
+        default = fields[name].default
+        kw: dict[str, Any] = {
+            "type": type(default),
+            "default": default,
+            "help": f"{text} (default: %(default)s)",
+        }
+        if name in choices:
+            kw["choices"] = choices[name]
+        g.add_argument("--" + name.replace("_", "-"), **kw)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of ``stylevar sft``."""
     from .sft import SFTConfig
@@ -170,18 +185,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="smallest side fraction of a random style crop (1 = off)",
     )
 
-    g = p.add_argument_group("training (SFTConfig)")
-    fields = {f.name: f for f in dataclasses.fields(SFTConfig)}
-    for name, text in _SFT_HELP.items():
-        default = fields[name].default
-        kw: dict[str, Any] = {
-            "type": type(default),
-            "default": default,
-            "help": f"{text} (default: %(default)s)",
-        }
-        if name in _CHOICES:
-            kw["choices"] = _CHOICES[name]
-        g.add_argument("--" + name.replace("_", "-"), **kw)
+    add_config_flags(p.add_argument_group("training (SFTConfig)"), SFTConfig, _SFT_HELP, _CHOICES)
 
     g = p.add_argument_group("run")
     g.add_argument(
