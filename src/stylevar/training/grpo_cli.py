@@ -172,7 +172,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int, 
     from ..checkpoints import load_pretrained
     from ..data import TripletDataset, TripletTransform
     from .grpo import GRPOTrainer
-    from .rewards import build_reward, requires_target
+    from .rewards import build_reward
 
     run_dir = Path(args.output).expanduser()
     last = run_dir / "checkpoints" / "last.pt"
@@ -199,9 +199,6 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int, 
             msg += f"; held-out set from --val: {len(val)} triplets ({report.summary()})"
         return resuming, train, val, msg
 
-    resuming, train, val, data_msg = on_rank0(prepare, rank, world)
-    say(f"data: {data_msg}")
-
     ckpt = load_pretrained(
         args.init,
         vae=args.vae,
@@ -221,9 +218,10 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int, 
         vgg_weights=args.vgg_weights,
         download=args.download,
     )
-    if requires_target(reward) and not train:
-        raise ConfigError("no training triplets")
     say(f"reward: {args.reward}")
+    # the data last: a wrong --init or --reward fails in seconds, before the scan writes split.json
+    resuming, train, val, data_msg = on_rank0(prepare, rank, world)
+    say(f"data: {data_msg}")
     tf = TripletTransform(resolution=vae.config.resolution, fit=args.fit)
     train_set = TripletDataset(train, tf, on_bad=args.on_bad_file)
     val_set = TripletDataset(val, tf, on_bad=args.on_bad_file) if val else None
