@@ -215,26 +215,6 @@ class _FakeVGG:
 
 
 @pytest.fixture(scope="module")
-def vgg_file(tmp_path_factory):
-    """Random weights in torchvision vgg19's own key layout (``features.*``), saved as a .pth file."""
-    from torchvision.models import vgg19
-
-    with torch.device("meta"):  # torchvision's architecture and keys, without initialising 140M params
-        features = vgg19(weights=None).features
-    features = features.to_empty(device="cpu")
-    g = torch.Generator().manual_seed(0)
-    sd = {}
-    for k, v in features.state_dict().items():
-        if k.endswith("weight"):
-            sd[f"features.{k}"] = torch.randn(v.shape, generator=g) * (2.0 / v[0].numel()) ** 0.5
-        else:
-            sd[f"features.{k}"] = torch.randn(v.shape, generator=g) * 0.01
-    path = tmp_path_factory.mktemp("vgg") / "vgg19-dcbb9e9d.pth"
-    torch.save(sd, path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def vgg(vgg_file):
     return P.VGGFeatures(vgg_file)
 
@@ -377,49 +357,6 @@ def test_weight_free_rewards_need_no_optional_package(monkeypatch, trio):
 # --- DreamSim ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def dreamsim_dir(tmp_path_factory):
-    """A DreamSim cache folder with a tiny DINO ViT (32 wide, the 12 blocks dreamsim reads), a tiny DINO
-    head and a LoRA adapter saved by peft against dreamsim's own module tree."""
-    pytest.importorskip("dreamsim")
-    peft = pytest.importorskip("peft")
-    from functools import partial
-
-    from dreamsim.config import dreamsim_args
-    from dreamsim.feature_extraction.vision_transformer import VisionTransformer
-    from dreamsim.model import PerceptualModel
-
-    d = tmp_path_factory.mktemp("dreamsim")
-    (d / "checkpoints").mkdir()
-    torch.manual_seed(0)
-    vit = VisionTransformer(
-        embed_dim=32, depth=12, num_heads=1, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6)
-    )
-    torch.save(vit.state_dict(), d / "checkpoints" / "dino_vitbase16_pretrain.pth")
-    h = "module.head."
-    head = {h + "mlp.0.weight": torch.randn(64, 32), h + "mlp.0.bias": torch.zeros(64)}
-    head |= {h + "mlp.2.weight": torch.randn(64, 64), h + "mlp.2.bias": torch.zeros(64)}
-    head |= {h + "mlp.4.weight": torch.randn(16, 64), h + "mlp.4.bias": torch.zeros(16)}
-    head |= {h + "last_layer.weight": torch.randn(40, 16)}
-    torch.save({"student": head}, d / "dino_vitb16_pretrain.pth")
-    with P._local_dino_builder():
-        base = PerceptualModel(
-            **dreamsim_args["model_config"]["dino_vitb16"],
-            device="cpu",
-            load_dir=str(d),
-            normalize_embeds=True,
-        )
-    lora = peft.get_peft_model(
-        base, peft.LoraConfig(r=2, lora_alpha=4, lora_dropout=0.0, bias="none", target_modules=["qkv"])
-    )
-    with torch.no_grad():
-        for n, p in lora.named_parameters():
-            if "lora_B" in n:
-                p.normal_()
-    lora.save_pretrained(str(d / "dino_vitb16_single_lora"))
-    return d
-
-
 def test_dreamsim_tiny(dreamsim_dir):
     hub_before = torch.hub.get_dir()
     ds = P.DreamSimDistance(dreamsim_dir)
@@ -463,36 +400,6 @@ def test_dreamsim_missing_weights(tmp_path, monkeypatch):
 
 
 # --- CLIP -------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    """A tiny CLIPModel (16-wide, one layer per tower, 224-pixel 32-patch vision tower), saved."""
-    transformers = pytest.importorskip("transformers")
-    text = dict(
-        vocab_size=99,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        max_position_embeddings=16,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-    )
-    vision = dict(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        image_size=224,
-        patch_size=32,
-    )
-    config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("clip") / "tiny-clip"
-    transformers.CLIPModel(config).save_pretrained(str(d))
-    return d
 
 
 def test_clip_tiny(clip_dir):
