@@ -4,6 +4,7 @@ stylevar stylize CONTENT STYLE -o OUT      stylize files or folders (every conte
 stylevar convert UPSTREAM.pth -o DIR       upstream .pth files -> config.json + safetensors
 stylevar merge-lora LORA --base SFT -o OUT  GRPO LoRA adapters merged into plain weights
 stylevar info CHECKPOINT                   print a checkpoint's configuration
+stylevar evaluate --model M --omnistyle D  the paper's Table 2 (metrics, baselines, timing, reports)
 """
 
 from __future__ import annotations
@@ -38,14 +39,15 @@ def _alpha_arg(text: str) -> str | list[float]:
         ) from None
 
 
-def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+def _add_checkpoint_args(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
     g = p.add_argument_group("checkpoint")
-    g.add_argument(
-        "--checkpoint",
-        default=None,
-        help="our checkpoint directory, an upstream .pth file or folder, or a Hub repo id "
-        "(default: Senfier-LiqiJing/StyleVAR)",
-    )
+    if checkpoint:
+        g.add_argument(
+            "--checkpoint",
+            default=None,
+            help="our checkpoint directory, an upstream .pth file or folder, or a Hub repo id "
+            "(default: Senfier-LiqiJing/StyleVAR)",
+        )
     g.add_argument(
         "--vae",
         default=None,
@@ -454,6 +456,14 @@ def cmd_grpo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ evaluate
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .eval.evaluate_cli import run_evaluate
+
+    run_evaluate(args, say=print)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -689,6 +699,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_grpo_arguments(p)
     p.set_defaults(func=cmd_grpo)
+
+    from .eval.evaluate_cli import add_evaluate_arguments
+
+    p = sub.add_parser(
+        "evaluate",
+        help="score checkpoints and baselines on the paper's benchmarks (Table 2) and write reports",
+        description=(
+            "Generate and score N samples per dataset for every model, AdaIN and a content copy; write "
+            "summary.{json,csv,md}, sample sheets and a bar chart to --out. Rerun the same command to resume."
+        ),
+    )
+    add_evaluate_arguments(p, _add_checkpoint_args)
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 
