@@ -7,6 +7,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from stylevar.config import StyleVARConfig, VQVAEConfig
@@ -94,3 +95,20 @@ def write_upstream(
     torch.save(obj, mp)
     torch.save(vae.state_dict(), vp)
     return mp, vp
+
+
+def rand_images(*shape: int, seed: int = 0) -> torch.Tensor:
+    """Uniform random images in [0, 1] of ``shape`` from a seeded generator."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(*shape, generator=g)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread for a test module that imports this fixture: on a 2-core machine shared with
+    another test run, two OpenMP threads spin against each other and conv-heavy forwards get 10x slower;
+    one thread costs less than 2x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from helpers import one_thread, rand_images  # noqa: F401  (one_thread: an autouse module fixture)
 from stylevar.errors import CheckpointError, ConfigError, MissingWeightsError
 from stylevar.eval import adain as A
 
@@ -18,21 +19,6 @@ ENC_CONVS = (0, 2, 5, 9, 12, 16, 19, 22, 25, 29, 32, 35, 38, 42, 45, 48, 51)
 ENC_POOLS = (7, 14, 27, 40)
 DEC_CONVS = (1, 5, 8, 11, 14, 18, 21, 25, 28)
 DEC_UPS = (3, 16, 23)
-
-
-def _rand(*shape, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(*shape, generator=g)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a 2-core machine shared with another test run, two OpenMP threads spin
-    against each other and the conv-heavy forwards here get 10x slower; one thread costs less than 2x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +61,7 @@ def test_loads_the_full_released_state_dict(model, weights):
     assert not model.training and not model.encoder.training
     # state dicts instead of files; an encoder truncated after relu4_1 is enough
     head = {k: v for k, v in enc_sd.items() if int(k.split(".")[0]) <= A.RELU4_1}
-    x = _rand(1, 3, 16, 16, seed=1)
+    x = rand_images(1, 3, 16, 16, seed=1)
     assert torch.equal(A.AdaIN(encoder=head, decoder=dec_sd)(x, x), model(x, x))
 
 
@@ -98,7 +84,7 @@ def test_bad_state_dicts(weights):
 def test_encoder_equals_a_hand_computation(model, weights):
     """relu4_1 by hand: 1x1 conv, then per conv: reflect pad 1, 3x3 conv, ReLU; ceil-mode 2x2 pools."""
     _, sd, _ = weights
-    x = _rand(2, 3, 27, 21, seed=2)  # not multiples of 8: the ceil-mode pools matter
+    x = rand_images(2, 3, 27, 21, seed=2)  # not multiples of 8: the ceil-mode pools matter
     h = F.conv2d(x, sd["0.weight"], sd["0.bias"])
     first = F.relu(F.conv2d(F.pad(h, (1, 1, 1, 1), mode="reflect"), sd["2.weight"], sd["2.bias"]))
     assert torch.allclose(model.encoder[:4](x), first, atol=1e-5)
@@ -136,7 +122,7 @@ def test_adain_transfers_channel_statistics():
 
 
 def test_alpha_blends_features(model):
-    c, s = _rand(2, 3, 16, 16, seed=4), _rand(1, 3, 24, 24, seed=5)
+    c, s = rand_images(2, 3, 16, 16, seed=4), rand_images(1, 3, 24, 24, seed=5)
     cf = model.encode(c)
     t = A.adaptive_instance_norm(cf, model.encode(s))
     full, none = model(c, s), model(c, s, alpha=0.0)
@@ -149,8 +135,8 @@ def test_alpha_blends_features(model):
 
 
 def test_coral_matches_mean_and_covariance():
-    src = _rand(2, 3, 20, 30, seed=6) ** 2  # correlated-ish, different statistics from the target
-    tgt = _rand(2, 3, 16, 16, seed=7) * torch.tensor([0.3, 0.8, 0.5]).view(1, 3, 1, 1)
+    src = rand_images(2, 3, 20, 30, seed=6) ** 2  # correlated-ish, different statistics from the target
+    tgt = rand_images(2, 3, 16, 16, seed=7) * torch.tensor([0.3, 0.8, 0.5]).view(1, 3, 1, 1)
     tgt[:, 1] += 0.2 * tgt[:, 0]
     out = A.coral(src, tgt)
     assert out.shape == src.shape and out.dtype == src.dtype
@@ -165,27 +151,27 @@ def test_coral_matches_mean_and_covariance():
 
 
 def test_preserve_color_uses_coral_on_the_style(model):
-    c, s = _rand(2, 3, 16, 16, seed=8), _rand(1, 3, 16, 16, seed=9) * 0.5
+    c, s = rand_images(2, 3, 16, 16, seed=8), rand_images(1, 3, 16, 16, seed=9) * 0.5
     kept = model(c, s, preserve_color=True)
     assert torch.allclose(kept, model(c, A.coral(s.expand(2, -1, -1, -1), c)), atol=1e-6)
     assert not torch.allclose(kept, model(c, s), atol=1e-4)
 
 
 def test_output_shape_and_range(model):
-    s = _rand(1, 3, 16, 16, seed=11)
+    s = rand_images(1, 3, 16, 16, seed=11)
     for h, w in ((16, 24), (17, 12), (9, 17)):  # multiples of 8 and not
-        out = model(_rand(1, 3, h, w, seed=h), s)
+        out = model(rand_images(1, 3, h, w, seed=h), s)
         assert out.shape == (1, 3, h, w) and out.dtype == torch.float32
         assert out.min() >= 0 and out.max() <= 1
-    c = _rand(3, 3, 16, 16, seed=10).requires_grad_(True)
+    c = rand_images(3, 3, 16, 16, seed=10).requires_grad_(True)
     out = model(c, s)  # a style batch of 1 broadcasts
     assert torch.allclose(out, model(c, s.expand(3, -1, -1, -1)), atol=1e-6)
     (g,) = torch.autograd.grad(out.sum(), c)  # differentiable w.r.t. the images
     assert torch.isfinite(g).all()
     with pytest.raises(ValueError, match="at least 9x9"):
-        model(_rand(1, 3, 8, 16), s)
+        model(rand_images(1, 3, 8, 16), s)
     with pytest.raises(ValueError):
-        model(c, _rand(2, 3, 16, 16))
+        model(c, rand_images(2, 3, 16, 16))
 
 
 def test_missing_weights(weights, tmp_path, monkeypatch):

@@ -10,18 +10,14 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from helpers import rand_images
 from stylevar.eval import colour_histogram_distance, frechet_distance, ssim
-
-
-def _rand(*shape, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(*shape, generator=g)
 
 
 def _smooth(*shape, seed=0):
     """Random images low-pass filtered (upsampled noise), so the SSIM window sees structure."""
     n, c, h, w = shape
-    coarse = _rand(n, c, h // 8 + 1, w // 8 + 1, seed=seed)
+    coarse = rand_images(n, c, h // 8 + 1, w // 8 + 1, seed=seed)
     return F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
 
 
@@ -36,7 +32,7 @@ def test_ssim_valid_matches_torchmetrics(kind):
     tm = pytest.importorskip("torchmetrics.functional.image")
     import torchmetrics
 
-    make = _rand if kind == "random" else _smooth
+    make = rand_images if kind == "random" else _smooth
     a = make(3, 3, 40, 52, seed=1)
     b = (a + 0.2 * (make(3, 3, 40, 52, seed=2) - 0.5)).clamp(0, 1)
     b[2] = make(1, 3, 40, 52, seed=3)[0]  # an unrelated pair too
@@ -56,7 +52,7 @@ def test_ssim_valid_matches_torchmetrics(kind):
 
 
 def test_ssim_zero_padded_map_interior_is_the_valid_map():
-    a, b = _smooth(2, 3, 36, 30, seed=4), _rand(2, 3, 36, 30, seed=5)
+    a, b = _smooth(2, 3, 36, 30, seed=4), rand_images(2, 3, 36, 30, seed=5)
     full = ssim(a, b, return_map=True)
     interior = ssim(a, b, valid=True, return_map=True)
     assert full.shape == (2, 3, 36, 30) and interior.shape == (2, 3, 26, 20)
@@ -69,7 +65,7 @@ def test_ssim_zero_padded_map_interior_is_the_valid_map():
 
 
 def test_ssim_identical_images_and_small_inputs():
-    a = _rand(2, 3, 24, 24, seed=6)
+    a = rand_images(2, 3, 24, 24, seed=6)
     assert torch.allclose(ssim(a, a), torch.ones(2), atol=1e-6)
     assert torch.allclose(ssim(a, a, valid=True), torch.ones(2), atol=1e-6)
     with pytest.raises(ValueError, match="at least 11x11"):
@@ -88,7 +84,7 @@ def _naive_hist(img: torch.Tensor, bins: int) -> np.ndarray:
 
 
 def test_colour_histogram_distance_matches_a_naive_histogram():
-    a, b = _rand(3, 3, 20, 24, seed=7), _smooth(3, 3, 32, 16, seed=8) * 0.6  # sizes differ
+    a, b = rand_images(3, 3, 20, 24, seed=7), _smooth(3, 3, 32, 16, seed=8) * 0.6  # sizes differ
     d = colour_histogram_distance(a, b, bins=4)
     assert d.shape == (3,) and d.dtype == torch.float32
     for i in range(3):
@@ -103,7 +99,7 @@ def test_colour_histogram_distance_matches_a_naive_histogram():
 
 
 def test_colour_histogram_distance_extremes():
-    a = _rand(2, 3, 16, 16, seed=9)
+    a = rand_images(2, 3, 16, 16, seed=9)
     assert torch.equal(colour_histogram_distance(a, a), torch.zeros(2))
     # a permutation of the pixels keeps the histogram: distance 0
     perm = a.flatten(2)[:, :, torch.randperm(256, generator=torch.Generator().manual_seed(0))].view_as(a)

@@ -349,3 +349,34 @@ def test_content_copy_alone_needs_no_checkpoint(datasets, tmp_path):
     with pytest.raises(ConfigError, match="share a name"):
         bench = paired_benchmark("a", datasets["imagepulse"], num_samples=1)
         B.Evaluation(out, [bench, bench], [B.MethodEntry("m", "content-copy", lambda: None)], None)
+
+
+@pytest.mark.skipif(
+    not HAS_EXTRAS, reason="lpips, dreamsim, transformers or peft not installed (pip install -e '.[eval]')"
+)
+def test_suite_runs_every_metric_on_random_weights(weights):
+    from stylevar.eval.suite import ALL_METRICS, MetricSuite, MetricWeights
+
+    suite = MetricSuite(
+        ALL_METRICS,
+        MetricWeights(
+            vgg=weights["vgg"],
+            lpips_backbone=weights["lpips"],
+            dreamsim_dir=weights["dreamsim"],
+            clip_model=weights["clip"],
+            inception=weights["inception"],
+        ),
+    )
+    g = torch.Generator().manual_seed(0)
+    c, s, t = (torch.rand(3, 3, 32, 32, generator=g) for _ in range(3))
+    same = suite.per_image(t, c, s, t)  # output == target: the paired metrics at their ideal values
+    assert same["lpips"] == pytest.approx([0, 0, 0], abs=1e-6) and same["ssim"] == pytest.approx([1, 1, 1])
+    assert same["dreamsim"] == pytest.approx([0, 0, 0], abs=1e-5) and same["clip"] == pytest.approx([1, 1, 1])
+    other = suite.per_image(c, c, s, t)
+    assert all(o > 1e-4 for o in other["lpips"]) and all(o < 1 for o in other["ssim"])
+    assert other["content_loss"] == pytest.approx([0, 0, 0], abs=1e-9)  # output == content
+    assert other["lpips_content"] == pytest.approx([0, 0, 0], abs=1e-6)  # ArtFID's term is vs the content
+    feats = suite.features(torch.cat([c, s]))
+    res = suite.set_metrics(feats[:3], feats[3:], other["lpips_content"])
+    assert res["fid"] > 0 and res["artfid"] == pytest.approx(1 + res["fid"])
+    assert suite.set_metrics(feats[:1], feats[3:4], [0.1]) == {"fid": None, "artfid": None}

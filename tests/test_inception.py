@@ -7,27 +7,13 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from helpers import one_thread, rand_images  # noqa: F401  (one_thread: an autouse module fixture)
 from stylevar.errors import CheckpointError, MissingWeightsError, StyleVARError
 from stylevar.eval import perceptual as P
 from stylevar.eval.metrics import frechet_distance
 
 FILE = "inception_v3_google-0cc3c7bd.pth"
 URL = "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth"
-
-
-def _rand(*shape, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(*shape, generator=g)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a 2-core machine shared with another test run, two OpenMP threads spin
-    against each other and the conv-heavy forwards here get 10x slower; one thread costs less than 2x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _inception(**kw):
@@ -50,7 +36,7 @@ def features(weights):
 
 
 def test_features_shape_frozen_and_fid(features):
-    x = _rand(2, 3, 64, 80, seed=1)
+    x = rand_images(2, 3, 64, 80, seed=1)
     f = features(x)
     assert f.shape == (2, 2048) and f.dtype == torch.float32 and torch.isfinite(f).all()
     assert (f >= 0).all() and f.std() > 0  # average of ReLU outputs
@@ -68,7 +54,7 @@ def test_2x_minus_1_equals_torchvision_transform_input(features, weights):
     sd = {k: v for k, v in torch.load(weights, weights_only=True).items() if not k.startswith(("fc.", "Aux"))}
     ref.load_state_dict(sd)
     ref.eval()
-    x = _rand(1, 3, 120, 90, seed=3)
+    x = rand_images(1, 3, 120, 90, seed=3)
     resized = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False, antialias=False)
     mean, std = torch.tensor(P.IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(P.IMAGENET_STD).view(1, 3, 1, 1)
     with torch.no_grad():
@@ -83,7 +69,7 @@ def test_weights_as_state_dict_and_safetensors(features, weights, tmp_path):
     from safetensors.torch import save_file
 
     sd = torch.load(weights, weights_only=True)
-    x = _rand(1, 3, 32, 32, seed=4)
+    x = rand_images(1, 3, 32, 32, seed=4)
     expected = features(x)
     assert torch.allclose(P.InceptionFeatures(sd)(x), expected, atol=1e-6)
     st = tmp_path / "inception.safetensors"

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import rand_images
 from stylevar.errors import (
     CheckpointError,
     ConfigError,
@@ -30,15 +31,14 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "stylevar"
 OPTIONAL = ("dreamsim", "transformers", "lpips", "peft", "open_clip", "timm")
 
 
-def _rand(*shape, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(*shape, generator=g)
-
-
 @pytest.fixture(scope="module")
 def trio():
     """target, content, style: (4, 3, 32, 32) in [0, 1]."""
-    return _rand(4, 3, 32, 32, seed=1), _rand(4, 3, 32, 32, seed=2), _rand(4, 3, 32, 32, seed=3)
+    return (
+        rand_images(4, 3, 32, 32, seed=1),
+        rand_images(4, 3, 32, 32, seed=2),
+        rand_images(4, 3, 32, 32, seed=3),
+    )
 
 
 def _one_line(err: BaseException) -> str:
@@ -65,13 +65,13 @@ def test_identical_images_give_the_best_value(trio):
 def test_closer_images_score_higher(trio):
     t, _, _ = trio
     b = RewardBatch(target=t)
-    noise = _rand(4, 3, 32, 32, seed=9) - 0.5
+    noise = rand_images(4, 3, 32, 32, seed=9) - 0.5
     near, far = (t + 0.05 * noise).clamp(0, 1), (t + 0.6 * noise).clamp(0, 1)
     for fn in (R.ssim_reward, R.pixel_reward, functools.partial(R.pixel_reward, mse=True)):
         assert (fn(near, b) > fn(far, b)).all()
         assert (fn(near, b) < fn(t, b) + 1e-6).all()
     # TV: a smoother image scores higher; the value is −(mean|Δh| + mean|Δw|)
-    x = _rand(2, 3, 16, 16, seed=4)
+    x = rand_images(2, 3, 16, 16, seed=4)
     ref = -(x.diff(dim=2).abs().mean(dim=(1, 2, 3)) + x.diff(dim=3).abs().mean(dim=(1, 2, 3)))
     assert torch.allclose(R.tv_reward(x), ref, atol=1e-7)
     assert (R.tv_reward(x * 0.5) > R.tv_reward(x)).all()
@@ -79,7 +79,7 @@ def test_closer_images_score_higher(trio):
 
 def test_spec_sign_flip_weights_and_per_term_logging(trio):
     t, c, s = trio
-    x = _rand(4, 3, 32, 32, seed=5)
+    x = rand_images(4, 3, 32, 32, seed=5)
     b = RewardBatch(target=t, content=c, style=s)
     flipped = R.build_reward("pixel:-1")
     assert torch.allclose(flipped(x, b), -R.pixel_reward(x, b))
@@ -117,7 +117,7 @@ def test_gradients_reach_the_generated_image(trio):
     t, c, s = trio
     b = RewardBatch(target=t, content=c, style=s)
     reward = R.build_reward("ssim:1,pixel:1,mse:1,tv:0.1,ssim@content:0.5,pixel@style:0.2")
-    for x0 in (_rand(4, 3, 32, 32, seed=6), t.clone()):  # also at the optimum (identical images)
+    for x0 in (rand_images(4, 3, 32, 32, seed=6), t.clone()):  # also at the optimum (identical images)
         x = x0.clone().requires_grad_(True)
         (g,) = torch.autograd.grad(reward(x, b).sum(), x)
         assert g.shape == x.shape and torch.isfinite(g).all() and g.abs().sum() > 0
@@ -191,7 +191,7 @@ def test_parse_and_requires_target():
     assert legacy.weights == {"lpips@content": 1.0, "gram": 1.0, "tv": 0.01, "ssim@content": 0.5}
     assert isinstance(legacy.terms[0].fn, R.LPIPSReward) and legacy.terms[0].fn.ref == "content"
     assert isinstance(legacy.terms[1].fn, R.GramStyleReward) and legacy.terms[1].fn.ref == "style"
-    c, s = _rand(2, 3, 16, 16, seed=7), _rand(2, 3, 16, 16, seed=8)
+    c, s = rand_images(2, 3, 16, 16, seed=7), rand_images(2, 3, 16, 16, seed=8)
     out = legacy(c, RewardBatch(content=c, style=s))
     assert torch.allclose(legacy.last_terms["lpips@content"], torch.zeros(2))
     assert torch.allclose(legacy.last_terms["ssim@content"], torch.ones(2), atol=1e-6)
@@ -220,7 +220,7 @@ def vgg(vgg_file):
 
 
 def test_vgg_features_are_pre_relu_and_frozen(vgg, vgg_file):
-    x = _rand(2, 3, 32, 32, seed=10)
+    x = rand_images(2, 3, 32, 32, seed=10)
     feats = vgg(x)
     assert list(feats) == ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv4_2", "conv5_1"]
     assert feats["conv4_2"].shape == (2, 512, 4, 4) and feats["conv5_1"].shape == (2, 512, 2, 2)
@@ -252,7 +252,7 @@ def _naive_style_loss(fa: dict, fb: dict) -> torch.Tensor:
 
 
 def test_gram_and_content_losses(vgg):
-    x, y = _rand(2, 3, 32, 32, seed=11), _rand(2, 3, 32, 32, seed=12)
+    x, y = rand_images(2, 3, 32, 32, seed=11), rand_images(2, 3, 32, 32, seed=12)
     fx, fy = vgg(x), vgg(y)
     same = P.gram_style_loss(fx, fx)
     assert torch.equal(same, torch.zeros(2))
@@ -270,7 +270,7 @@ def test_gram_and_content_losses(vgg):
     assert torch.allclose(scl.style_loss(x, y), ab, rtol=1e-5)
     assert torch.allclose(scl.content_loss(x, y), c_loss, rtol=1e-5)
     # Gram matrices are C×C: a style image of another size is fine
-    assert P.gram_style_loss(fx, vgg(_rand(2, 3, 48, 48, seed=13))).shape == (2,)
+    assert P.gram_style_loss(fx, vgg(rand_images(2, 3, 48, 48, seed=13))).shape == (2,)
 
 
 def test_gram_reward_uses_the_style_image(vgg_file, trio):
@@ -280,7 +280,7 @@ def test_gram_reward_uses_the_style_image(vgg_file, trio):
     assert not reward.requires_target
     reward(s, b)
     assert torch.equal(reward.last_terms["gram"], torch.zeros(4))
-    x = _rand(4, 3, 32, 32, seed=14).requires_grad_(True)
+    x = rand_images(4, 3, 32, 32, seed=14).requires_grad_(True)
     out = reward(x, b)
     assert (reward.last_terms["gram"] < 0).all()
     (g,) = torch.autograd.grad(out.sum(), x)
@@ -365,7 +365,7 @@ def test_dreamsim_tiny(dreamsim_dir):
     lora_b = [p for n, p in ds.model.named_parameters() if "lora_B" in n]
     assert len(lora_b) == 12 and all(p.abs().sum() > 0 for p in lora_b)
     assert all(not p.requires_grad for p in ds.parameters())
-    x, y = _rand(2, 3, 64, 64, seed=20), _rand(2, 3, 64, 64, seed=21)
+    x, y = rand_images(2, 3, 64, 64, seed=20), rand_images(2, 3, 64, 64, seed=21)
     assert ds.preprocess(x).shape == (2, 3, 224, 224)
     assert torch.allclose(ds(x, x), torch.zeros(2), atol=1e-5)
     d = ds(x, y)
@@ -404,7 +404,7 @@ def test_dreamsim_missing_weights(tmp_path, monkeypatch):
 
 def test_clip_tiny(clip_dir):
     clip = P.ClipSimilarity(clip_dir)
-    x, y = _rand(2, 3, 64, 64, seed=30), _rand(2, 3, 64, 64, seed=31)
+    x, y = rand_images(2, 3, 64, 64, seed=30), rand_images(2, 3, 64, 64, seed=31)
     px = clip.preprocess(x)
     assert px.shape == (2, 3, 224, 224)
     assert torch.allclose(clip(x, x), torch.ones(2), atol=1e-5)
@@ -432,7 +432,7 @@ def test_clip_vision_only_folder(clip_dir, tmp_path):
     vision.vision_model.load_state_dict(full.vision_model.state_dict())
     vision.visual_projection.load_state_dict(full.visual_projection.state_dict())
     vision.save_pretrained(str(tmp_path / "vision"))
-    x, y = _rand(2, 3, 32, 32, seed=32), _rand(2, 3, 32, 32, seed=33)
+    x, y = rand_images(2, 3, 32, 32, seed=32), rand_images(2, 3, 32, 32, seed=33)
     both = P.ClipSimilarity(clip_dir)(x, y)
     assert torch.allclose(P.ClipSimilarity(tmp_path / "vision")(x, y), both, atol=1e-5)
 
@@ -473,7 +473,7 @@ def test_lpips_tiny(alexnet_file):
     assert torch.equal(lp.model.net.slice1[0].weight, sd["features.0.weight"])
     assert torch.equal(getattr(lp.model.net.slice5, "10").weight, sd["features.10.weight"])
     assert lp.model.lin0.model[-1].weight.abs().sum() > 0  # the package's learned linear layers
-    x, y = _rand(2, 3, 64, 64, seed=40), _rand(2, 3, 64, 64, seed=41)
+    x, y = rand_images(2, 3, 64, 64, seed=40), rand_images(2, 3, 64, 64, seed=41)
     assert torch.equal(lp(x, x), torch.zeros(2))
     d = lp(x, y)
     assert d.shape == (2,) and (d > 0).all()
