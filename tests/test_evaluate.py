@@ -328,6 +328,11 @@ def test_cli_errors_are_one_line(datasets, ours_dir, tmp_path, capsys):
         ),
         (base + ["--model", "=x", "--omnistyle", str(datasets["omni"])], "expected NAME=VALUE"),
         (
+            base
+            + ["--adain", "--adain-weights", str(tmp_path / "none"), "--omnistyle", str(datasets["omni"])],
+            "vgg_normalised.pth",
+        ),
+        (
             base + ["--model", "released:v3", "--omnistyle", str(datasets["omni"])],
             "released:grpo or released:sft",
         ),

@@ -248,7 +248,13 @@ def run_evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -
         weights.clip_model = args.clip_model
     suite = MetricSuite(names, weights, device=device)
 
-    # 3. methods: StyleVAR checkpoints (the first loaded now, for its resolution), AdaIN, content copy
+    # 3. methods: AdaIN's weights (small) first, then the first StyleVAR checkpoint (its resolution is the
+    # evaluation's; the others load in turn), then the content copy
+    adain = None
+    if args.adain:
+        from .adain import AdaIN
+
+        adain = AdaIN(args.adain_weights, device=device, download=args.download)
     ckpt_kwargs = dict(
         vae=args.vae,
         alpha=args.alpha,
@@ -301,9 +307,6 @@ def run_evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -
             settings["alpha"] = args.alpha
         entries.append(MethodEntry(name, "stylevar", build, settings))
     if args.adain:
-        from .adain import AdaIN
-
-        adain = AdaIN(args.adain_weights, device=device, download=args.download)
         method = AdaINMethod(adain, alpha=args.adain_alpha, preserve_color=args.adain_preserve_color)
         entries.append(MethodEntry(method.name, "adain", lambda m=method: m, method.settings))
     if args.content_copy:
