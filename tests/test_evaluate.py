@@ -200,7 +200,7 @@ def test_evaluate_end_to_end(datasets, weights, ours_dir, tmp_path, capsys):
     for b in ("OmniStyle", "ImagePulse", "COCO_WikiArt"):
         sheet = Image.open(out / "sheets" / f"{b}.png")
         cols = 6 if b != "COCO_WikiArt" else 5  # content | style | [target] | tiny | AdaIN | content-copy
-        assert sheet.width == cols * (64 + 2) + 2
+        assert sheet.width == cols * (128 + 2) + 2  # 64-px images shown at least 128 px
         for m in ("tiny", "AdaIN", "content-copy"):
             assert len(list((out / "images" / b / m).glob("*.png"))) == 3
     res = _summary(out)

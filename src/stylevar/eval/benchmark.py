@@ -57,7 +57,7 @@ class EvalSettings:
     batch_size: int = 8
     timing_samples: int = 8
     timing_batch_size: int = 8
-    warmup: int = 1
+    warmup: int = 3
     sheet_samples: int = 8
 
     def result_affecting(self) -> dict[str, Any]:

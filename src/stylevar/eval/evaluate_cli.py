@@ -133,7 +133,12 @@ def add_evaluate_arguments(p: argparse.ArgumentParser, add_checkpoint_args: Call
     g.add_argument(
         "--timing-batch-size", type=int, default=8, help="the batched timing's batch size (default 8)"
     )
-    g.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (default 1)")
+    g.add_argument(
+        "--warmup",
+        type=int,
+        default=3,
+        help="untimed calls before each timing (default 3; 1 is too few on CPUs)",
+    )
     g.add_argument("--sheet-samples", type=int, default=8, help="rows of each sample sheet (default 8)")
     g.add_argument("--overwrite", action="store_true", help="discard results already in --out")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -147,21 +147,34 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def sample_sheet(ev: Evaluation, bench, k: int) -> Image.Image | None:
-    """content | style | [target] | each method, for the first ``k`` samples, with a header of labels."""
+def _fit_label(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+    """``text``, cut with an ellipsis to fit ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def sample_sheet(ev: Evaluation, bench, k: int, min_cell: int = 128) -> Image.Image | None:
+    """content | style | [target] | each method, for the first ``k`` samples, under a row of labels.
+    Images smaller than ``min_cell`` are enlarged (nearest neighbour: pixels stay visible as they are)."""
     R = ev.settings.resolution
     samples = bench.samples[:k]
     if not samples:
         return None
+    cell = max(R, min_cell)
     labels = ["content", "style", *(["target"] if bench.paired else []), *(m.name for m in ev.methods)]
-    pad, head = 2, max(14, R // 10)
-    W = len(labels) * (R + pad) + pad
-    H = head + len(samples) * (R + pad) + pad
+    pad, head = 2, max(16, cell // 10)
+    W = len(labels) * (cell + pad) + pad
+    H = head + len(samples) * (cell + pad) + pad
     sheet = Image.new("RGB", (W, H), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    font = _font(max(9, head - 4))
+    font = _font(max(10, head - 5))
     for j, lab in enumerate(labels):
-        draw.text((pad + j * (R + pad) + 2, 1), lab[: max(4, R // 6)], fill=(0, 0, 0), font=font)
+        draw.text(
+            (pad + j * (cell + pad) + 2, 1), _fit_label(draw, lab, font, cell - 4), fill=(0, 0, 0), font=font
+        )
     blank = Image.new("RGB", (R, R), (200, 200, 200))
     for i, s in enumerate(samples):
         tiles = [read_image(s.content, R, ev.settings.fit), read_image(s.style, R, ev.settings.fit)]
@@ -172,7 +185,9 @@ def sample_sheet(ev: Evaluation, bench, k: int) -> Image.Image | None:
             p = ev.image_path(bench, m.name, s.index)
             row.append(Image.open(p).convert("RGB") if p.is_file() else blank)
         for j, tile in enumerate(row):
-            sheet.paste(tile, (pad + j * (R + pad), head + pad + i * (R + pad)))
+            if tile.size != (cell, cell):
+                tile = tile.resize((cell, cell), Image.Resampling.NEAREST)
+            sheet.paste(tile, (pad + j * (cell + pad), head + pad + i * (cell + pad)))
     return sheet
 
 
@@ -243,13 +258,23 @@ def write_reports(ev: Evaluation, results: list[dict], *, partial: bool = False)
     st = ev.settings
     notes = [
         f"seed {st.seed} (sample i uses seed {st.seed}+i for every method), images resized to {st.resolution}² "
-        f"({st.fit}, LANCZOS); metrics on the saved 8-bit images.",
-        "Style loss and colour histogram against the style image; content loss against the content image; "
-        "LPIPS, SSIM, DreamSim, CLIP against the GT target (paired) or the content image (unpaired).",
-        "FID: Inception-v3 pool features of the outputs vs their style images (few images: biased, compare "
-        "only at equal n); ArtFID = (1 + LPIPS to content)·(1 + FID).",
-        "Best per dataset in bold (reference methods in italics are never marked).",
+        f"({st.fit}, LANCZOS); metrics on the saved 8-bit images."
     ]
+    against = {
+        "style": "against the style image",
+        "content": "against the content image",
+        "reference": "against the GT target (paired datasets) or the content image (unpaired)",
+    }
+    for key, text in against.items():
+        labels = [METRICS[n].label for n in names if METRICS[n].against == key]
+        if labels:
+            notes.append(f"{', '.join(labels)}: {text}.")
+    if "fid" in names or "artfid" in names:
+        notes.append(
+            "FID: Inception-v3 pool features of the outputs vs their style images (few images: biased, compare "
+            "only at equal n); ArtFID = (1 + LPIPS to the content)·(1 + FID)."
+        )
+    notes.append("Best per dataset in bold (reference methods, in italics, are never marked).")
     tk = timing_keys(results)
     if tk:
         devs = sorted({e["timing"].get("device", "?") for e in results if e.get("timing")})
