@@ -75,12 +75,6 @@ class MethodEntry:
     reference: bool = False
 
 
-@dataclass
-class Interrupted(Exception):
-    done: int
-    total: int
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
