@@ -97,6 +97,17 @@ def _checkpoint_kwargs(args: argparse.Namespace) -> dict:
     )
 
 
+def _blend_arg(text: str) -> tuple[Path, float]:
+    """``PATH[:WEIGHT]`` (weight 1 when left out) of ``--blend``."""
+    path, sep, weight = text.rpartition(":")
+    if not sep or not path or "/" in weight or "\\" in weight:
+        return Path(text).expanduser(), 1.0
+    try:
+        return Path(path).expanduser(), float(weight)
+    except ValueError:
+        return Path(text).expanduser(), 1.0
+
+
 def _collect(path_text: str, role: str) -> list[Path]:
     from .images import list_images
 
@@ -140,30 +151,60 @@ def cmd_stylize(args: argparse.Namespace) -> int:
         suffix = f"__{k}" if args.num_samples > 1 else ""
         return out / f"{c_names[ci]}__{s_names[si]}{suffix}.{ext}"
 
+    blends = [_blend_arg(b) for b in args.blend]
+    for path, _ in blends:
+        if not path.is_file():
+            raise ImageError(f"--blend style image not found: {path}")
+    keep_size = args.keep_size or args.full_res
+    upscale = "guided" if args.full_res else args.upscale
     pipe = _load_pipeline(args)  # --alpha becomes the model's default alpha
     grid_rows: dict[tuple[int, int], list] = {}
     written = 0
     skip = (lambda c, s, k: target(c, s, k).exists()) if args.skip_existing else None
     manifest = []
-    for batch in pipe.iter_batches(
-        [str(p) for p in contents],
-        [str(p) for p in styles],
-        num_samples=args.num_samples,
-        seed=args.seed,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        temperature=args.temperature,
-        style_strength=args.style_strength,
-        pairing="product",
-        batch_size=args.batch_size,
-        fit=args.fit,
-        keep_size=args.keep_size,
-        legacy_kv_cache=args.legacy_kv_cache,
-        dtype=args.dtype,
-        cuda_graphs=args.cuda_graphs,
-        progress=not args.quiet,
-        skip=skip,
-    ):
+    if blends:  # each STYLE image blended with the --blend images inside the model, one call per STYLE image
+        weights = [args.style_weight, *(w for _, w in blends)]
+        calls = [
+            (si, dict(style=[str(st), *(str(p) for p, _ in blends)], style_weights=weights))
+            for si, st in enumerate(styles)
+        ]
+    else:
+        calls = [(None, dict(style=[str(p) for p in styles]))]
+
+    def batches():
+        for si, style_kw in calls:
+            sk = skip
+            if skip is not None and si is not None:
+                sk = lambda c, _s, k, si=si: skip(c, si, k)  # noqa: E731
+            seed = args.seed
+            if seed is not None and si is not None:  # distinct seeds across STYLE images
+                seed += si * len(contents) * args.num_samples
+            for batch in pipe.iter_batches(
+                [str(p) for p in contents],
+                **style_kw,
+                num_samples=args.num_samples,
+                seed=seed,
+                top_k=args.top_k,
+                top_p=args.top_p,
+                temperature=args.temperature,
+                style_strength=args.style_strength,
+                pairing="product",
+                batch_size=args.batch_size,
+                fit=args.fit,
+                keep_size=keep_size,
+                upscale=upscale,
+                preserve_color=args.preserve_color,
+                legacy_kv_cache=args.legacy_kv_cache,
+                dtype=args.dtype,
+                cuda_graphs=args.cuda_graphs,
+                progress=not args.quiet,
+                skip=sk,
+            ):
+                if si is not None:
+                    batch.pairs = [(c, si) for c, _ in batch.pairs]
+                yield batch
+
+    for batch in batches():
         for img, seed, (ci, si), k in zip(batch.images, batch.seeds, batch.pairs, batch.sample_indices):
             path = save_image_atomic(img, target(ci, si, k))
             written += 1
@@ -174,6 +215,14 @@ def cmd_stylize(args: argparse.Namespace) -> int:
                     "sample": k,
                     "seed": seed,
                     "output": str(path),
+                    **(
+                        {
+                            "blend": [{"style": str(p), "weight": w} for p, w in blends],
+                            "style_weight": args.style_weight,
+                        }
+                        if blends
+                        else {}
+                    ),
                 }
             )
             if args.grid:
@@ -507,6 +556,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--keep-size", action="store_true", help="resize results back to the content region's size"
+    )
+    p.add_argument(
+        "--upscale",
+        choices=("lanczos", "guided"),
+        default="lanczos",
+        help="with --keep-size: LANCZOS (default) or guided (the content's detail restored by a guided filter)",
+    )
+    p.add_argument(
+        "--full-res",
+        action="store_true",
+        help="results at the content's original size and aspect, guided upsampling (= --keep-size --upscale "
+        "guided; use with --fit squash for the whole image)",
+    )
+    p.add_argument(
+        "--preserve-color",
+        choices=("none", "luminance", "stats"),
+        default="none",
+        help="keep the content's colours: luminance (result's luma + content's chroma) or stats (colour "
+        "mean/covariance matched to the content's); default none",
+    )
+    p.add_argument(
+        "--blend",
+        action="append",
+        default=[],
+        metavar="STYLE2[:WEIGHT]",
+        help="blend another style image into the model's conditioning (weight default 1; repeatable); "
+        "weights, with --style-weight for STYLE, are normalised to sum 1",
+    )
+    p.add_argument(
+        "--style-weight",
+        type=float,
+        default=1.0,
+        help="STYLE's weight when blending with --blend (default 1)",
     )
     p.add_argument(
         "--format",

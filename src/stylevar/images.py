@@ -150,6 +150,12 @@ def tensor_to_pil(img: torch.Tensor) -> Image.Image:
     return Image.fromarray(a)
 
 
+def pil_to_unit_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> (1, 3, H, W) float tensor in [0, 1]."""
+    a = np.asarray(to_rgb(img), dtype=np.uint8)
+    return torch.from_numpy(a.copy()).permute(2, 0, 1).unsqueeze(0).float().div_(255)
+
+
 def pil_from_tensor_input(t: torch.Tensor, role: str) -> list[Image.Image]:
     """User tensors (3, H, W) or (B, 3, H, W) in [0, 1] -> PIL images."""
     if t.ndim == 3:

@@ -23,8 +23,18 @@ from PIL import Image, ImageOps
 
 from .checkpoints import Checkpoint, load_pretrained, save_pretrained
 from .config import SamplingConfig
+from .controls import COLOUR_MODES, UPSAMPLERS, blend_weights, guided_upsample, preserve_colour
 from .errors import ConfigError, ImageError
-from .images import FITS, crop_box, load_image, pil_from_tensor_input, tensor_to_pil, to_model_input, to_rgb
+from .images import (
+    FITS,
+    crop_box,
+    load_image,
+    pil_from_tensor_input,
+    pil_to_unit_tensor,
+    tensor_to_pil,
+    to_model_input,
+    to_rgb,
+)
 from .models import VQVAE, Conditioning, StyleVAR
 from .models.ops import parse_dtype
 
@@ -189,7 +199,8 @@ class StyleVARPipeline:
                 reduced-precision path (see :meth:`StyleVAR.generate`); default fp32.
             cuda_graphs: replay each scale's transformer pass as a CUDA graph (captured on the
                 first batch of each size); on CPU the same static path runs eagerly.
-            output_type: ``pil`` or ``pt`` ((3, R, R) tensors in [0, 1]).
+            output_type: ``pil`` or ``pt`` ((3, H, W) tensors in [0, 1]).
+            style_weights, preserve_color, upscale: creative controls; see :meth:`iter_batches`.
             progress: show a progress bar.
         """
         out = StylizeOutput(images=[], seeds=[])
@@ -223,12 +234,26 @@ class StyleVARPipeline:
         output_type: str = "pil",
         progress: bool = False,
         skip: Callable[[int, int, int], bool] | None = None,
+        style_weights: Sequence[float] | None = None,
+        preserve_color: str = "none",
+        upscale: str = "lanczos",
     ) -> Iterator[StylizeOutput]:
         """Like ``__call__`` (same arguments) but yields each batch's results as soon as it is done,
         so a caller can save them as it goes.
 
         ``skip(content_index, style_index, sample_index)`` returning True leaves that image out (for
         resuming a folder run); the seeds of the others do not change.
+
+        Creative controls (:mod:`stylevar.controls`):
+
+        * ``style_weights``: one weight per style image; the style images are blended into one style
+          inside the model's conditioning (AdaLN condition and style queries: the weighted sum of each
+          image's ResNet feature and VQ condition features), weights normalised to sum 1. Results are
+          then those of a single style (style index 0).
+        * ``preserve_color``: ``luminance`` (the result's luma, the content's chroma) or ``stats`` (the
+          result's colour mean/covariance matched to the content's); ``none`` (default).
+        * ``upscale``: with ``keep_size``, ``lanczos`` (default) or ``guided`` (bicubic, then a guided
+          filter with the full-resolution content as guide: the content's fine detail at full size).
         """
         s = self.sampling
         top_k = s.top_k if top_k is None else top_k
@@ -244,6 +269,10 @@ class StyleVARPipeline:
             raise ConfigError("num_samples and batch_size must be >= 1")
         if output_type not in ("pil", "pt"):
             raise ConfigError("output_type must be 'pil' or 'pt'")
+        if preserve_color not in COLOUR_MODES:
+            raise ConfigError(f"preserve_color must be one of {COLOUR_MODES}, got {preserve_color!r}")
+        if upscale not in UPSAMPLERS:
+            raise ConfigError(f"upscale must be one of {UPSAMPLERS}, got {upscale!r}")
         dtype = parse_dtype(dtype)
         if alpha is not None:
             try:
@@ -254,7 +283,8 @@ class StyleVARPipeline:
         # 1. read every image first: a bad file fails before anything is computed or written
         contents = self.load_images(content, "content")
         styles = self.load_images(style, "style")
-        pairs = _make_pairs(len(contents), len(styles), pairing)
+        blend = None if style_weights is None else blend_weights(style_weights, len(styles))
+        pairs = _make_pairs(len(contents), 1 if blend else len(styles), pairing)
         base = secrets.randbelow(2**31) if seed is None else int(seed)
         jobs = [
             (p, k, base + p * num_samples + k)
@@ -272,9 +302,17 @@ class StyleVARPipeline:
         c_feat, c_cvae = self._encode_all(
             torch.stack([to_model_input(contents[i], R, fit) for i in used_c]), "content", batch_size
         )
-        s_feat, s_cvae = self._encode_all(
-            torch.stack([to_model_input(styles[i], R, fit) for i in used_s]), "style", batch_size
-        )
+        if blend:  # every style image encoded, then one weighted style (exact for weights like (1, 0))
+            f, c = self._encode_all(
+                torch.stack([to_model_input(im, R, fit) for im in styles]), "style", batch_size
+            )
+            w = torch.tensor(blend, device=f.device, dtype=f.dtype)
+            s_feat = (w.view(-1, 1) * f).sum(0, keepdim=True)
+            s_cvae = (w.view(-1, 1, 1).to(c.dtype) * c).sum(0, keepdim=True)
+        else:
+            s_feat, s_cvae = self._encode_all(
+                torch.stack([to_model_input(styles[i], R, fit) for i in used_s]), "style", batch_size
+            )
         c_row = {c: r for r, c in enumerate(used_c)}
         s_row = {st: r for r, st in enumerate(used_s)}
 
@@ -305,7 +343,9 @@ class StyleVARPipeline:
                 )
                 yield StylizeOutput(
                     images=[
-                        self._postprocess(img, contents[pairs[p][0]], fit, keep_size, output_type)
+                        self._postprocess(
+                            img, contents[pairs[p][0]], fit, keep_size, output_type, preserve_color, upscale
+                        )
                         for (p, _, _), img in zip(chunk, out.images)
                     ],
                     seeds=[sd for _, _, sd in chunk],
@@ -320,17 +360,35 @@ class StyleVARPipeline:
 
     @staticmethod
     def _postprocess(
-        img: torch.Tensor, content: Image.Image, fit: str, keep_size: bool, output_type: str
+        img: torch.Tensor,
+        content: Image.Image,
+        fit: str,
+        keep_size: bool,
+        output_type: str,
+        preserve_color: str = "none",
+        upscale: str = "lanczos",
     ) -> Any:
+        """A (3, R, R) result -> the output: at the content region's size with ``keep_size`` (LANCZOS or
+        guided upsampling), then colour preservation against the content region at that size."""
+        x = img.detach().float().cpu().clamp(0, 1).unsqueeze(0)
+        region = None
+        if keep_size or preserve_color != "none":
+            region = content.crop(crop_box(content.size, fit))
+        if keep_size and region.size != (x.shape[-1], x.shape[-2]):
+            if upscale == "guided":
+                x = guided_upsample(x, pil_to_unit_tensor(region))
+            else:
+                x = pil_to_unit_tensor(tensor_to_pil(x[0]).resize(region.size, Image.Resampling.LANCZOS))
+        if preserve_color != "none":
+            ref = (
+                region
+                if region.size == (x.shape[-1], x.shape[-2])
+                else region.resize((x.shape[-1], x.shape[-2]), Image.Resampling.LANCZOS)
+            )
+            x = preserve_colour(x, pil_to_unit_tensor(ref), preserve_color)
         if output_type == "pt":
-            return img.cpu()
-        pil = tensor_to_pil(img)
-        if keep_size:
-            left, top, right, bottom = crop_box(content.size, fit)
-            size = (right - left, bottom - top)
-            if size != pil.size:
-                pil = pil.resize(size, Image.Resampling.LANCZOS)
-        return pil
+            return x[0]
+        return tensor_to_pil(x[0])
 
 
 def _make_pairs(n_content: int, n_style: int, pairing: str) -> list[tuple[int, int]]:

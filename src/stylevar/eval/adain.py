@@ -29,6 +29,7 @@ from torch import nn
 
 from stylevar.errors import CheckpointError, ConfigError, MissingWeightsError
 
+from ..controls import coral
 from .perceptual import PathLike, _Frozen, _images, _load_state_dict, _load_strict, _why, resolve_cache_dir
 
 RELEASE_URL = "https://github.com/naoto0804/pytorch-AdaIN/releases/download/v0.0.0"
@@ -129,46 +130,6 @@ def adaptive_instance_norm(
     c_mean, c_std = channel_mean_std(content_feat, eps=eps, unbiased=unbiased)
     s_mean, s_std = channel_mean_std(style_feat, eps=eps, unbiased=unbiased)
     return (content_feat - c_mean) / c_std * s_std + s_mean
-
-
-def _sym_pow(cov: torch.Tensor, power: float, eps: float = 0.0) -> torch.Tensor:
-    """(cov + eps·I)^power of symmetric PSD (..., 3, 3) matrices via eigh (negative rounding noise → 0)."""
-    lam, u = torch.linalg.eigh(cov)
-    lam = lam.clamp(min=0) + eps
-    return (u * lam.pow(power).unsqueeze(-2)) @ u.transpose(-1, -2)
-
-
-def coral(source: torch.Tensor, target: torch.Tensor, *, eps: float = 1e-6) -> torch.Tensor:
-    """Colour transfer by CORAL (the linear map of the AdaIN paper's colour-preservation option, after
-    Gatys et al. 2016): each source image's RGB pixels are mapped by x ↦ Σt^{1/2} Σs^{-1/2} (x − μs) + μt
-    so their mean and covariance become the target's. Symmetric matrix square roots by eigendecomposition,
-    in float64; covariances unbiased (1/(P − 1)) on both sides; ``eps`` is added to the source
-    covariance's eigenvalues in the inverse square root (a flat source maps to the target's mean colour
-    instead of dividing by zero). Equivalent, up to its regulariser, to naoto0804's ``coral`` (which
-    standardises channels first and adds an identity to both correlation matrices).
-
-    ``source`` (N, 3, H, W), ``target`` (N or 1, 3, H', W'); returns (N, 3, H, W) in the source's dtype,
-    **not** clamped to [0, 1] (as naoto0804's ``test.py``: the encoder sees the values as they are).
-    """
-    if source.ndim != 4 or source.shape[1] != 3 or target.ndim != 4 or target.shape[1] != 3:
-        raise ValueError(
-            f"coral: expected (N, 3, H, W) images, got {tuple(source.shape)} and {tuple(target.shape)}"
-        )
-    if target.shape[0] not in (1, source.shape[0]):
-        raise ValueError(
-            f"coral: target batch {target.shape[0]} does not match source batch {source.shape[0]}"
-        )
-    if source[0, 0].numel() < 2 or target[0, 0].numel() < 2:
-        raise ValueError("coral: covariances need at least 2 pixels per image")
-    s = source.double().flatten(2)  # (N, 3, P)
-    t = target.to(source.device).double().flatten(2)
-    mu_s, mu_t = s.mean(2, keepdim=True), t.mean(2, keepdim=True)
-    ds, dt = s - mu_s, t - mu_t
-    cov_s = ds @ ds.transpose(1, 2) / (ds.shape[2] - 1)
-    cov_t = dt @ dt.transpose(1, 2) / (dt.shape[2] - 1)
-    a = _sym_pow(cov_t, 0.5) @ _sym_pow(cov_s, -0.5, eps)
-    out = a @ ds + mu_t
-    return out.view(source.shape).to(source.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------
