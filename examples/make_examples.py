@@ -1,4 +1,4 @@
-"""Regenerate the two example images (made here, free to redistribute): python examples/make_examples.py"""
+"""Regenerate the example images (made here, free to redistribute): python examples/make_examples.py"""
 
 from pathlib import Path
 
@@ -57,6 +57,44 @@ def style(size: int = 384) -> Image.Image:
     return Image.fromarray(img.clip(0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.8))
 
 
+def content2(size: int = 384) -> Image.Image:
+    """A still life: a vase, two apples and a cup on a table against a wall."""
+    img = Image.new("RGB", (size, size), (226, 214, 190))
+    d = ImageDraw.Draw(img)
+    s = size / 384
+    d.rectangle([0, 250 * s, size, size], fill=(150, 100, 62))  # table
+    d.line([(0, 250 * s), (size, 250 * s)], fill=(110, 70, 40), width=max(1, int(3 * s)))
+    d.ellipse([110 * s, 120 * s, 200 * s, 260 * s], fill=(60, 90, 150))  # vase body
+    d.rectangle([138 * s, 80 * s, 172 * s, 140 * s], fill=(60, 90, 150))  # neck
+    d.ellipse([130 * s, 70 * s, 180 * s, 92 * s], fill=(45, 70, 125))
+    d.ellipse([215 * s, 215 * s, 265 * s, 262 * s], fill=(200, 40, 35))  # apples
+    d.ellipse([255 * s, 222 * s, 300 * s, 264 * s], fill=(120, 170, 50))
+    d.rectangle([300 * s, 200 * s, 345 * s, 258 * s], fill=(240, 240, 235), outline=(90, 90, 90))  # cup
+    d.arc([330 * s, 212 * s, 362 * s, 244 * s], -90, 90, fill=(90, 90, 90), width=max(1, int(4 * s)))
+    return img.filter(ImageFilter.SMOOTH)
+
+
+def style2(size: int = 384) -> Image.Image:
+    """A mosaic: irregular tiles in blues, teals and ochre with dark grout."""
+    rng = np.random.default_rng(7)
+    n = 90
+    pts = rng.uniform(0, size, (n, 2))
+    palette = np.array([[30, 60, 120], [40, 130, 140], [200, 160, 60], [230, 220, 200], [90, 40, 60]])
+    cols = palette[rng.integers(0, len(palette), n)] + rng.integers(-20, 20, (n, 3))
+    yy, xx = np.mgrid[0:size, 0:size]
+    d = (xx[..., None] - pts[:, 0]) ** 2 + (yy[..., None] - pts[:, 1]) ** 2
+    order = np.argsort(d, axis=-1)
+    nearest, second = order[..., 0], order[..., 1]
+    gap = np.sqrt(np.take_along_axis(d, second[..., None], -1)[..., 0]) - np.sqrt(
+        np.take_along_axis(d, nearest[..., None], -1)[..., 0]
+    )
+    img = cols[nearest].astype(float)
+    img[gap < 3] = (35, 30, 30)
+    return Image.fromarray(img.clip(0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.6))
+
+
 if __name__ == "__main__":
     content().save(HERE / "content.jpg", quality=90)
     style().save(HERE / "style.jpg", quality=90)
+    content2().save(HERE / "content2.jpg", quality=90)
+    style2().save(HERE / "style2.jpg", quality=90)

@@ -5,6 +5,7 @@ stylevar convert UPSTREAM.pth -o DIR       upstream .pth files -> config.json + 
 stylevar merge-lora LORA --base SFT -o OUT  GRPO LoRA adapters merged into plain weights
 stylevar info CHECKPOINT                   print a checkpoint's configuration
 stylevar evaluate --model M --omnistyle D  the paper's Table 2 (metrics, baselines, timing, reports)
+stylevar app [--checkpoint C]              a web page with every control (Gradio)
 """
 
 from __future__ import annotations
@@ -513,6 +514,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ app
+def cmd_app(args: argparse.Namespace) -> int:
+    from .app import run_app
+
+    run_app(args, _load_pipeline)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -794,6 +803,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_evaluate_arguments(p, _add_checkpoint_args)
     p.set_defaults(func=cmd_evaluate)
+
+    from .app import add_app_arguments
+
+    p = sub.add_parser(
+        "app",
+        help="a web page (Gradio) to stylize uploaded images with every control",
+        description="Serve a Gradio page on --host:--port (default 127.0.0.1:7860). Needs stylevar[app].",
+    )
+    add_app_arguments(p)
+    _add_checkpoint_args(p)
+    p.set_defaults(func=cmd_app)
     return parser
 
 

@@ -1,0 +1,172 @@
+"""``stylevar app``: the request handler on the tiny model, and the running server driven by a real headless
+Chromium (Debian's ``chromium`` + ``chromium-driver``, via Selenium): upload two images, stylize, find the
+result; an oversized upload shows its message. The server is started and stopped by the test.
+
+Needs the ``app`` extra (gradio), selenium and Chromium; skipped with the reason otherwise. Set
+``STYLEVAR_APP_SCREENSHOT=path.png`` to keep the page's screenshot (the README's comes from here).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import smooth_images
+from stylevar.errors import ConfigError, ImageError
+
+HAS_GRADIO = importlib.util.find_spec("gradio") is not None
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+CHROMEDRIVER = shutil.which("chromedriver")
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture(scope="module")
+def pics(tmp_path_factory):
+    d = tmp_path_factory.mktemp("app")
+    out = []
+    for i, size in enumerate([(120, 90), (80, 80), (600, 600)]):
+        a = ((smooth_images(1, 96, 60 + i)[0].permute(1, 2, 0).numpy() + 1) * 127.5).astype(np.uint8)
+        p = d / f"pic{i}.png"
+        Image.fromarray(a).resize(size).save(p)
+        out.append(p)
+    return out
+
+
+def test_request_handler(tiny, pics):
+    from stylevar.app import example_pairs, stylize_request
+    from stylevar.pipeline import StyleVARPipeline
+
+    pipe = StyleVARPipeline(*tiny)
+    calls = []
+    imgs, info = stylize_request(
+        pipe, str(pics[0]), str(pics[1]), str(pics[0]), 0.3, 0.5, "stats", True, 3, 11, "",
+        progress=lambda f, desc="": calls.append(f),
+    )  # fmt: skip
+    assert [c for _, c in imgs] == ["seed 11", "seed 12", "seed 13"] and "11, 12, 13" in info
+    assert all(im.size == (120, 90) for im, _ in imgs)  # full resolution: the content's size
+    assert calls[0] == 0 and calls[-1] == 1
+    # the same image from the pipeline with the same controls (what the CLI would make)
+    again = pipe(
+        pics[0], [pics[1], pics[0]], style_weights=[0.7, 0.3], seed=12, style_strength=0.5, preserve_color="stats",
+        keep_size=True, upscale="guided", fit="squash",
+    )[0]  # fmt: skip
+    assert np.abs(np.asarray(again, dtype=int) - np.asarray(imgs[1][0], dtype=int)).max() <= 1
+    random_seed = stylize_request(pipe, str(pics[0]), str(pics[1]), seed=-1)[0]
+    assert random_seed[0][1].startswith("seed ")
+    with pytest.raises(ImageError, match=r"too large: 600x600 \(0.4 MP\); the limit here is 0.1 MP"):
+        stylize_request(pipe, str(pics[2]), str(pics[1]), max_pixels=100_000)
+    with pytest.raises(ConfigError, match="add a content image"):
+        stylize_request(pipe, None, str(pics[1]))
+    with pytest.raises(ConfigError, match="one number per scale"):
+        stylize_request(pipe, str(pics[0]), str(pics[1]), alpha="a, b")
+    assert len(example_pairs()) >= 4 and all(Path(p).is_file() for pair in example_pairs() for p in pair)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(ours_dir, tmp_path_factory):
+    if not HAS_GRADIO:
+        pytest.skip("gradio not installed (pip install -e '.[app]')")
+    port = _free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    cmd = [sys.executable, "-m", "stylevar", "app", "--checkpoint", str(ours_dir), "--device", "cpu",
+           "--port", str(port), "--max-pixels", "200000"]  # fmt: skip
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "NO_PROXY": "127.0.0.1,localhost"}
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"the app did not start:\n{log.read_text()[-3000:]}") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if importlib.util.find_spec("selenium") is None:
+        pytest.skip("selenium not installed (pip install -e '.[dev]')")
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("Chromium not installed (Debian: apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1300"):
+        opts.add_argument(a)
+    drv = webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER))
+    drv.set_page_load_timeout(60)
+    yield drv
+    drv.quit()
+
+
+def _upload(drv, elem_id: str, path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    box = drv.find_element(By.ID, elem_id)
+    box.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(path))
+    WebDriverWait(drv, 30).until(EC.presence_of_element_located((By.CSS_SELECTOR, f"#{elem_id} img")))
+
+
+@pytest.mark.slow
+def test_app_in_a_real_browser(server, browser, pics, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    drv = browser
+    drv.get(server)
+    WebDriverWait(drv, 60).until(EC.element_to_be_clickable((By.ID, "stylize")))
+    _upload(drv, "content", EXAMPLES / "content.jpg")
+    _upload(drv, "style", EXAMPLES / "style.jpg")
+    drv.find_element(By.ID, "stylize").click()
+    result = WebDriverWait(drv, 180).until(EC.presence_of_element_located((By.CSS_SELECTOR, "#results img")))
+    assert result.get_attribute("src")
+    WebDriverWait(drv, 30).until(EC.text_to_be_present_in_element((By.ID, "seeds"), "seeds:"))
+    shot = tmp_path / "app.png"
+    drv.save_screenshot(str(shot))
+    assert Image.open(shot).size[0] > 800
+    if os.environ.get("STYLEVAR_APP_SCREENSHOT"):
+        shutil.copy(shot, os.environ["STYLEVAR_APP_SCREENSHOT"])
+
+    # an image over the server's --max-pixels (200,000) is refused with a message on the page
+    drv.get(server)
+    WebDriverWait(drv, 60).until(EC.element_to_be_clickable((By.ID, "stylize")))
+    _upload(drv, "content", pics[2])
+    _upload(drv, "style", pics[1])
+    drv.find_element(By.ID, "stylize").click()
+    WebDriverWait(drv, 60).until(
+        lambda d: "The content image is too large: 600x600" in d.find_element(By.TAG_NAME, "body").text
+    )
+    assert "Downscale it" in drv.find_element(By.TAG_NAME, "body").text
