@@ -18,6 +18,7 @@ message saying how large they are and what to do.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def _gradio():
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no usage reports unless the user asks
     try:
         import gradio as gr
     except ImportError:
