@@ -8,6 +8,7 @@ Needs the ``app`` extra (gradio), selenium and Chromium; skipped with the reason
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import shutil
@@ -47,7 +48,7 @@ def test_request_handler(tiny, pics):
     from stylevar.app import example_pairs, stylize_request
     from stylevar.pipeline import StyleVARPipeline
 
-    pipe = StyleVARPipeline(*tiny)
+    pipe = StyleVARPipeline(*copy.deepcopy(tiny))  # the pipeline freezes its model: not the shared one
     calls = []
     imgs, info = stylize_request(
         pipe, str(pics[0]), str(pics[1]), str(pics[0]), 0.3, 0.5, "stats", True, 3, 11, "",

@@ -4,6 +4,7 @@ and seeds per sample are tested in test_pipeline.py."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -21,7 +22,7 @@ from stylevar.pipeline import StyleVARPipeline
 
 @pytest.fixture(scope="module")
 def pipe(tiny):
-    return StyleVARPipeline(*tiny, device="cpu")
+    return StyleVARPipeline(*copy.deepcopy(tiny), device="cpu")  # it freezes its model: not the shared one
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +204,7 @@ def test_cli_controls(tiny, ours_dir, pics, tmp_path):
     assert [r["seed"] for r in rows] == [3, 4]
     assert rows[0]["blend"] == [{"style": str(pics[2]), "weight": 0.5}] and rows[0]["style_weight"] == 1.5
     # the same through the pipeline: weights 1.5 : 0.5, the seed of the second image
-    again = StyleVARPipeline(*tiny)(
+    again = StyleVARPipeline(*copy.deepcopy(tiny))(
         pics[0], [pics[1], pics[2]], style_weights=[0.75, 0.25], seed=4, fit="squash", keep_size=True,
         upscale="guided", preserve_color="stats",
     )[0]  # fmt: skip

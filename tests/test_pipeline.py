@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -15,7 +17,7 @@ from stylevar.pipeline import StyleVARPipeline
 
 @pytest.fixture(scope="module")
 def pipe(tiny):
-    return StyleVARPipeline(*tiny, device="cpu")
+    return StyleVARPipeline(*copy.deepcopy(tiny), device="cpu")  # it freezes its model: not the shared one
 
 
 @pytest.fixture(scope="module")
