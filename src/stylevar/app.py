@@ -150,35 +150,9 @@ def build_app(
     n_scales = len(pipe.model.patch_nums)
     examples = example_pairs() if examples is None else examples
 
-    def run(
-        content,
-        style,
-        style2,
-        blend,
-        strength,
-        preserve,
-        full_res,
-        n,
-        seed,
-        alpha,
-        progress=gr.Progress(),  # noqa: B008 (Gradio idiom)
-    ):
+    def run(*values, progress=gr.Progress()):  # noqa: B008 (Gradio idiom); values: the inputs, in order
         try:
-            return stylize_request(
-                pipe,
-                content,
-                style,
-                style2,
-                blend,
-                strength,
-                preserve,
-                full_res,
-                n,
-                seed,
-                alpha,
-                max_pixels=max_pixels,
-                progress=progress,
-            )
+            return stylize_request(pipe, *values, max_pixels=max_pixels, progress=progress)
         except StyleVARError as e:
             raise gr.Error(str(e)) from None
 

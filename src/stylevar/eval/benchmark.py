@@ -178,6 +178,10 @@ class Evaluation:
             for sub in ("records", "images", "samples", "sheets"):
                 shutil.rmtree(self.out / sub, ignore_errors=True)
             (self.out / "config.json").unlink(missing_ok=True)
+        self._images = {
+            b.name: BenchmarkImages(b, self.settings.resolution, self.settings.fit) for b in self.benchmarks
+        }
+        self._previous: dict[str, Any] = {}  # the config.json already in the folder, if any
         self._check_resume()
 
     # ------------------------------------------------------------------ bookkeeping
@@ -210,6 +214,7 @@ class Evaluation:
             old = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             return
+        self._previous = old
         new = self.config()
         diffs = []
         old_set = old.get("settings", {})
@@ -260,20 +265,12 @@ class Evaluation:
         from .report import write_reports
 
         cfg = self.config()
-        old_path = self.out / "config.json"
-        if old_path.is_file():
-            try:
-                old = json.loads(old_path.read_text())
-                for key in ("benchmarks", "methods"):
-                    for name, v in old.get(key, {}).items():
-                        cfg[key].setdefault(name, v)
-            except (OSError, json.JSONDecodeError):
-                pass
-        _write_json(old_path, cfg)
+        for key in ("benchmarks", "methods"):  # keep what earlier calls evaluated in this folder
+            for name, v in self._previous.get(key, {}).items():
+                cfg[key].setdefault(name, v)
+        _write_json(self.out / "config.json", cfg)
         for b in self.benchmarks:
             dump_samples(b, self.out / "samples" / f"{b.slug}.jsonl")
-        R = self.settings.resolution
-        images = {b.name: BenchmarkImages(b, R, self.settings.fit) for b in self.benchmarks}
         interrupted = None
         try:
             for entry in self.methods:
@@ -289,8 +286,8 @@ class Evaluation:
                 method = entry.build()
                 try:
                     for b in todo:
-                        self._generate(method, b, images[b.name])
-                        self._time(method, b, images[b.name])
+                        self._generate(method, b, self.images(b))
+                        self._time(method, b, self.images(b))
                 finally:
                     del method
                     if self.device.type == "cuda":
@@ -413,9 +410,12 @@ class Evaluation:
                 out.append(entry)
         return out
 
+    def images(self, bench: Benchmark) -> BenchmarkImages:
+        """The benchmark's input images at the evaluation's resolution, read once per run."""
+        return self._images[bench.name]
+
     def _style_features(self, bench: Benchmark) -> torch.Tensor:
-        data = BenchmarkImages(bench, self.settings.resolution, self.settings.fit)
-        _, style, _ = data.batch(bench.samples)
+        _, style, _ = self.images(bench).batch(bench.samples)
         return self.suite.features(style)
 
 

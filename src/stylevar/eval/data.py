@@ -247,7 +247,8 @@ class BenchmarkImages:
         self.bench, self.resolution, self.fit = bench, resolution, fit
         self._cache: dict[Path, torch.Tensor] = {}
 
-    def _get(self, path: Path, role: str) -> torch.Tensor:
+    def image(self, path: Path, role: str) -> torch.Tensor:
+        """One file as (3, R, R) uint8, read on first use."""
         if path not in self._cache:
             self._cache[path] = read_image(path, self.resolution, self.fit, role)
         return self._cache[path]
@@ -256,7 +257,7 @@ class BenchmarkImages:
         """(content, style, target or None), each (B, 3, R, R) float in [0, 1]."""
 
         def stack(paths, role):
-            return torch.stack([self._get(p, role) for p in paths]).float().div_(255)
+            return torch.stack([self.image(p, role) for p in paths]).float().div_(255)
 
         content = stack([s.content for s in samples], "content")
         style = stack([s.style for s in samples], "style")

@@ -260,15 +260,10 @@ def run_evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -
         from .adain import AdaIN
 
         adain = AdaIN(args.adain_weights, device=device, download=args.download)
-    ckpt_kwargs = dict(
-        vae=args.vae,
-        alpha=args.alpha,
-        revision=args.revision,
-        cache_dir=args.cache_dir,
-        local_files_only=args.offline,
-        allow_pickle=args.trust_checkpoint,
-        base=args.base,
-    )
+    from ..cli import _checkpoint_kwargs
+
+    ckpt_kwargs = _checkpoint_kwargs(args)  # the same checkpoint options as every subcommand
+    default_variant = ckpt_kwargs.pop("variant")
     sampling = dict(
         top_k=args.top_k,
         top_p=args.top_p,
@@ -281,11 +276,11 @@ def run_evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -
 
     def load(source: str):
         if source.startswith(RELEASED):
-            variant = source[len(RELEASED) :]
-            if variant not in ("grpo", "sft"):
+            released = source[len(RELEASED) :]
+            if released not in ("grpo", "sft"):
                 raise ConfigError(f"--model {source}: use released:grpo or released:sft")
-            return StyleVARPipeline.from_pretrained(None, variant=variant, device=device, **ckpt_kwargs)
-        return StyleVARPipeline.from_pretrained(source, variant=args.variant, device=device, **ckpt_kwargs)
+            return StyleVARPipeline.from_pretrained(None, variant=released, device=device, **ckpt_kwargs)
+        return StyleVARPipeline.from_pretrained(source, variant=default_variant, device=device, **ckpt_kwargs)
 
     resolution = args.resolution
     loaded: dict[str, Any] = {}
@@ -305,7 +300,7 @@ def run_evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -
             pipe = loaded.pop(name, None) or load(source)
             if pipe.resolution != resolution:
                 raise ConfigError(f"{name} works at {pipe.resolution}² but the evaluation at {resolution}²")
-            return StyleVARMethod(name, pipe, source=source, **sampling)
+            return StyleVARMethod(name, pipe, **sampling)
 
         settings = {"source": source, **{k: v for k, v in sampling.items() if k != "cuda_graphs"}}
         if args.alpha is not None:

@@ -2,7 +2,7 @@
 
 Every method maps (content, style) batches of (B, 3, R, R) images in [0, 1] and one seed per image to
 stylized images in [0, 1]. A method's ``settings`` are recorded with its results so a resumed evaluation
-can tell whether the saved images came from the same configuration.
+can tell whether the saved images came from the same configuration (``MethodEntry.settings``).
 
 * :class:`StyleVARMethod`: a checkpoint sampled scale by scale (``StyleVAR.generate``), one seed per
   image, so its output does not depend on the batch size.
@@ -15,7 +15,7 @@ can tell whether the saved images came from the same configuration.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 
@@ -26,7 +26,6 @@ class Method(Protocol):
     name: str
     kind: str
     reference: bool  #: a reference point (content copy): shown, never marked best
-    settings: dict[str, Any]
 
     def __call__(self, content: torch.Tensor, style: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor: ...
 
@@ -42,7 +41,6 @@ class StyleVARMethod:
         name: str,
         pipeline,
         *,
-        source: str = "",
         top_k: int | None = None,
         top_p: float | None = None,
         temperature: float | None = None,
@@ -61,17 +59,6 @@ class StyleVARMethod:
         self.dtype = parse_dtype(dtype)
         self.cuda_graphs = cuda_graphs
         self.legacy_kv_cache = legacy_kv_cache
-        self.settings = {
-            "source": source,
-            "top_k": self.top_k,
-            "top_p": self.top_p,
-            "temperature": self.temperature,
-            "style_strength": self.style_strength,
-            "alpha": [round(float(a), 6) for a in pipeline.model.resolve_alpha(None)[0].tolist()],
-            "dtype": str(self.dtype or torch.float32).replace("torch.", ""),
-            "legacy_kv_cache": legacy_kv_cache,
-            "resolution": pipeline.resolution,
-        }
 
     @property
     def resolution(self) -> int:
@@ -133,7 +120,6 @@ class ContentCopy:
     def __init__(self, name: str = "content-copy", device: str | torch.device = "cpu"):
         self.name = name
         self.device = torch.device(device)
-        self.settings: dict[str, Any] = {}
 
     def __call__(self, content: torch.Tensor, style: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         return content.to(self.device).clone()

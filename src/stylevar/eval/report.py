@@ -21,7 +21,6 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .. import __version__
 from ..images import save_image_atomic, tensor_to_pil
-from .data import read_image
 from .suite import METRICS
 
 if TYPE_CHECKING:
@@ -177,9 +176,10 @@ def sample_sheet(ev: Evaluation, bench, k: int, min_cell: int = 128) -> Image.Im
         )
     blank = Image.new("RGB", (R, R), (200, 200, 200))
     for i, s in enumerate(samples):
-        tiles = [read_image(s.content, R, ev.settings.fit), read_image(s.style, R, ev.settings.fit)]
+        inputs = ev.images(bench)  # already read for generation
+        tiles = [inputs.image(s.content, "content"), inputs.image(s.style, "style")]
         if bench.paired:
-            tiles.append(read_image(s.target, R, ev.settings.fit))
+            tiles.append(inputs.image(s.target, "target"))
         row = [tensor_to_pil(t.float().div(255)) for t in tiles]
         for m in ev.methods:
             p = ev.image_path(bench, m.name, s.index)

@@ -101,6 +101,7 @@ from .runs import (
     epoch_permutation,
     load_training_checkpoint,
     restore_rng,
+    resume_path,
     save_checkpoint,
     world,
 )
@@ -848,10 +849,8 @@ class GRPOTrainer:
 
         The trainer must have been built on the same starting model (the run's ``--init``).
         """
-        p = Path(path) if path else self.ckpt_dir / "last.pt"
-        if not p.exists():
-            if path:
-                raise CheckpointError(f"checkpoint to resume not found: {p}")
+        p = resume_path(path, self.ckpt_dir)
+        if p is None:
             return False
         ck = load_training_checkpoint(p, CKPT_FORMAT, "GRPO training")
         if ck["config"]["stylevar"] != self.model.config.to_dict():

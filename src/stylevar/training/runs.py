@@ -71,6 +71,17 @@ def save_checkpoint(
     return path
 
 
+def resume_path(path: str | os.PathLike | None, ckpt_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint a trainer's ``resume(path)`` reads: ``path`` (which must exist), else
+    ``ckpt_dir/last.pt`` when present, else None (nothing to resume)."""
+    p = Path(path) if path else Path(ckpt_dir) / "last.pt"
+    if p.exists():
+        return p
+    if path:
+        raise CheckpointError(f"checkpoint to resume not found: {p}")
+    return None
+
+
 def load_training_checkpoint(path: str | os.PathLike, expected_format: str, what: str) -> dict:
     """Read a training checkpoint with ``weights_only=True`` and check its ``"format"`` field.
 

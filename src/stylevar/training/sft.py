@@ -54,6 +54,7 @@ from .runs import (
     load_training_checkpoint,
     main_thread,
     restore_rng,
+    resume_path,
     save_checkpoint,
     world,
 )
@@ -409,10 +410,8 @@ class SFTTrainer:
 
     def resume(self, path: str | os.PathLike | None = None) -> bool:
         """Load ``path`` (default ``checkpoints/last.pt`` when present); False when there is nothing to resume."""
-        p = Path(path) if path else self.ckpt_dir / "last.pt"
-        if not p.exists():
-            if path:
-                raise CheckpointError(f"checkpoint to resume not found: {p}")
+        p = resume_path(path, self.ckpt_dir)
+        if p is None:
             return False
         ck = load_training_checkpoint(p, "stylevar-sft-1", "SFT training")
         if ck["config"]["stylevar"] != self.model.config.to_dict():

@@ -74,6 +74,7 @@ from .runs import (
     epoch_permutation,
     load_training_checkpoint,
     restore_rng,
+    resume_path,
     save_checkpoint,
     world,
 )
@@ -832,10 +833,8 @@ class TokenizerTrainer:
 
     def resume(self, path: str | os.PathLike | None = None) -> bool:
         """Load ``path`` (default ``checkpoints/last.pt`` when present); False when there is nothing to resume."""
-        p = Path(path) if path else self.ckpt_dir / "last.pt"
-        if not p.exists():
-            if path:
-                raise CheckpointError(f"checkpoint to resume not found: {p}")
+        p = resume_path(path, self.ckpt_dir)
+        if p is None:
             return False
         ck = load_training_checkpoint(p, CHECKPOINT_FORMAT, "tokenizer training")
         if ck["config"]["vqvae"] != self.vae.config.to_dict():
