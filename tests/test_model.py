@@ -281,8 +281,38 @@ def test_config_validation():
         StyleVARConfig(patch_nums=(1, 2), alpha=(0.1, 0.2, 0.3))
     with pytest.raises(ConfigError):
         VQVAEConfig(ch=40)
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        StyleVARConfig(style_enc_dim=100)
     cfg = StyleVARConfig(patch_nums=(1, 2, 4, 8))  # a ten-scale preset resampled to four scales
     assert len(cfg.alpha) == 4 and cfg.alpha[0] == 0.2 and cfg.alpha[-1] == 0.8
+
+
+@torch.no_grad()
+def test_narrow_encoders_are_resnet18_scaled():
+    """The narrow builder at width 64 is torchvision's ResNet-18 (same keys, shapes and function);
+    narrower ones keep the keys with every stage scaled, and the model loads them from a state dict."""
+    from torchvision.models import resnet18
+
+    from stylevar.models.encoders import ResNetEncoder, _narrow_resnet18
+
+    full = ResNetEncoder().eval()
+    same = _narrow_resnet18(64).eval()
+    assert {k: v.shape for k, v in same.state_dict().items()} == {
+        k: v.shape for k, v in full.state_dict().items()
+    }
+    tv = resnet18(weights=None).eval()
+    same.load_state_dict(dict(zip(same.state_dict(), tv.state_dict().values())))  # torchvision order
+    x = smooth_images(2, 64, 0)
+    tv.fc = torch.nn.Identity()
+    torch.testing.assert_close(same(x).flatten(1), tv(x))
+    narrow = ResNetEncoder(32)
+    shapes = {k: v.shape for k, v in narrow.state_dict().items()}
+    assert shapes.keys() == full.state_dict().keys()
+    assert shapes["0.weight"] == (4, 3, 7, 7) and shapes["7.1.conv2.weight"] == (32, 32, 3, 3)
+    assert narrow(x).shape == (2, 32)
+    model, _ = tiny_models(style_enc_dim=32)
+    assert model.config.style_enc_dim == 32 and model.feat_emb.in_features == 32
+    assert sum(p.numel() for p in model.style_encoder.parameters()) < 50_000
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

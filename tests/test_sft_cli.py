@@ -117,10 +117,12 @@ def test_from_var_then_resume_and_its_refusal(files, tmp_path, capsys):
 def test_from_scratch_and_one_line_user_errors(files, tmp_path, capsys):
     # from scratch: the VQ-VAE (here our checkpoint folder) gives vocabulary, width and scales
     ours = str(files["base"] / "ours")
-    assert _sft(files, tmp_path / "b", "--depth", "1", "--vae", ours, "--max-steps", "1") == 0
+    new = ("--depth", "1", "--vae", ours, "--encoder-dim", "32")
+    assert _sft(files, tmp_path / "b", *new, "--max-steps", "1") == 0
     assert "new depth-1 model" in capsys.readouterr().out
     cfg = load_pretrained(tmp_path / "b" / "final").model.config
     assert (cfg.depth, cfg.embed_dim, cfg.patch_nums, cfg.vocab_size) == (1, 64, (1, 2, 3, 4), 64)
+    assert cfg.style_enc_dim == 32
     vae_pth = str(files["base"] / "vae.pth")
     for extra, needle in (
         (["--depth", "1"], "needs --vae"),
@@ -128,6 +130,8 @@ def test_from_scratch_and_one_line_user_errors(files, tmp_path, capsys):
         (["--init", ours, "--resolution", "128"], "does not match the VQ-VAE's 64 px"),
         (["--init", ours, "--precision", "fp16", "--fsdp"], "fp16 is not supported with FSDP"),
         (["--init", ours, "--device", "cuda:99"], "cuda"),
+        (["--init", ours, "--encoder-dim", "64"], "--init keeps its encoders"),
+        ([*new[:4], "--encoder-dim", "12"], "multiple of 8"),
     ):
         assert _sft(files, tmp_path / "err", *extra) == 1
         err = capsys.readouterr().err.strip()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from helpers import smooth_images, tiny_configs
-from stylevar.errors import CheckpointError
+from stylevar.errors import CheckpointError, ConfigError
 from stylevar.models import VQVAE, StyleVAR
 from stylevar.training import init_from_var, load_resnet18_weights, var_config_from_state_dict
 
@@ -49,7 +49,7 @@ def test_var_checkpoint_initialises_both_attention_streams(tmp_path):
     var_sd = _var_state_dict(scfg)
     path = tmp_path / "var_d2.pth"
     torch.save(var_sd, path)  # VAR's releases are plain state dicts
-    cfg = var_config_from_state_dict(var_sd, alpha=scfg.alpha)
+    cfg = var_config_from_state_dict(var_sd, alpha=scfg.alpha, style_enc_dim=64)
     assert (cfg.depth, cfg.embed_dim, cfg.num_heads, cfg.patch_nums) == (
         2,
         scfg.embed_dim,
@@ -93,7 +93,11 @@ def test_imagenet_resnet_weights_and_their_input_convention(tmp_path):
     mapped = load_resnet18_weights(rpath)
     assert torch.equal(mapped["0.weight"], rsd["conv1.weight"]) and "7.1.bn2.running_var" in mapped
     assert not any(k.startswith("8") or "fc" in k for k in mapped)
-    scfg, _ = tiny_configs(depth=2, num_heads=2)
+    # ImageNet weights need full-width encoders; a narrow model says so in one line
+    narrow, _ = tiny_configs(depth=2, num_heads=2, style_enc_dim=64)
+    with pytest.raises(ConfigError, match="style_enc_dim 512.*has 64"):
+        init_from_var(StyleVAR(narrow), _var_state_dict(narrow), resnet_weights=rpath)
+    scfg, _ = tiny_configs(depth=2, num_heads=2, style_enc_dim=512)
     model = StyleVAR(scfg)
     report = init_from_var(model, _var_state_dict(scfg), resnet_weights=rpath)
     assert report.resnet == "imagenet" and model.config.encoder_input == "imagenet"

@@ -138,7 +138,9 @@ class StyleVARConfig(_Serialisable):
     norm_eps: float = 1e-6  #: LayerNorm epsilon
     attn_l2_norm: bool = True  #: L2-normalised q/k with a learned per-head scale (VAR)
     drop_path_rate: float = -1.0  #: stochastic depth (training); < 0 means 0.1 * depth / 24
-    style_enc_dim: int = 512  #: output width of the ResNet-18 encoders
+    #: output width of the ResNet-18 encoders: 512 is torchvision's ResNet-18 (the released
+    #: models); other multiples of 8 scale every stage's channels (small models from scratch)
+    style_enc_dim: int = 512
     vocab_size: int = 4096  #: must match the VQ-VAE
     z_channels: int = 32  #: Cvae, must match the VQ-VAE
     patch_nums: tuple[int, ...] = DEFAULT_PATCH_NUMS  #: must match the VQ-VAE
@@ -156,6 +158,8 @@ class StyleVARConfig(_Serialisable):
             raise ConfigError(f"encoder_input must be one of {ENCODER_INPUTS}, not {self.encoder_input!r}")
         if self.depth < 1:
             raise ConfigError("depth must be >= 1")
+        if self.style_enc_dim < 8 or self.style_enc_dim % 8:
+            raise ConfigError(f"style_enc_dim must be a positive multiple of 8, got {self.style_enc_dim}")
         if self.embed_dim <= 0:
             self.embed_dim = 64 * self.depth
         if self.num_heads <= 0:

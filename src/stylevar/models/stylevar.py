@@ -97,8 +97,8 @@ class StyleVAR(nn.Module):
         init_std = math.sqrt(1 / C / 3)
 
         # 1. image encoders: content -> start token, style -> AdaLN condition (shared projection)
-        self.style_encoder = ResNetEncoder()
-        self.content_encoder = ResNetEncoder()
+        self.style_encoder = ResNetEncoder(cfg.style_enc_dim)
+        self.content_encoder = ResNetEncoder(cfg.style_enc_dim)
         self.feat_emb = nn.Linear(cfg.style_enc_dim, C)
 
         # 2. token and position embeddings (shared by target, style and content tokens)

@@ -131,6 +131,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--resnet-weights", metavar="PATH", help="ImageNet ResNet-18 file for both encoders (new models)"
     )
     g.add_argument(
+        "--encoder-dim",
+        type=int,
+        metavar="N",
+        help="new models (--init-var, --depth): the ResNet encoders' output width; 512 (default) is "
+        "ResNet-18, smaller multiples of 8 narrow every stage (small models from scratch)",
+    )
+    g.add_argument(
         "--variant", choices=("grpo", "sft"), default=None, help="with --init and a Hub id: which release"
     )
     g.add_argument(
@@ -271,12 +278,10 @@ def _need_vae(args: argparse.Namespace, flag: str) -> str:
 
 
 def _load_resnets(model, path: str) -> None:
+    from ..models.encoders import load_encoder_weights
     from .var_init import load_resnet18_weights
 
-    rsd = load_resnet18_weights(Path(path))
-    for enc in (model.style_encoder, model.content_encoder):
-        enc.load_state_dict(rsd, strict=True)
-    model.config.encoder_input = "imagenet"
+    load_encoder_weights(model, load_resnet18_weights(Path(path)))
 
 
 def build_model(args: argparse.Namespace) -> tuple[Any, Any, str]:
@@ -292,6 +297,9 @@ def build_model(args: argparse.Namespace) -> tuple[Any, Any, str]:
     torch.manual_seed(args.seed)
     if args.patch_nums is not None and args.depth is None:
         raise ConfigError("--patch-nums applies to --depth only (other starts take the checkpoint's scales)")
+    if args.encoder_dim is not None and args.init:
+        raise ConfigError("--encoder-dim builds new models (--init-var, --depth); --init keeps its encoders")
+    enc = {} if args.encoder_dim is None else {"style_enc_dim": args.encoder_dim}
     if args.resnet_weights and args.init:
         raise ConfigError(
             "--resnet-weights initialises new models (--init-var, --depth); --init keeps its encoders"
@@ -303,7 +311,7 @@ def build_model(args: argparse.Namespace) -> tuple[Any, Any, str]:
         if kind != "var":
             hint = "; start from it with --init" if kind == "stylevar" else ""
             raise CheckpointError(f"{path} is not a vanilla VAR checkpoint (it looks like: {kind}){hint}")
-        cfg = var_config_from_state_dict(sd, alpha=args.alpha if args.alpha is not None else "sft")
+        cfg = var_config_from_state_dict(sd, alpha=args.alpha if args.alpha is not None else "sft", **enc)
         vae = load_vae(_need_vae(args, "--init-var"), cfg.patch_nums, allow_pickle=args.trust_checkpoint)
         _check_pair(cfg, vae, args.vae)
         model = StyleVAR(cfg)
@@ -334,6 +342,7 @@ def build_model(args: argparse.Namespace) -> tuple[Any, Any, str]:
         z_channels=vc.z_channels,
         patch_nums=vc.patch_nums,
         alpha=args.alpha if args.alpha is not None else "sft",
+        **enc,
     )
     model = StyleVAR(cfg)
     model.init_weights()

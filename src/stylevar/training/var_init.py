@@ -27,6 +27,7 @@ from ..checkpoints import classify, extract_state_dict, infer_stylevar_config, r
 from ..config import StyleVARConfig
 from ..errors import CheckpointError
 from ..models import StyleVAR
+from ..models.encoders import load_encoder_weights
 
 _DUPLICATED = {
     "attn.mat_qkv.weight": ("attn.mat_qkv_guide.weight", "attn.mat_qkv_target.weight"),
@@ -165,9 +166,7 @@ def init_from_var(
             rsd = dict(resnet_weights)
         else:
             rsd = load_resnet18_weights(None if resnet_weights is True else Path(resnet_weights))
-        for enc in (model.style_encoder, model.content_encoder):
-            enc.load_state_dict(rsd, strict=True)
-        model.config.encoder_input = "imagenet"
+        load_encoder_weights(model, rsd)
         report.resnet = "imagenet"
         report.kept_init = [
             k for k in report.kept_init if not k.startswith(("style_encoder.", "content_encoder."))
