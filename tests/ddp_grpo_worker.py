@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_grpo import ToyConditions, small_cfg  # noqa: E402
 
 from helpers import tiny_models  # noqa: E402
+from stylevar.training import distributed as D  # noqa: E402
 from stylevar.training.grpo import GRPOTrainer  # noqa: E402
 from stylevar.training.rewards import build_reward  # noqa: E402
 
@@ -36,7 +37,7 @@ def main(out: str, batch: int) -> None:
     t.fit(progress=False)
     if dist.get_rank() == 0:
         torch.save({"state": t.model.state_dict(), "merges": len(t.controller.merges)}, Path(out) / "lora.pt")
-    dist.destroy_process_group()
+    D.destroy()  # waits for every rank first
 
 
 if __name__ == "__main__":

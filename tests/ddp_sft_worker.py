@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_sft import ToyTriplets  # noqa: E402
 
 from helpers import tiny_models  # noqa: E402
+from stylevar.training import distributed as D  # noqa: E402
 from stylevar.training.sft import SFTConfig, SFTTrainer  # noqa: E402
 
 
@@ -27,7 +28,7 @@ def main(out: str, micro: int, accum: int) -> None:
     t.fit(progress=False)
     if dist.get_rank() == 0:
         torch.save(t.model.state_dict(), Path(out) / "params.pt")
-    dist.destroy_process_group()
+    D.destroy()  # waits for every rank first
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def main(out: Path) -> None:
         torch.save(sd, out / "fsdp_resumed.pt")
 
     trainer(out / "fsdp_bf16" / "run", base, precision="bf16", max_steps=1).fit(progress=False)
-    dist.destroy_process_group()
+    D.destroy()  # waits for every rank first
 
 
 if __name__ == "__main__":

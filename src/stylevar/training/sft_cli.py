@@ -451,10 +451,14 @@ def launch(body: Callable[..., Any], args: argparse.Namespace, say: Say) -> Any:
     created = D.init_from_env(device)
     try:
         rank, world = D.world()
-        return body(args, device, rank, world, say if rank == 0 else (lambda _m: None))
-    finally:
+        result = body(args, device, rank, world, say if rank == 0 else (lambda _m: None))
+    except BaseException:
         if created:
-            D.destroy()
+            D.destroy(wait=False)
+        raise
+    if created:
+        D.destroy()
+    return result
 
 
 def run_sft(args: argparse.Namespace, say: Say = lambda _m: None) -> SFTRun:

@@ -67,6 +67,7 @@ from ..errors import CheckpointError, ConfigError, DataError, ImageError, StyleV
 from ..images import IMAGE_EXTENSIONS, load_image
 from ..models import VQVAE
 from ..models.ops import autocast_to, no_autocast
+from .distributed import destroy
 from .runs import (
     RunLogger,
     StopSignals,
@@ -1098,9 +1099,12 @@ def train_tokenizer(
             tmp.write_text(json.dumps(listing, indent=1) + "\n")
             os.replace(tmp, data_file)
         trainer.fit(progress=progress)
-    finally:
+    except BaseException:
         if started:
-            dist.destroy_process_group()
+            destroy(wait=False)
+        raise
+    if started:
+        destroy()
     return trainer
 
 
