@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import zlib
 from pathlib import Path
 
@@ -124,3 +125,9 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def torchrun_env() -> dict[str, str]:
+    """The environment for ``torchrun`` test processes: one thread each (2 cores), and Python's
+    fault handler on, so that a rank dying on a signal (an abort in C++) prints where it was."""
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")

@@ -25,7 +25,7 @@ import pytest
 import torch
 from test_sft import ToyTriplets
 
-from helpers import tiny_models
+from helpers import tiny_models, torchrun_env
 from stylevar.checkpoints import load_pretrained
 from stylevar.errors import ConfigError
 from stylevar.training.sft import SFTConfig, SFTTrainer
@@ -76,11 +76,11 @@ def test_fsdp_two_processes_equal_one_and_checkpoints_cross_over(tmp_path):
     want = {k: v.clone() for k, v in ref.model.state_dict().items()}
 
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = torchrun_env()
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
     cmd = [torchrun, "--nproc_per_node", "2", "--master_port", "29553", str(TESTS / "fsdp_sft_worker.py")]
     res = subprocess.run([*cmd, str(tmp_path)], capture_output=True, text=True, timeout=400, env=env)
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == 0, res.stderr[-8000:]
 
     moved = [
         k for k, v in _base()[0].state_dict().items() if v.is_floating_point() and not torch.equal(v, want[k])

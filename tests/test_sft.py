@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from helpers import smooth_images, tiny_models
+from helpers import smooth_images, tiny_models, torchrun_env
 from stylevar.checkpoints import load_pretrained
 from stylevar.training.schedule import lr_multiplier, param_groups, scale_token_weights
 from stylevar.training.sft import NonFiniteLossError, SFTConfig, SFTTrainer
@@ -161,7 +161,7 @@ def test_two_gloo_processes_equal_one_process_on_the_same_global_batch(tmp_path)
 
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     worker = str(Path(__file__).parent / "ddp_sft_worker.py")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = torchrun_env()
     for name, nproc, micro, accum, port in (("two", 2, 2, 1, 29541), ("one", 1, 2, 2, 29542)):
         cmd = [
             torchrun,
@@ -175,7 +175,7 @@ def test_two_gloo_processes_equal_one_process_on_the_same_global_batch(tmp_path)
             str(accum),
         ]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-        assert res.returncode == 0, res.stderr[-3000:]
+        assert res.returncode == 0, res.stderr[-8000:]
     two = torch.load(tmp_path / "two" / "params.pt", weights_only=True)
     one = torch.load(tmp_path / "one" / "params.pt", weights_only=True)
     init, _ = tiny_models(tag="ddp", depth=2, num_heads=2)

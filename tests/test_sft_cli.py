@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import torch
 from PIL import Image
 from test_var_init import _var_state_dict
 
-from helpers import tiny_configs, tiny_models
+from helpers import tiny_configs, tiny_models, torchrun_env
 from stylevar.checkpoints import load_pretrained, save_pretrained
 from stylevar.cli import main
 from stylevar.config import alpha_for_scales
@@ -170,10 +169,8 @@ def test_torchrun_two_processes_with_fsdp(files, tmp_path):
     cmd = [torchrun, "--nproc_per_node", "2", "--master_port", "29563", "-m", "stylevar", "sft"]
     cmd += [str(files["omni"]), "-o", str(run), "--init", str(files["base"] / "ours"), "--fsdp"]
     cmd += ["--max-steps", "2", "--val-fraction", "0.2", "--val-every", "1", *FAST]
-    res = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1")
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=torchrun_env())
+    assert res.returncode == 0, res.stderr[-8000:]
     assert res.stdout.count("final model:") == 1 and "with FSDP" in res.stdout, res.stdout
     args = json.loads((run / "sft_args.json").read_text())
     assert args["world_size"] == 2 and args["parallel"] == "fsdp" and args["global_batch"] == 2
