@@ -87,7 +87,7 @@ def server(ours_dir, tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
     cmd = [sys.executable, "-m", "stylevar", "app", "--checkpoint", str(ours_dir), "--device", "cpu",
-           "--port", str(port), "--max-pixels", "200000"]  # fmt: skip
+           "--port", str(port), "--max-pixels", "200000", "--max-upload-mb", "2"]  # fmt: skip
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "NO_PROXY": "127.0.0.1,localhost"}
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
@@ -171,3 +171,21 @@ def test_app_in_a_real_browser(server, browser, pics, tmp_path):
         lambda d: "The content image is too large: 600x600" in d.find_element(By.TAG_NAME, "body").text
     )
     assert "Downscale it" in drv.find_element(By.TAG_NAME, "body").text
+
+
+def test_server_refuses_uploads_over_the_limit(server, tmp_path):
+    """--max-upload-mb is enforced by the server itself (HTTP 413 from Gradio's upload route) before
+    any image is decoded; a file under the limit is accepted."""
+    import httpx
+
+    big, small = tmp_path / "big.png", tmp_path / "small.jpg"
+    big.write_bytes(os.urandom(3 * 1024 * 1024))  # the server runs with --max-upload-mb 2
+    shutil.copy(EXAMPLES / "content.jpg", small)
+    answers = {}
+    with httpx.Client(base_url=server, timeout=60, trust_env=False) as client:
+        for path in (big, small):
+            with open(path, "rb") as f:
+                answers[path.name] = client.post("gradio_api/upload", files={"files": (path.name, f)})
+    assert answers["big.png"].status_code == 413, answers["big.png"].text[:300]
+    assert "maximum allowed size" in answers["big.png"].text
+    assert answers["small.jpg"].status_code == 200, answers["small.jpg"].text[:300]

@@ -242,7 +242,8 @@ def run_app(args: argparse.Namespace, load_pipeline) -> None:
     demo.launch(
         server_name=args.host,
         server_port=args.port,
-        max_file_size=f"{args.max_upload_mb}mb",
+        # bytes: Gradio's "Nmb" strings take whole numbers only, and the flag is a float
+        max_file_size=int(args.max_upload_mb * 1024 * 1024),
         show_error=True,
         inbrowser=False,
         ssr_mode=False,  # plain Python server: no Node.js needed
