@@ -88,9 +88,9 @@ def init_from_env(device: torch.device) -> bool:
 
 def destroy(wait: bool = True) -> None:
     """Tear the process group down. ``wait`` (on a normal finish) first waits at a barrier for every
-    rank: a rank that tears gloo down while a peer still talks to it (rank 0 saving its last files)
-    can abort at exit ("terminate called without an active exception"). After an error, pass
-    False: the other ranks may be gone, and a barrier would wait out the group's timeout."""
+    rank, so that no rank tears gloo down while a peer is still working (rank 0 saving its last
+    files). After an error, pass False: the other ranks may be gone, and a barrier would wait out
+    the group's timeout."""
     if dist.is_available() and dist.is_initialized():
         if wait:
             dist.barrier()
