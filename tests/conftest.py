@@ -192,3 +192,13 @@ def adain_dir(tmp_path_factory):
                 sd[k] = 0.05 * torch.randn(v.shape, generator=g)
         torch.save(sd, d / fname)
     return d
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny):
+    """A CPU pipeline on a copy of the tiny model (a pipeline freezes its model: not the shared one)."""
+    import copy
+
+    from stylevar.pipeline import StyleVARPipeline
+
+    return StyleVARPipeline(*copy.deepcopy(tiny), device="cpu")

@@ -97,6 +97,21 @@ def smooth_images(batch: int, res: int, seed: int) -> torch.Tensor:
     return (img + 0.1 * torch.randn(batch, 3, res, res, generator=g)).clamp(-1, 1)
 
 
+def write_smooth_pngs(folder: Path, sizes, seed: int, stem: str = "pic") -> list[Path]:
+    """``folder/<stem><i>.png``: smooth random pictures (from ``smooth_images``, seed ``seed + i``)
+    resized to each of ``sizes`` (width, height)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, size in enumerate(sizes):
+        a = ((smooth_images(1, 96, seed + i)[0].permute(1, 2, 0).numpy() + 1) * 127.5).astype(np.uint8)
+        p = folder / f"{stem}{i}.png"
+        Image.fromarray(a).resize(size).save(p)
+        out.append(p)
+    return out
+
+
 def write_upstream(
     model: StyleVAR, vae: VQVAE, folder: Path, model_name="StyleVAR-GRPO.pth", wrap="model"
 ) -> tuple[Path, Path]:

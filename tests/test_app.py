@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import smooth_images
+from helpers import write_smooth_pngs
 from stylevar.errors import ConfigError, ImageError
 
 HAS_GRADIO = importlib.util.find_spec("gradio") is not None
@@ -34,14 +34,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 @pytest.fixture(scope="module")
 def pics(tmp_path_factory):
-    d = tmp_path_factory.mktemp("app")
-    out = []
-    for i, size in enumerate([(120, 90), (80, 80), (600, 600)]):
-        a = ((smooth_images(1, 96, 60 + i)[0].permute(1, 2, 0).numpy() + 1) * 127.5).astype(np.uint8)
-        p = d / f"pic{i}.png"
-        Image.fromarray(a).resize(size).save(p)
-        out.append(p)
-    return out
+    return write_smooth_pngs(tmp_path_factory.mktemp("app"), [(120, 90), (80, 80), (600, 600)], seed=60)
 
 
 def test_request_handler(tiny, pics):

@@ -21,11 +21,6 @@ from stylevar.pipeline import StyleVARPipeline
 
 
 @pytest.fixture(scope="module")
-def pipe(tiny):
-    return StyleVARPipeline(*copy.deepcopy(tiny), device="cpu")  # it freezes its model: not the shared one
-
-
-@pytest.fixture(scope="module")
 def pics(tmp_path_factory):
     """A reddish content photo (90x60), two styles of other colours, as files."""
     d = tmp_path_factory.mktemp("controls")

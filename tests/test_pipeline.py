@@ -9,27 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import smooth_images
+from helpers import write_smooth_pngs
 from stylevar.errors import ConfigError, ImageError
 from stylevar.images import to_model_input
 from stylevar.pipeline import StyleVARPipeline
 
 
 @pytest.fixture(scope="module")
-def pipe(tiny):
-    return StyleVARPipeline(*copy.deepcopy(tiny), device="cpu")  # it freezes its model: not the shared one
-
-
-@pytest.fixture(scope="module")
 def pics(tmp_path_factory):
-    d = tmp_path_factory.mktemp("pics")
-    paths = []
-    for i, size in enumerate([(90, 60), (64, 64), (50, 80)]):
-        a = ((smooth_images(1, 96, 20 + i)[0].permute(1, 2, 0).numpy() + 1) * 127.5).astype(np.uint8)
-        p = d / f"img{i}.png"
-        Image.fromarray(a).resize(size).save(p)
-        paths.append(p)
-    return paths
+    return write_smooth_pngs(
+        tmp_path_factory.mktemp("pics"), [(90, 60), (64, 64), (50, 80)], seed=20, stem="img"
+    )
 
 
 def test_single_pair_returns_pil_images_with_seeds(pipe, pics):
@@ -116,7 +106,6 @@ def test_bad_arguments(pipe, pics):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_pipeline_on_cuda(tiny, pics):
-    import copy
 
     gpu = StyleVARPipeline(*(copy.deepcopy(m) for m in tiny), device="cuda")
     out = gpu(pics[:2], pics[2], seed=0, num_samples=2, batch_size=3)

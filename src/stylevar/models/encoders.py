@@ -34,7 +34,6 @@ class ResNetEncoder(nn.Sequential):
         else:
             trunk = _narrow_resnet18(out_dim // 8)
         super().__init__(*list(trunk.children())[:-1])
-        self.out_dim = out_dim
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return super().forward(img).flatten(1)
