@@ -473,6 +473,8 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int, 
     run_dir = Path(args.output).expanduser()
     last = run_dir / "checkpoints" / "last.pt"
     cfg = sft_config(args)  # bad values fail here, on every rank alike
+    if args.encoder_dim is not None and (args.encoder_dim < 8 or args.encoder_dim % 8):
+        raise ConfigError(f"--encoder-dim must be a positive multiple of 8 (e.g. 64), got {args.encoder_dim}")
 
     # 1. rank 0 checks the run folder and the data; the others wait (long timeout) and get the lists
     def prepare() -> tuple[bool, list, list, str]:
