@@ -1,4 +1,4 @@
-"""Blended cross-attention block, FFN, AdaLN head and the KV cache (upstream-spec §2.3, §2.7).
+"""Blended cross-attention block, FFN, AdaLN head and the KV cache (docs/upstream.md §3.2, §3.6).
 
 Upstream's block runs one attention module twice (style queries, then content queries), each
 time projecting full q/k/v for both the guide and the target and applying the output
@@ -67,7 +67,7 @@ class KVCache:
     The correct cache holds every key once, so queries of scale k see exactly the keys the
     block-causal training mask allows: sampling reproduces the teacher-forced logits.
 
-    ``legacy=True`` reproduces the published sampler (upstream-spec §2.7): upstream appends the
+    ``legacy=True`` reproduces the published sampler (docs/upstream.md §3.6): upstream appends the
     same keys twice per scale (once per guide call), so its style branch sees earlier scales'
     keys twice and the current scale's once, and its content branch sees every key twice.
     """

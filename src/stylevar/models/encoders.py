@@ -20,8 +20,8 @@ class ResNetEncoder(nn.Sequential):
     state-dict keys: a narrow encoder for small models trained from scratch, whose two full-width
     ResNet-18s (22 M parameters) would otherwise outweigh a small transformer many times over.
 
-    The released StyleVAR feeds images in [-1, 1] without ImageNet normalisation (upstream-spec
-    §2.5); the weights were trained that way, so we keep it.
+    The released StyleVAR feeds images in [-1, 1] without ImageNet normalisation (docs/upstream.md
+    §3.1); the weights were trained that way, so we keep it.
     """
 
     def __init__(self, out_dim: int = 512) -> None:
@@ -91,4 +91,4 @@ def load_encoder_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) 
         )
     for enc in (model.style_encoder, model.content_encoder):
         enc.load_state_dict(state_dict, strict=True)
-    model.config.encoder_input = "imagenet"
+    model.set_encoder_input("imagenet")

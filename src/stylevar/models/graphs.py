@@ -27,15 +27,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from .adapters import adapter_switches
 from .blocks import KVCache
 
 if TYPE_CHECKING:
     from .stylevar import StyleVAR
-
-
-def _lora_flags(blocks: nn.Module) -> tuple[bool, ...]:
-    """The ``enabled`` switch of every LoRA adapter in ``blocks`` (empty without LoRA)."""
-    return tuple(bool(m.enabled) for m in blocks.modules() if hasattr(m, "lora_A") and hasattr(m, "enabled"))
 
 
 class StaticRunner:
@@ -70,16 +66,16 @@ class StaticRunner:
         self.logits: list[torch.Tensor | None] = [None] * len(ns)
         self.graphs: list[torch.cuda.CUDAGraph] = []
         self._ready = False
-        self._lora_flags = _lora_flags(model.blocks)
+        self._switches = adapter_switches(model.blocks)
 
     def _reset(self) -> None:
-        """Forget the captured state (the model's LoRA switches changed since): re-copy and re-capture."""
+        """Forget the captured state (the model's adapters were switched since): re-copy and re-capture."""
         if self.dtype is not None:
             self.blocks = copy.deepcopy(self.model.blocks).to(self.dtype)
         self.graphs = []
         self.logits = [None] * len(self.x_in)
         self._ready = False
-        self._lora_flags = _lora_flags(self.model.blocks)
+        self._switches = adapter_switches(self.model.blocks)
 
     # ------------------------------------------------------------------ weights
     @torch.no_grad()
@@ -143,7 +139,7 @@ class StaticRunner:
     ) -> None:
         """Write one batch's conditions into the static buffers."""
         m = self.model
-        if _lora_flags(m.blocks) != self._lora_flags:  # LoRA switched on/off since the capture
+        if adapter_switches(m.blocks) != self._switches:  # adapters switched on/off since the capture
             self._reset()
         self.cond_BD.copy_(cond_BD)
         with self._autocast():

@@ -1,53 +1,39 @@
-"""LoRA adapters on the StyleVAR blocks (upstream-spec §5.1) and the GRPO checkpoint forms (§5.6).
+"""LoRA adapters on the StyleVAR blocks (docs/upstream.md §6.1): module code only.
 
 :class:`LoRALinear` wraps a linear layer: it keeps the layer's own weight (and bias) Parameters,
 frozen, as ``base_weight`` (``base_bias``) and adds ``lora_A`` (rank, in) and ``lora_B`` (out, rank)
 so that ``weight = base_weight + (lora_B @ lora_A) * alpha / rank``. The blocks read
 ``mat_qkv_target.weight[C:]`` / ``mat_qkv_guide.weight[:C]`` directly and the other projections
 call ``.weight`` / ``.bias``, so exposing ``weight`` as a property is all it takes for LoRA to
-apply everywhere (with gradients to A and B).
+apply everywhere (with gradients to A and B). It is an :class:`~stylevar.models.adapters.Adapter`:
+``enabled`` switches the update off, ``merge_`` bakes it in.
 
-Checkpoint forms of the published GRPO code (state-dict key names are upstream's):
-
-1. plain: ``blocks.N.ffn.fc1.weight`` ... (full-parameter mode, merged releases);
-2. LoRA-wrapped full state: ``.base_weight`` / ``.base_bias`` / ``.lora_A`` / ``.lora_B``
-   (``grpo_latest.pth`` after a merge, ``grpo_pre_merge_stepN.pth``): :func:`bake_wrapped_state`;
-3. LoRA only: ``.lora_A`` / ``.lora_B`` (GRPO saves before any merge), applied to a plain base
-   with :func:`apply_lora_to_plain_state`.
-
-Our own adapter format is a directory (:func:`save_lora` / :func:`load_lora`)::
-
-    adapter_config.json   {"format": "stylevar-lora", "format_version": 1, "lora": {...}, "stylevar": {...}, "info": {...}}
-    adapter.safetensors   LoRA-only keys (form 3)
+Files (our adapter folder, the published GRPO checkpoint forms and their state-dict conversions)
+are :mod:`stylevar.io.adapters`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
+import importlib
 import math
-import os
-from collections.abc import Iterator, Mapping
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from ..config import Serialisable
 from ..errors import CheckpointError, ConfigError
+from .adapters import Adapter, adapters_disabled, set_adapters_enabled
 from .ops import Linear, linear
 
 if TYPE_CHECKING:
     from .stylevar import StyleVAR
 
-LORA_FORMAT = "stylevar-lora"
-LORA_FORMAT_VERSION = 1
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter.safetensors"
-
-#: the modules upstream wraps in every block (upstream-spec §5.1)
+#: the modules the published GRPO code wraps in every block (docs/upstream.md §6.1)
 DEFAULT_TARGETS: tuple[str, ...] = (
     "attn.mat_qkv_guide",
     "attn.mat_qkv_target",
@@ -55,17 +41,12 @@ DEFAULT_TARGETS: tuple[str, ...] = (
     "ffn.fc1",
     "ffn.fc2",
 )
-#: upstream's defaults when a checkpoint's ``args`` do not say (``--lora_rank 256 --lora_alpha 512``)
-UPSTREAM_RANK = 256
-UPSTREAM_ALPHA_PER_RANK = 2.0
-
 _A, _B = ".lora_A", ".lora_B"
-_BASE_W, _BASE_B = ".base_weight", ".base_bias"
 
 
 # ------------------------------------------------------------------------------------- config
 @dataclass
-class LoRAConfig:
+class LoRAConfig(Serialisable):
     """Which linear layers get adapters and how large they are."""
 
     #: rows of ``lora_A`` / columns of ``lora_B`` (the paper and the release: 256)
@@ -104,17 +85,6 @@ class LoRAConfig:
     def scaling(self) -> float:
         return self.alpha / self.rank
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "alpha": self.alpha, "targets": list(self.targets)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> LoRAConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError(f"LoRAConfig: unknown field(s) {sorted(unknown)}")
-        return cls(**d)
-
 
 # ------------------------------------------------------------------------------------- module
 def _kaiming_(t: torch.Tensor, generator: torch.Generator | None) -> None:
@@ -124,7 +94,7 @@ def _kaiming_(t: torch.Tensor, generator: torch.Generator | None) -> None:
         t.uniform_(-bound, bound, generator=generator)
 
 
-class LoRALinear(nn.Module):
+class LoRALinear(Adapter):
     """``base`` plus a low-rank update: ``weight = base_weight + (lora_B @ lora_A) * alpha / rank``.
 
     The base layer's Parameters are registered as they are (same objects, frozen) under
@@ -203,11 +173,6 @@ class LoRALinear(nn.Module):
 
 
 # ------------------------------------------------------------------------------------- model level
-def _drop_static_runners(model: nn.Module) -> None:
-    """Forget sampling's cached static runners (they hold block copies / graphs of the old structure)."""
-    model.__dict__.pop("_static_runners", None)
-
-
 def _resolve(block: nn.Module, target: str) -> tuple[nn.Module, str]:
     *path, leaf = target.split(".")
     parent = block
@@ -245,7 +210,7 @@ def apply_lora(
         setattr(parent, leaf, wrapped)
         params += [wrapped.lora_A, wrapped.lora_B]
     model.lora_config = config
-    _drop_static_runners(model)
+    model.drop_static_runners()  # cached runners hold the old module structure
     return params
 
 
@@ -267,23 +232,14 @@ def set_lora_enabled(model: nn.Module, flag: bool) -> None:
     """Switch every adapter on or off (off: the base model exactly).
 
     Cached sampling runners (``generate(cuda_graphs=True)``, reduced-dtype runners) notice the
-    change at their next use and re-capture (:class:`~stylevar.models.graphs.StaticRunner`).
+    change at their next use (:func:`~stylevar.models.adapters.adapter_switches`) and re-capture.
     """
-    for m in lora_modules(model).values():
-        m.enabled = bool(flag)
+    set_adapters_enabled(model, flag)
 
 
-@contextlib.contextmanager
-def lora_disabled(model: nn.Module) -> Iterator[nn.Module]:
+def lora_disabled(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
     """Inside the block the model is its base (GRPO's reference policy); previous flags are restored."""
-    mods = lora_modules(model)
-    before = {name: m.enabled for name, m in mods.items()}
-    set_lora_enabled(model, False)
-    try:
-        yield model
-    finally:
-        for name, m in mods.items():
-            m.enabled = before[name]
+    return adapters_disabled(model)
 
 
 def merge_lora_(model: nn.Module, *, reinit: bool = True, generator: torch.Generator | None = None) -> None:
@@ -316,7 +272,7 @@ def unload_lora(model: StyleVAR) -> StyleVAR:
         setattr(model.get_submodule(parent_name), leaf, plain)
     if "lora_config" in model.__dict__:
         del model.lora_config
-    _drop_static_runners(model)
+    model.drop_static_runners()
     return model
 
 
@@ -384,259 +340,34 @@ def load_lora_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], stric
             own[k].copy_(v)
 
 
-# ------------------------------------------------------------------------------------- state dicts
-def _scaling(a_mat: torch.Tensor, key: str, rank: int | None, alpha: float | None) -> tuple[int, float]:
-    """(rank, alpha) for an adapter with this ``lora_A``: rank defaults to its rows, alpha to 2 * rank."""
-    rows = int(a_mat.shape[0])
-    if rank is not None and int(rank) != rows:
-        raise CheckpointError(
-            f"LoRA rank {rank} (given or from the checkpoint's args) does not match {key}, which has {rows} rows; "
-            "pass the right --rank"
-        )
-    r = rows
-    a = float(alpha) if alpha is not None else UPSTREAM_ALPHA_PER_RANK * r
-    return r, a
-
-
-def _pairs(sd: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Module name -> (lora_A, lora_B) of a state dict; a lone A or B is an error."""
-    names = {k[: -len(_A)] for k in sd if k.endswith(_A)} | {k[: -len(_B)] for k in sd if k.endswith(_B)}
-    out = {}
-    for n in sorted(names):
-        if n + _A not in sd or n + _B not in sd:
-            lone = n + (_A if n + _A in sd else _B)
-            raise CheckpointError(
-                f"LoRA state has {lone} without its partner (lora_A and lora_B come in pairs)"
-            )
-        A, B = sd[n + _A], sd[n + _B]
-        if A.ndim != 2 or B.ndim != 2 or B.shape[1] != A.shape[0]:
-            raise CheckpointError(
-                f"LoRA state of {n}: lora_A {tuple(A.shape)} and lora_B {tuple(B.shape)} do not form (out, rank) @ (rank, in)"
-            )
-        out[n] = (A, B)
-    return out
-
-
-def _merged(base: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scaling: float) -> torch.Tensor:
-    """``base + (B @ A) * scaling`` in at least fp32, returned in base's dtype (the same ops as ``merge_``)."""
-    ct = torch.promote_types(base.dtype, torch.float32)
-    return (base.to(ct) + (B.to(ct) @ A.to(ct)) * scaling).to(base.dtype)
-
-
-def bake_wrapped_state(
-    sd: Mapping[str, torch.Tensor], rank: int | None = None, alpha: float | None = None
-) -> dict[str, torch.Tensor]:
-    """A LoRA-wrapped full state (form 2) -> a plain state dict (form 1).
-
-    ``.weight = .base_weight + (.lora_B @ .lora_A) * alpha / rank``, ``.base_bias`` -> ``.bias``,
-    LoRA keys dropped. ``rank`` defaults to ``lora_A``'s rows, ``alpha`` to 2 * rank (upstream's
-    256 / 512).
-    """
-    pairs = _pairs(sd)
-    out: dict[str, torch.Tensor] = {}
-    for k, v in sd.items():
-        if k.endswith((_A, _B)):
-            continue
-        if k.endswith(_BASE_W):
-            n = k[: -len(_BASE_W)]
-            if n in pairs:
-                A, B = pairs[n]
-                r, a = _scaling(A, n + _A, rank, alpha)
-                if tuple(B.shape[:1]) + tuple(A.shape[1:]) != tuple(v.shape):
-                    raise CheckpointError(
-                        f"LoRA state of {n}: B @ A is {(B.shape[0], A.shape[1])}, base_weight {tuple(v.shape)}"
-                    )
-                v = _merged(v, A, B, a / r)
-            out[n + ".weight"] = v
-        elif k.endswith(_BASE_B):
-            out[k[: -len(_BASE_B)] + ".bias"] = v
-        else:
-            out[k] = v
-    orphans = [n for n in pairs if n + _BASE_W not in sd]
-    if orphans:
-        raise CheckpointError(f"LoRA state has adapters without a base weight (e.g. {orphans[0]}{_BASE_W})")
-    return out
-
-
-def apply_lora_to_plain_state(
-    plain_sd: Mapping[str, torch.Tensor],
-    lora_sd: Mapping[str, torch.Tensor],
-    rank: int | None = None,
-    alpha: float | None = None,
-) -> dict[str, torch.Tensor]:
-    """A plain base state (form 1) plus adapters (form 3; other keys ignored) -> a new plain state.
-
-    ``.weight += (.lora_B @ .lora_A) * alpha / rank`` for every adapter; ``plain_sd`` is not
-    modified. Defaults as in :func:`bake_wrapped_state`.
-    """
-    out = dict(plain_sd)
-    pairs = _pairs(lora_sd)
-    if not pairs:
-        raise CheckpointError("the LoRA state holds no lora_A / lora_B keys")
-    for n, (A, B) in pairs.items():
-        key = n + ".weight"
-        if key not in out:
-            raise CheckpointError(
-                f"the base checkpoint has no {key} for the adapter {n}; is it the right base?"
-            )
-        r, a = _scaling(A, n + _A, rank, alpha)
-        if (B.shape[0], A.shape[1]) != tuple(out[key].shape):
-            raise CheckpointError(
-                f"adapter {n} (B @ A: {(B.shape[0], A.shape[1])}) does not fit the base's {key} "
-                f"{tuple(out[key].shape)}; is it the right base?"
-            )
-        out[key] = _merged(out[key], A, B, a / r)
-    return out
-
-
-def _number(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    return v
-
-
-def lora_hparams_from_checkpoint(obj: Any) -> tuple[int | None, float | None]:
-    """(rank, alpha) from an upstream checkpoint's ``args`` (a dict, or a namespace when unpickled).
-
-    Keys tried: ``lora_rank``, ``lora_r``, ``rank``; ``lora_alpha``, ``alpha``. None where absent
-    (or not a number).
-    """
-    args = obj.get("args") if isinstance(obj, Mapping) else None
-    if args is not None and not isinstance(args, Mapping):
-        args = vars(args) if hasattr(args, "__dict__") else None
-    if not isinstance(args, Mapping):
-        return None, None
-    rank = next(
-        (_number(args[k]) for k in ("lora_rank", "lora_r", "rank") if _number(args.get(k)) is not None), None
-    )
-    alpha = next(
-        (_number(args[k]) for k in ("lora_alpha", "alpha") if _number(args.get(k)) is not None), None
-    )
-    return (None if rank is None else int(rank)), (None if alpha is None else float(alpha))
-
-
-def lora_hparams(
-    sd: Mapping[str, torch.Tensor],
-    rank: int | None = None,
-    alpha: float | None = None,
-    where: Any = "LoRA state",
-) -> tuple[int, float]:
-    """The (rank, alpha) that apply to the adapters in ``sd``: ``rank`` / ``alpha`` when given (rank
-    checked against lora_A's rows), else lora_A's rows and 2 * rank. All adapters must share one rank."""
-    pairs = _pairs(sd)
-    if not pairs:
-        raise CheckpointError(f"{where} holds no lora_A / lora_B keys")
-    ranks = {int(A.shape[0]) for A, _ in pairs.values()}
-    if len(ranks) != 1:
-        raise CheckpointError(
-            f"{where}: its adapters have different ranks {sorted(ranks)}; stylevar uses one rank"
-        )
-    n0 = next(iter(pairs))
-    return _scaling(pairs[n0][0], n0 + _A, rank, alpha)
-
-
-def lora_only(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The ``.lora_A`` / ``.lora_B`` entries of a state dict."""
-    return {k: v for k, v in sd.items() if k.endswith((_A, _B))}
-
-
-def _targets_of(names: list[str], path: Any) -> tuple[str, ...]:
-    found = []
-    for n in names:
-        parts = n.split(".")
-        if len(parts) < 3 or parts[0] != "blocks" or not parts[1].isdigit():
-            raise CheckpointError(f"{path}: LoRA module {n} is not inside a block (blocks.N.<module>)")
-        t = ".".join(parts[2:])
-        if t not in found:
-            found.append(t)
-    order = {t: i for i, t in enumerate(DEFAULT_TARGETS)}
-    return tuple(sorted(found, key=lambda t: (order.get(t, len(order)), t)))
-
-
-# ------------------------------------------------------------------------------------- our format
-def save_lora(out_dir: str | os.PathLike, model: StyleVAR, *, info: dict[str, Any] | None = None) -> Path:
-    """Write the adapters of ``model`` as ``adapter_config.json`` + ``adapter.safetensors`` (atomically).
-
-    ``info`` is free-form provenance; a ``"base"`` entry (the base checkpoint's path) lets
-    :func:`stylevar.checkpoints.load_pretrained` find the base without ``base=``.
-    """
-    from ..checkpoints import write_weights_dir
-
-    sd = lora_state_dict(model)
-    if not sd:
-        raise ConfigError("the model has no LoRA adapters to save (apply_lora first)")
-    cfg = getattr(model, "lora_config", None)
-    if cfg is None:  # wrapped by hand: read the configuration off the modules
-        mods = list(lora_modules(model).values())
-        cfg = LoRAConfig(mods[0].rank, mods[0].alpha, _targets_of(list(lora_modules(model)), "model"))
-    config = {
-        "format": LORA_FORMAT,
-        "format_version": LORA_FORMAT_VERSION,
-        "lora": cfg.to_dict(),
-        "stylevar": model.config.to_dict(),
-        "info": info or {},
+#: names that moved to :mod:`stylevar.io.adapters` (files and state-dict forms): the old path still
+#: works and warns (as :func:`stylevar._deprecated.moved`, written out here: models/ imports nothing
+#: outside models, config and errors; the target is imported by name, not a dependency of this module)
+_MOVED = frozenset(
+    {
+        "ADAPTER_CONFIG",
+        "ADAPTER_WEIGHTS",
+        "UPSTREAM_RANK",
+        "UPSTREAM_ALPHA_PER_RANK",
+        "apply_lora_to_plain_state",
+        "bake_wrapped_state",
+        "is_lora_dir",
+        "load_lora",
+        "lora_hparams",
+        "lora_hparams_from_checkpoint",
+        "lora_only",
+        "save_lora",
     }
-    return write_weights_dir(
-        out_dir, {ADAPTER_WEIGHTS: sd}, config, kind="stylevar LoRA directory", config_name=ADAPTER_CONFIG
+)
+
+
+def __getattr__(name: str):
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(
+        f"{__name__}.{name} has moved to stylevar.io.adapters.{name}; import it from there "
+        "(the old path will be removed in a later release)",
+        DeprecationWarning,
+        stacklevel=2,
     )
-
-
-def is_lora_dir(path: str | os.PathLike) -> bool:
-    p = Path(path)
-    return p.is_dir() and (p / ADAPTER_CONFIG).exists()
-
-
-def load_lora(
-    path: str | os.PathLike, *, allow_pickle: bool = False
-) -> tuple[LoRAConfig, dict[str, torch.Tensor], dict[str, Any]]:
-    """Read adapters: our directory, or an upstream ``grpo_*.pth`` (LoRA-only or LoRA-wrapped full state).
-
-    Returns (configuration, LoRA-only state dict, metadata). The metadata of our directory is its
-    ``adapter_config.json`` (``stylevar``: the model configuration, ``info``); of an upstream file
-    ``kind``, ``step``, ``epoch`` where present. ``source`` is the path in both. For upstream
-    files, rank and alpha come from the file's ``args``, else lora_A's rows and 2 * rank.
-    """
-    from ..checkpoints import classify, extract_state_dict, read_file
-
-    p = Path(path).expanduser()
-    if p.is_dir():
-        if not (p / ADAPTER_CONFIG).exists():
-            raise CheckpointError(f"{p} is not a LoRA directory (no {ADAPTER_CONFIG})")
-        try:
-            raw = json.loads((p / ADAPTER_CONFIG).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"cannot read {p / ADAPTER_CONFIG}: {e}") from None
-        if not isinstance(raw, dict) or raw.get("format") != LORA_FORMAT:
-            raise CheckpointError(
-                f'{p / ADAPTER_CONFIG} is not a stylevar LoRA config (no "format": "{LORA_FORMAT}")'
-            )
-        if int(raw.get("format_version", 0)) > LORA_FORMAT_VERSION:
-            raise CheckpointError(
-                f"{p} was written by a newer stylevar (LoRA format {raw['format_version']}); upgrade stylevar"
-            )
-        try:
-            cfg = LoRAConfig.from_dict(raw["lora"])
-        except (KeyError, TypeError, ConfigError) as e:
-            raise CheckpointError(f"{p / ADAPTER_CONFIG}: invalid LoRA configuration ({e})") from None
-        sd = read_file(p / ADAPTER_WEIGHTS) if (p / ADAPTER_WEIGHTS).exists() else None
-        if sd is None:
-            raise CheckpointError(f"{p / ADAPTER_WEIGHTS} is missing; the LoRA directory is incomplete")
-        lora_hparams(sd, cfg.rank, None, p / ADAPTER_WEIGHTS)
-        meta = dict(raw)
-        meta["info"] = dict(raw.get("info") or {})
-        meta["source"] = str(p)
-        return cfg, lora_only(sd), meta
-    obj = read_file(p, allow_pickle=allow_pickle)
-    full = extract_state_dict(obj, p)
-    kind = classify(full)
-    if kind not in ("lora_only", "stylevar_lora"):
-        raise CheckpointError(f"{p} holds no LoRA adapters (it looks like: {kind})")
-    sd = lora_only(full)
-    r, a = lora_hparams(sd, *lora_hparams_from_checkpoint(obj), where=p)
-    cfg = LoRAConfig(rank=r, alpha=a, targets=_targets_of(list(_pairs(sd)), p))
-    meta: dict[str, Any] = {"source": str(p), "kind": kind}
-    if isinstance(obj, Mapping):
-        for k in ("step", "epoch"):
-            if isinstance(obj.get(k), (int, float)) and not isinstance(obj.get(k), bool):
-                meta[k] = obj[k]
-    return cfg, sd, meta
+    return getattr(importlib.import_module("stylevar.io.adapters"), name)

@@ -1,4 +1,4 @@
-"""Multi-scale residual vector quantizer of VAR (upstream-spec §1.3–1.4).
+"""Multi-scale residual vector quantizer of VAR (docs/upstream.md §2).
 
 A feature map ``f`` (B, Cvae, h, w) with h = w = patch_nums[-1] is explained coarse to fine:
 at scale k the residual is area-pooled to pn_k x pn_k, quantised to the nearest codebook entry,

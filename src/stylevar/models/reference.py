@@ -1,9 +1,9 @@
 """The published sampler's computation, written plainly: the straightforward path.
 
-Upstream's block (upstream-spec §2.3) calls one attention module twice per block, once with
+Upstream's block (docs/upstream.md §3.2) calls one attention module twice per block, once with
 style queries and once with content queries; each call projects full q/k/v of both the guide
 and the target stream and applies the output projection, and in sampling each call appends the
-target's keys to the KV cache (§2.7), so every key is cached twice. That is 22 C^2
+target's keys to the KV cache (docs/upstream.md §3.6), so every key is cached twice. That is 22 C^2
 multiply-adds per token and block where the math needs 13 C^2 (:mod:`stylevar.models.blocks`).
 
 :func:`reference_generate` runs that computation with the same sampling code as

@@ -15,6 +15,7 @@ VQ-VAE is not a submodule (as upstream): pass it to the methods that need it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -127,6 +128,9 @@ class StyleVAR(nn.Module):
         self.register_buffer("lvl_1L", lvl_1L)
         self.register_buffer("attn_bias_for_masking", mask)
 
+        # 6. sampling runners on static buffers, per (batch size, device, dtype): see static_runner
+        self._static_runners: dict[tuple, StaticRunner] = {}
+
     @staticmethod
     def _lvl_buffers(patch_nums: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(1, L) int64 scale index of each token; (1, 1, L, L) mask: 0 where level(q) >= level(k), else -inf."""
@@ -142,7 +146,7 @@ class StyleVAR(nn.Module):
     ) -> None:
         """VAR's initialisation of the transformer parts (for training from scratch).
 
-        Unlike upstream (spec §2.4, bug B4) the ResNet encoders are left alone, so ImageNet
+        Unlike upstream (docs/upstream.md §3.3, B4) the ResNet encoders are left alone, so ImageNet
         weights loaded into them survive.
         """
         std = math.sqrt(1 / self.C / 3)
@@ -173,6 +177,11 @@ class StyleVAR(nn.Module):
                 p.zero_()
             if hasattr(b.attn, "scale_mul_1H11"):
                 b.attn.scale_mul_1H11.fill_(math.log(4.0))
+
+    def set_encoder_input(self, encoder_input: str) -> None:
+        """Record what the ResNet encoders expect (``raw`` or ``imagenet``, see :class:`StyleVARConfig`)
+        after new encoder weights were loaded into them; the config is replaced, not changed."""
+        self.config = dataclasses.replace(self.config, encoder_input=encoder_input)
 
     # ------------------------------------------------------------------ conditioning
     def _image_feat(self, encoder: nn.Module, img: torch.Tensor) -> torch.Tensor:
@@ -251,15 +260,29 @@ class StyleVAR(nn.Module):
             dim=1,
         )
 
+    # ------------------------------------------------------------------ cached sampling runners
     def static_runner(
         self, batch_size: int, device: torch.device | str, dtype: torch.dtype | None = None
     ) -> StaticRunner:
         """The (cached) :class:`~stylevar.models.graphs.StaticRunner` for this batch size, device and dtype."""
-        runners = self.__dict__.setdefault("_static_runners", {})
         key = (batch_size, torch.device(device), dtype)
-        if key not in runners:
-            runners[key] = StaticRunner(self, batch_size, torch.device(device), dtype)
-        return runners[key]
+        if key not in self._static_runners:
+            self._static_runners[key] = StaticRunner(self, batch_size, torch.device(device), dtype)
+        return self._static_runners[key]
+
+    def refresh_static_runners(self) -> None:
+        """Copy changed weights into the cached runners' reduced-precision block copies (after an
+        optimizer step or a LoRA merge); their captured graphs stay valid."""
+        for runner in self._static_runners.values():
+            runner.refresh_weights()
+
+    def drop_static_runners(self) -> None:
+        """Forget the cached runners (after the module structure changed, e.g. LoRA applied or removed)."""
+        self._static_runners.clear()
+
+    def __getstate__(self) -> dict:
+        # copies and pickles of the model start without runners (they hold graphs and block copies)
+        return {**self.__dict__, "_static_runners": {}}
 
     def _logits(
         self, x_BLC: torch.Tensor, cond_BD: torch.Tensor, ada: torch.Tensor | None = None
@@ -327,7 +350,7 @@ class StyleVAR(nn.Module):
             top_k, top_p, temperature: sampling filters (0 = off; temperature 1 = off).
             alpha, style_strength: see :meth:`resolve_alpha`.
             legacy_kv_cache: reproduce the published sampler's duplicated KV cache token for token
-                (upstream-spec §2.7). Off: the cache matches the teacher-forced model exactly.
+                (docs/upstream.md §3.6). Off: the cache matches the teacher-forced model exactly.
             return_logits: also return each scale's raw logits (before temperature and filters).
             decode: decode f_hat to images (False: ``images`` is an empty tensor).
             dtype: ``torch.bfloat16`` or ``torch.float16`` runs the transformer's products and

@@ -1,4 +1,4 @@
-"""VAR's VQ-VAE: a conv encoder/decoder around the multi-scale quantizer (upstream-spec §1.1).
+"""VAR's VQ-VAE: a conv encoder/decoder around the multi-scale quantizer (docs/upstream.md §2).
 
 State-dict keys equal VAR's (``encoder.*``, ``decoder.*``, ``quantize.*``, ``quant_conv.*``,
 ``post_quant_conv.*``), so ``vae_ch160v4096z32.pth`` loads strictly. Images are in [-1, 1].
