@@ -1,18 +1,67 @@
-"""Configuration dataclasses and presets.
+"""Configuration dataclasses, their one (de)serialisation, and presets.
 
 Every model rebuilds itself from its config: the config is stored beside the weights
-(``config.json``) and can be inferred from an upstream state dict (see ``checkpoints.py``).
+(``config.json``) and can be inferred from an upstream state dict (:mod:`stylevar.io.state`). The
+model configs are frozen: a model is built from its config once, so changing the config afterwards
+could only make the record disagree with the model (use ``dataclasses.replace`` for a variant).
+Every config dataclass of the project (models, sampling, LoRA, the trainers) derives from
+:class:`Serialisable`, so ``to_dict``/``from_dict`` behave the same everywhere; fields declared with
+:func:`option` carry their help text (and choices), from which the command line makes its flags.
+
+This module imports nothing heavier than the standard library (the command line reads it to build
+``--help`` without importing torch).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
+
+#: torchvision's ImageNet normalisation ([0, 1] RGB images), used by every ImageNet-trained network
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+def option(default: Any, help: str, *, choices: Sequence[Any] | None = None, flag: bool = True) -> Any:
+    """A dataclass field with its help text (``metadata["help"]``) and optional ``choices``.
+
+    ``flag=False`` keeps the field off the command line (set by other flags or by code).
+    """
+    meta = {"help": help, "choices": None if choices is None else tuple(choices), "flag": flag}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def parse_numbers(text: str, kind: type = float) -> list:
+    """``"0.1, 0.2 0.3"`` -> ``[0.1, 0.2, 0.3]``: numbers separated by commas and/or spaces (flags, form
+    fields). Raises ``ValueError`` for anything else."""
+    return [kind(v) for v in re.split(r"[,\s]+", text.strip()) if v]
+
+
+class Serialisable:
+    """``to_dict`` / ``from_dict`` for config dataclasses: JSON-ready values (tuples become lists), and
+    unknown fields refused with a one-line :class:`ConfigError` naming them."""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)  # type: ignore[call-overload]
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}")
+        return cls(**d)
+
+
+_Serialisable = Serialisable  # the former private name
+
 
 #: The ten scales of VAR / StyleVAR at 256x256 (latent side 16).
 DEFAULT_PATCH_NUMS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
@@ -22,7 +71,7 @@ DEFAULT_PATCH_NUMS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 #:   evaluation behind the paper's tables, the inference scripts). The GRPO stage was trained
 #:   with it, so it is what the released GRPO weights were optimised for.
 #: ``sft``: what the released SFT run was trained with (``run_train_v2.sh``, centre of a
-#:   +-0.15 jitter); upstream never stored it (upstream-spec §7 B1).
+#:   +-0.15 jitter); upstream never stored it (docs/upstream.md B1, §8).
 #: ``varhf``: the default of upstream's (unused) ``VARHF`` wrapper; kept for completeness.
 ALPHA_PRESETS: dict[str, tuple[float, ...]] = {
     "paper": (0.2, 0.3, 0.4, 0.4, 0.5, 0.5, 0.6, 0.6, 0.7, 0.8),
@@ -62,6 +111,11 @@ def alpha_for_scales(preset: str | Sequence[float], num_scales: int) -> tuple[fl
     return values
 
 
+def _set(cfg: Any, name: str, value: Any) -> None:
+    """Normalise a field of a frozen config while it is being made (``__post_init__`` only)."""
+    object.__setattr__(cfg, name, value)
+
+
 def _check_patch_nums(patch_nums: Sequence[int]) -> tuple[int, ...]:
     pn = tuple(int(p) for p in patch_nums)
     if not pn or any(p <= 0 for p in pn) or list(pn) != sorted(set(pn)):
@@ -69,29 +123,17 @@ def _check_patch_nums(patch_nums: Sequence[int]) -> tuple[int, ...]:
     return pn
 
 
-class _Serialisable:
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)  # type: ignore[call-overload]
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+@dataclass(frozen=True)
+class VQVAEConfig(Serialisable):
+    """VAR's multi-scale VQ-VAE (docs/upstream.md §2). Defaults: the released ``vae_ch160v4096z32``."""
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]):
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}")
-        return cls(**d)
-
-
-@dataclass
-class VQVAEConfig(_Serialisable):
-    """VAR's multi-scale VQ-VAE (upstream-spec §1). Defaults: the released ``vae_ch160v4096z32``."""
-
-    vocab_size: int = 4096  #: codebook size V
-    z_channels: int = 32  #: latent / codebook dimension Cvae
-    ch: int = 160  #: base channels of encoder and decoder (a multiple of 32: GroupNorm(32))
-    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)  #: channel multiplier per level; downsampling 2**(n-1)
-    num_res_blocks: int = 2  #: ResnetBlocks per encoder level (decoder: +1)
+    vocab_size: int = option(4096, "codebook size V")
+    z_channels: int = option(32, "latent / codebook dimension Cvae")
+    ch: int = option(160, "base channels of encoder and decoder, a multiple of 32 (GroupNorm(32))")
+    ch_mult: tuple[int, ...] = option(
+        (1, 1, 2, 2, 4), "channel multiplier per level; downsampling 2^(levels-1)"
+    )
+    num_res_blocks: int = option(2, "ResNet blocks per encoder level (decoder: +1)")
     dropout: float = 0.0
     beta: float = 0.25  #: commitment weight (tokenizer training only)
     using_znorm: bool = False  #: cosine instead of Euclidean nearest neighbour
@@ -99,14 +141,14 @@ class VQVAEConfig(_Serialisable):
     quant_resi: float = 0.5  #: phi(h) = (1-r) h + r conv(h); |r| < 1e-6 means identity
     share_quant_resi: int = 4  #: K phi convs shared over scales (0: one per scale, 1: one in all)
     default_qresi_counts: int = 0  #: number of phi convs when share_quant_resi == 0 (0: one per scale)
-    patch_nums: tuple[int, ...] = DEFAULT_PATCH_NUMS  #: square token-map sides, coarse to fine
+    patch_nums: tuple[int, ...] = option(DEFAULT_PATCH_NUMS, "square token-map sides, coarse to fine")
     in_channels: int = 3
     using_sa: bool = True  #: self-attention at the lowest resolution level
     using_mid_sa: bool = True  #: self-attention in the middle block
 
     def __post_init__(self) -> None:
-        self.patch_nums = _check_patch_nums(self.patch_nums)
-        self.ch_mult = tuple(int(m) for m in self.ch_mult)
+        _set(self, "patch_nums", _check_patch_nums(self.patch_nums))
+        _set(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
         if self.ch % 32 or any((self.ch * m) % 32 for m in self.ch_mult):
             raise ConfigError(f"VQ-VAE channels must be multiples of 32 (GroupNorm), got ch={self.ch}")
         if self.vocab_size < 2 or self.z_channels < 1:
@@ -127,9 +169,9 @@ class VQVAEConfig(_Serialisable):
 ENCODER_INPUTS = ("raw", "imagenet")
 
 
-@dataclass
-class StyleVARConfig(_Serialisable):
-    """The StyleVAR transformer (upstream-spec §2). Defaults: the released d20 model."""
+@dataclass(frozen=True)
+class StyleVARConfig(Serialisable):
+    """The StyleVAR transformer (docs/upstream.md §3). Defaults: the released d20 model."""
 
     depth: int = 20  #: number of blended cross-attention blocks
     embed_dim: int = 0  #: width C; 0 means 64 * depth (upstream's rule)
@@ -153,7 +195,7 @@ class StyleVARConfig(_Serialisable):
     encoder_input: str = "raw"
 
     def __post_init__(self) -> None:
-        self.patch_nums = _check_patch_nums(self.patch_nums)
+        _set(self, "patch_nums", _check_patch_nums(self.patch_nums))
         if self.encoder_input not in ENCODER_INPUTS:
             raise ConfigError(f"encoder_input must be one of {ENCODER_INPUTS}, not {self.encoder_input!r}")
         if self.depth < 1:
@@ -161,14 +203,14 @@ class StyleVARConfig(_Serialisable):
         if self.style_enc_dim < 8 or self.style_enc_dim % 8:
             raise ConfigError(f"style_enc_dim must be a positive multiple of 8, got {self.style_enc_dim}")
         if self.embed_dim <= 0:
-            self.embed_dim = 64 * self.depth
+            _set(self, "embed_dim", 64 * self.depth)
         if self.num_heads <= 0:
-            self.num_heads = self.depth
+            _set(self, "num_heads", self.depth)
         if self.embed_dim % self.num_heads:
             raise ConfigError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.drop_path_rate < 0:
-            self.drop_path_rate = 0.1 * self.depth / 24
-        self.alpha = alpha_for_scales(self.alpha, len(self.patch_nums))
+            _set(self, "drop_path_rate", 0.1 * self.depth / 24)
+        _set(self, "alpha", alpha_for_scales(self.alpha, len(self.patch_nums)))
         if any(not 0.0 <= a <= 1.0 for a in self.alpha):
             raise ConfigError(f"alpha values must lie in [0, 1], got {list(self.alpha)}")
 
@@ -204,7 +246,7 @@ class StyleVARConfig(_Serialisable):
 
 
 @dataclass
-class SamplingConfig(_Serialisable):
+class SamplingConfig(Serialisable):
     """Sampling defaults. The paper's evaluation: top-k 900, top-p 0.96, temperature 1."""
 
     top_k: int = 900  #: keep logits >= the k-th largest (0: off)

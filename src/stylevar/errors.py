@@ -25,5 +25,14 @@ class MissingDependencyError(StyleVARError, ImportError):
     """An optional package (an extra such as ``stylevar[rewards]``) that a feature needs is not installed."""
 
 
+class NonFiniteLossError(StyleVARError):
+    """Training stopped on a NaN/inf loss (``on_nonfinite="stop"``); the last good state was saved."""
+
+
+class OtherRankFailed(StyleVARError):
+    """Raised on the other processes of a ``torchrun`` job when rank 0 failed while preparing the run
+    (rank 0 reports the reason; the others exit quietly)."""
+
+
 class MissingWeightsError(CheckpointError, FileNotFoundError):
     """Pretrained weights (of a metric or reward model) that are neither on disk nor downloadable now."""

@@ -18,7 +18,6 @@ Policy (also in the README):
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
+from .files import atomic_write
 
 IMAGE_EXTENSIONS = {
     ".png",
@@ -195,19 +195,11 @@ def list_images(folder: str | os.PathLike, role: str = "image") -> list[Path]:
 def save_image_atomic(img: Image.Image, path: str | os.PathLike) -> Path:
     """Save ``img`` to ``path`` via a temporary file in the same folder and an atomic rename."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     fmt = Image.registered_extensions().get(p.suffix.lower())
     if fmt is None:
         raise ImageError(f"cannot write {p}: unknown image extension {p.suffix!r}; use .png, .jpg or .webp")
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    return atomic_write(p, lambda f: img.save(f, format=fmt, **options))
 
 
 def make_grid(rows: Sequence[Sequence[Image.Image]], cell: int, pad: int = 2) -> Image.Image:

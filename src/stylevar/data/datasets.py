@@ -1,6 +1,6 @@
 """Torch datasets over triplets and unpaired (content, style) pairs, with the model's transforms.
 
-The published transform (upstream-spec §4.1) is applied to all three images: resize to the
+The published transform (docs/upstream.md §5.1) is applied to all three images: resize to the
 model resolution with LANCZOS, aspect not kept ("squash"), then [0, 1] -> [-1, 1]. The paper's
 augmentations, never implemented upstream, are options here: rotation and brightness jitter on
 the content image, a random crop of the style image. Their randomness is a function of
@@ -21,6 +21,7 @@ import torch
 from PIL import Image, ImageEnhance
 from torch.utils.data import Dataset
 
+from ..config import Serialisable
 from ..errors import DataError, ImageError
 from ..images import FITS, crop_box, list_images, load_image
 from .triplets import Triplet
@@ -29,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class TripletTransform:
+class TripletTransform(Serialisable):
     """Images -> (3, R, R) tensors in [-1, 1].
 
     Attributes:

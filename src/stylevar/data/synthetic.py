@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
+from ..files import atomic_write
 
 TEXTURES: tuple[str, ...] = ("plain", "hstripes", "vstripes", "diagonal", "checks", "dots")
 
@@ -233,6 +234,4 @@ def make_synthetic(
 
 
 def _save(img: Image.Image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: img.save(f, format="PNG"))

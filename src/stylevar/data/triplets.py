@@ -1,6 +1,6 @@
 """Finding (content, style, target) triplets, splitting them, and checking their files.
 
-Layouts (upstream-spec §4.1):
+Layouts (docs/upstream.md §5.1):
 
 * **OmniStyle-150K**: ``root/{content,style,target}``; every file in ``target/`` whose name
   contains ``&&`` is one triplet named ``<content file>&&<style file><suffix>``. Content is
@@ -24,6 +24,7 @@ evaluation can exclude the training triplets.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import random
@@ -36,6 +37,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
+from ..files import atomic_write_json, atomic_write_text
 from ..images import IMAGE_EXTENSIONS, MIN_SIDE
 
 ROLES = ("content", "style", "target")
@@ -183,16 +185,12 @@ def read_manifest(path: str | os.PathLike, *, source: str = "") -> list[Triplet]
 
 def write_manifest(triplets: Iterable[Triplet], path: str | os.PathLike) -> Path:
     """Write triplets as a CSV manifest (absolute paths), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["key", "content", "style", "target"])
-        for t in triplets:
-            w.writerow([t.key, t.content.resolve(), t.style.resolve(), t.target.resolve()])
-    os.replace(tmp, path)
-    return path
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(["key", "content", "style", "target"])
+    for t in triplets:
+        w.writerow([t.key, t.content.resolve(), t.style.resolve(), t.target.resolve()])
+    return atomic_write_text(path, buf.getvalue())
 
 
 # ---------------------------------------------------------------------------------------- any
@@ -256,12 +254,7 @@ def save_split(path: str | os.PathLike, train: Sequence[Triplet], val: Sequence[
     def rows(ts):
         return [{"key": t.key, "source": t.source, **{r: str(p) for r, p in t.paths().items()}} for t in ts]
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({**info, "train": rows(train), "val": rows(val)}, indent=1))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, {**info, "train": rows(train), "val": rows(val)}, indent=1)
 
 
 def load_split(path: str | os.PathLike) -> tuple[list[Triplet], list[Triplet]]:

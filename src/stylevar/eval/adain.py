@@ -1,6 +1,6 @@
 """The AdaIN style-transfer baseline (Huang & Belongie, ICCV 2017), done as its released decoder expects.
 
-Upstream's baseline (upstream-spec §6.1 "AdaIN baseline", bug B15) encodes with torchvision's ImageNet
+Upstream's baseline (docs/upstream.md §7.3, B15) encodes with torchvision's ImageNet
 VGG-19 (zero padding) on unnormalised [0, 1] images, while the decoder it loads (naoto0804/pytorch-AdaIN)
 was trained on the ``vgg_normalised`` encoder, so its AdaIN numbers are unreliable. :class:`AdaIN` here
 uses the encoder the decoder was trained with:
@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from stylevar.errors import CheckpointError, ConfigError, MissingWeightsError
-
 from ..controls import coral
-from .perceptual import PathLike, _Frozen, _images, _load_state_dict, _load_strict, _why, resolve_cache_dir
+from ..errors import CheckpointError, ConfigError, MissingWeightsError
+from ..io.safe import load_strict, read_state_dict, why
+from ..perceptual.common import Frozen, PathLike, check_images, resolve_cache_dir
 
 RELEASE_URL = "https://github.com/naoto0804/pytorch-AdaIN/releases/download/v0.0.0"
 ENCODER_FILE = "vgg_normalised.pth"
@@ -159,11 +159,11 @@ def _fetch(url: str, dst: Path) -> None:
         torch.hub.download_url_to_file(url, str(dst), progress=False)
     except Exception as e:
         raise MissingWeightsError(
-            f"cannot download {url} into {dst.parent} ({_why(e)}); fetch it on a connected machine and put it there"
+            f"cannot download {url} into {dst.parent} ({why(e)}); fetch it on a connected machine and put it there"
         ) from None
 
 
-class AdaIN(_Frozen):
+class AdaIN(Frozen):
     """AdaIN style transfer with naoto0804's released weights (``vgg_normalised.pth`` + ``decoder.pth``).
 
     ``AdaIN(...)(content, style)``: both [0, 1] images (N, 3, H, W); the style batch may be 1 (broadcast)
@@ -221,12 +221,12 @@ class AdaIN(_Frozen):
                 f"{', '.join(str(p) for p in missing)}; download them on a connected machine and put them in "
                 f"{folder} (or pass encoder=/decoder= paths, or allow downloading: download=True)"
             )
-        sds = {n: dict(s) if isinstance(s, Mapping) else _load_state_dict(s) for n, s in sources.items()}
+        sds = {n: dict(s) if isinstance(s, Mapping) else read_state_dict(s) for n, s in sources.items()}
         self.encoder = self._build_encoder(sds["encoder"])
         with torch.device("meta"):
             dec = adain_decoder()
         dec = dec.to_empty(device="cpu")
-        _load_strict(
+        load_strict(
             dec, sds["decoder"], f"the AdaIN decoder weights do not fit naoto0804's decoder ({DECODER_FILE})"
         )
         self.decoder = dec
@@ -248,12 +248,12 @@ class AdaIN(_Frozen):
             more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
             raise CheckpointError(f"{what}: unexpected or mis-shaped: {', '.join(bad[:3])}{more}")
         enc = full[: RELU4_1 + 1].to_empty(device="cpu")
-        _load_strict(enc, head, what)
+        load_strict(enc, head, what)
         return enc
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """relu4_1 features, (N, 512, ceil(H/8), ceil(W/8)), of [0, 1] images (or CORAL-shifted ones)."""
-        x = _images(images)
+        x = check_images(images)
         if min(x.shape[-2:]) < MIN_SIZE:
             raise ValueError(
                 f"AdaIN needs images of at least {MIN_SIZE}x{MIN_SIZE} pixels, got {tuple(x.shape)}"
@@ -270,7 +270,7 @@ class AdaIN(_Frozen):
         """Stylised content, (N, 3, H, W) in [0, 1]. ``alpha`` in [0, 1] blends the AdaIN target with the
         content features (0: decoder(encoder(content))). ``preserve_color``: the style image's colours
         are first matched to the content image's by :func:`coral` (one style per content image)."""
-        content, style = _images(content, "content images"), _images(style, "style images")
+        content, style = check_images(content, "content images"), check_images(style, "style images")
         n, (h, w) = content.shape[0], content.shape[-2:]
         if style.shape[0] not in (1, n):
             raise ValueError(

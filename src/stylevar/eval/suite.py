@@ -16,7 +16,7 @@ histogram       RGB colour-histogram Hellinger distance (8³ bins)      lower   
 
 Per set: ``fid`` (Fréchet distance of Inception-v3 pool features, outputs vs their style images) and
 ``artfid`` = (1 + mean LPIPS to the content) · (1 + FID) (Wright & Ommer 2022). "target | content": the
-ground truth on paired benchmarks, the content image on unpaired ones (upstream-spec §6.1).
+ground truth on paired benchmarks, the content image on unpaired ones (docs/upstream.md §7.1).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import perceptual as P
 from ..errors import ConfigError
-from . import metrics as M
-from . import perceptual as P
+from ..perceptual import metrics as M
 
 PathLike = str | os.PathLike
 

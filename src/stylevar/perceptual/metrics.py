@@ -1,6 +1,6 @@
 """Weight-free image metrics. Images are (B, 3, H, W) tensors in **[0, 1]**; results are per image, (B,).
 
-:func:`ssim` is the paper's (upstream-spec §6.2): an 11x11 Gaussian window (sigma 1.5) applied
+:func:`ssim` is the paper's (docs/upstream.md §7.2): an 11x11 Gaussian window (sigma 1.5) applied
 per channel with zero padding 5 (the map keeps the input's size, no valid-region crop),
 C1 = 0.01^2, C2 = 0.03^2 for data range 1, the map averaged over pixels and channels.
 ``valid=True`` averages only where the window lies inside the image instead (scikit-image, torchmetrics
@@ -8,7 +8,7 @@ C1 = 0.01^2, C2 = 0.03^2 for data range 1, the map averaged over pixels and chan
 
 :func:`colour_histogram_distance` compares joint RGB colour histograms (Hellinger distance, in [0, 1]);
 :func:`frechet_distance` is the Fréchet distance between Gaussians fitted to two feature sets (FID when
-the features are Inception pool features, see :class:`stylevar.eval.perceptual.InceptionFeatures`).
+the features are Inception pool features, see :class:`stylevar.perceptual.InceptionFeatures`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def ssim(
     valid: bool = False,
     return_map: bool = False,
 ) -> torch.Tensor:
-    """SSIM of each image pair, (B,), for images in [0, 1] (upstream-spec §6.2); differentiable.
+    """SSIM of each image pair, (B,), for images in [0, 1] (docs/upstream.md §7.2); differentiable.
 
     Default (the paper's): the blurs zero-pad by ``window // 2``, so the SSIM map has the input's size and
     its border pixels see the zero padding; the map is averaged over every pixel and channel.
@@ -122,7 +122,7 @@ def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
     clamped at 0, those at rounding-noise level (below n·eps·max) included, so identical sets give ~0
     even when N < D (rank-deficient covariances). When N or M < D the same trace is computed in sample
     space (the nuclear norm of an N×M matrix; comment in the code), ~1000x faster for 50 x 2048. With Inception
-    pool features this is FID; see :class:`stylevar.eval.perceptual.InceptionFeatures` for which FID.
+    pool features this is FID; see :class:`stylevar.perceptual.InceptionFeatures` for which FID.
     """
     fa, fb = feats_a.detach(), feats_b.detach()
     if fa.ndim != 2 or fb.ndim != 2 or fa.shape[1] != fb.shape[1]:

@@ -1,0 +1,54 @@
+"""Image comparison for the GRPO rewards and the evaluation metrics alike (one implementation of each).
+
+* weight-free measures (:mod:`~stylevar.perceptual.metrics`): the paper's SSIM, PSNR, L1, colour
+  histograms, the Fréchet distance;
+* pretrained networks, weights from paths or caches, never downloaded unless asked:
+  :class:`VGGFeatures` with :func:`gram_style_loss` / :func:`content_loss` (VGG-19) and
+  :class:`VGGPerceptualLoss` (VGG16), :class:`LPIPSDistance`, :class:`ClipSimilarity`,
+  :class:`DreamSimDistance`, :class:`InceptionFeatures`.
+
+Images are (N, 3, H, W) tensors in [0, 1] everywhere (the tokenizer's :class:`VGGPerceptualLoss` takes
+[-1, 1], like the images it trains on); results are per image, (N,).
+"""
+
+from ..config import IMAGENET_MEAN, IMAGENET_STD
+from .clip_similarity import CLIP_MEAN, CLIP_STD, DEFAULT_CLIP_MODEL, ClipSimilarity
+from .common import EXTRA_HINT, Frozen, resolve_cache_dir
+from .dreamsim_distance import DreamSimDistance
+from .inception import InceptionFeatures
+from .lpips_distance import LPIPSDistance
+from .metrics import colour_histogram_distance, frechet_distance, mean_abs_error, psnr, ssim
+from .vgg import (
+    StyleContentLoss,
+    VGGFeatures,
+    VGGPerceptualLoss,
+    content_loss,
+    gram_matrix,
+    gram_style_loss,
+)
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "DEFAULT_CLIP_MODEL",
+    "EXTRA_HINT",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ClipSimilarity",
+    "DreamSimDistance",
+    "Frozen",
+    "InceptionFeatures",
+    "LPIPSDistance",
+    "StyleContentLoss",
+    "VGGFeatures",
+    "VGGPerceptualLoss",
+    "colour_histogram_distance",
+    "content_loss",
+    "frechet_distance",
+    "gram_matrix",
+    "gram_style_loss",
+    "mean_abs_error",
+    "psnr",
+    "resolve_cache_dir",
+    "ssim",
+]

@@ -1,0 +1,137 @@
+"""What every pretrained perceptual network here shares: where weights come from, optional packages,
+input checks, and the frozen-module base class.
+
+Conventions, everywhere in :mod:`stylevar.perceptual`: images are (N, 3, H, W) float tensors in
+**[0, 1]**; every score is per image, (N,) float32. Each model is frozen (eval mode, ``requires_grad``
+off on its parameters, ``.train()`` keeps it in eval mode) but its call is differentiable with respect
+to the input images: nothing runs under ``torch.no_grad`` here, so a reward's gradient can flow into a
+generated image. Wrap calls in ``torch.no_grad()`` yourself when you only need values.
+
+The optional packages (``dreamsim``, ``transformers``, ``lpips``: ``pip install "stylevar[rewards]"``) are
+imported only when a model is built; a missing one raises :class:`~stylevar.errors.MissingDependencyError`.
+Weights come from local files or caches. Nothing is downloaded unless asked (``download=True``;
+``local_files_only=False`` for CLIP); weights that are neither on disk nor downloadable raise
+:class:`~stylevar.errors.MissingWeightsError`, a one-line message naming the files, where to put them and
+where to get them on a connected machine.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, MissingDependencyError, MissingWeightsError
+from ..io.safe import read_state_dict, why
+
+PathLike = str | os.PathLike
+
+EXTRA_HINT = 'pip install "stylevar[rewards]"'
+
+
+def resolve_cache_dir(name: str | None = None) -> Path:
+    """stylevar's cache folder (created by nobody here): ``$STYLEVAR_CACHE``, else
+    ``$XDG_CACHE_HOME/stylevar``, else ``~/.cache/stylevar``; with ``name``, that sub-folder."""
+    root = os.environ.get("STYLEVAR_CACHE")
+    if root:
+        base = Path(root).expanduser()
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "stylevar"
+    return base / name if name else base
+
+
+def require(module: str, what: str):
+    """Import an optional package or raise a one-line MissingDependencyError naming the extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"{what} needs the optional package '{module}' ({why(e)}); install it with: {EXTRA_HINT}"
+        ) from None
+
+
+def check_images(x: torch.Tensor, what: str = "images") -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{what}: expected a (N, 3, H, W) tensor in [0, 1], got {shape}")
+    return x.float()
+
+
+def image_pair(a: torch.Tensor, b: torch.Tensor, *, same_size: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    a, b = check_images(a, "first images"), check_images(b, "second images")
+    if a.shape[0] != b.shape[0] or (same_size and a.shape != b.shape):
+        raise ValueError(
+            f"expected two image batches of {'one shape' if same_size else 'one size N'}, "
+            f"got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    return a, b.to(a.device)
+
+
+def hub_checkpoints_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def torchvision_state_dict(
+    enum, weights: PathLike | Mapping[str, torch.Tensor] | None, *, download: bool, what: str
+) -> dict[str, torch.Tensor]:
+    """torchvision ImageNet weights ``enum`` from a path (file or folder holding the file), a state dict,
+    or torch hub's checkpoint cache; downloaded there only when ``download``."""
+    if isinstance(weights, Mapping):
+        return dict(weights)
+    url = enum.url
+    fname = url.rsplit("/", 1)[-1]
+    if weights is not None:
+        p = Path(weights).expanduser()
+        if p.is_dir():
+            p = p / fname
+        if not p.is_file():
+            raise MissingWeightsError(
+                f"{what} needs torchvision's {fname}, not found at {p}; download {url} on a connected "
+                "machine and pass its path"
+            )
+        return read_state_dict(p)
+    cached = hub_checkpoints_dir() / fname
+    if cached.is_file():
+        return read_state_dict(cached)
+    if download:
+        try:
+            return enum.get_state_dict(progress=False)
+        except Exception as e:
+            raise MissingWeightsError(
+                f"{what}: cannot download {url} ({type(e).__name__}); fetch it on a connected machine "
+                f"and put it in {cached.parent} or pass its path"
+            ) from None
+    raise MissingWeightsError(
+        f"{what} needs torchvision's {fname}, not in torch hub's cache {cached.parent}; download {url} on "
+        "a connected machine and put it there or pass its path (or allow downloading: download=True)"
+    )
+
+
+def features_state(sd: Mapping[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
+    """The ``features`` part of a torchvision VGG/AlexNet state dict, keyed ``'<index>.<param>'``
+    (accepts full model state dicts, ``features.*`` only, or already-stripped keys)."""
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("features."):
+            k = k[len("features.") :]
+        elif "." in k and not k.split(".", 1)[0].isdigit():
+            continue  # classifier.*, etc.
+        out[k] = v
+    if not out:
+        raise CheckpointError(f"{what}: the weights hold no convolutional 'features.*' tensors")
+    return out
+
+
+class Frozen(nn.Module):
+    """A frozen pretrained model: always in eval mode, parameters without gradients (inputs keep theirs)."""
+
+    def _freeze(self) -> None:
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True):  # stays in eval mode, whatever the caller asks
+        return super().train(False)
