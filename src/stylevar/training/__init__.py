@@ -1,17 +1,38 @@
-"""Training: initialisation from vanilla VAR (and, as they land, the SFT and tokenizer trainers)."""
+"""Training: the run harness and its three trainers (tokenizer, SFT, GRPO), VAR initialisation, rewards.
 
-from .var_init import (
-    InitReport,
-    init_from_var,
-    load_resnet18_weights,
-    var_config_from_state_dict,
-    var_to_stylevar,
-)
+    from stylevar.training import SFTConfig, SFTTrainer
+    SFTTrainer(model, vae, train_set, "runs/sft", SFTConfig(max_steps=1000)).fit()
 
-__all__ = [
-    "InitReport",
-    "init_from_var",
-    "load_resnet18_weights",
-    "var_config_from_state_dict",
-    "var_to_stylevar",
-]
+Names are imported on first use, so ``stylevar.training.config`` (the configurations, which the command
+line reads for its flags) loads without torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Trainer": "harness",
+    "RunState": "harness",
+    "TokenizerConfig": "config",
+    "SFTConfig": "config",
+    "GRPOConfig": "config",
+    "TokenizerTrainer": "tokenizer",
+    "train_tokenizer": "tokenizer",
+    "SFTTrainer": "sft",
+    "GRPOTrainer": "grpo",
+    "InitReport": "var_init",
+    "init_from_var": "var_init",
+    "load_resnet18_weights": "var_init",
+    "var_config_from_state_dict": "var_init",
+    "var_to_stylevar": "var_init",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

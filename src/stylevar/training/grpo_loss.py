@@ -3,16 +3,16 @@
 Shapes: N rollouts, L tokens per rollout (all scales, coarse to fine), V vocabulary, B conditions
 of G rollouts each. Log-probabilities are natural logs, float32.
 
-* :func:`group_advantages` -- (R - mean) / (max(std, floor) + eps) per group (upstream-spec §5.4).
+* :func:`group_advantages` -- (R - mean) / (max(std, floor) + eps) per group (docs/upstream.md §6.4).
 * :func:`panw_weights` -- PANW per-token weights (h*w)^-gamma, normalised to sum 1 over L.
 * :func:`k3_kl` -- the k3 estimator, in DeepSeek-GRPO's direction (``"ref/policy"``, the default:
   exp(ref - logp) - (ref - logp) - 1, an unbiased, non-negative estimate of KL(pi || ref) under
-  samples of pi) or upstream's (``"policy/ref"``, §7 B5).
+  samples of pi) or upstream's (``"policy/ref"``, docs/upstream.md B5).
 * :func:`clipped_surrogate` -- PPO's clipped policy term per token.
 * :func:`token_logprobs` -- log pi(token) under the full softmax (the paper) or under the
   temperature-scaled, top-k/top-p-truncated distribution the tokens were drawn from.
 * :func:`grpo_loss` -- the per-token terms weighted, per-rollout KL-spike / non-finite guards
-  (a bad rollout is dropped alone, §7 B6), reduced to a scalar plus statistics.
+  (a bad rollout is dropped alone, docs/upstream.md B6), reduced to a scalar plus statistics.
 * :func:`relevance_token_weights` -- Mask Propagation: a relevance map on the output image pooled
   down the scale hierarchy into per-token multipliers.
 * :func:`soft_value` -- the middle return V_m of a prefix from K continuation rewards.
@@ -79,7 +79,7 @@ def k3_kl(
 
     ``direction="ref/policy"``: d = log ref - log pi (Schulman's k3 / DeepSeek-GRPO; its mean
     under samples of pi is KL(pi || ref)). ``"policy/ref"``: d = log pi - log ref (the published
-    code, upstream-spec §7 B5; its mean is chi^2-like, not KL). d is clamped to +-``clamp``.
+    code, docs/upstream.md B5; its mean is chi^2-like, not KL). d is clamped to +-``clamp``.
     """
     if direction == "ref/policy":
         d = ref_logp - logp
@@ -215,7 +215,7 @@ def grpo_loss(
         policy_weights: (N, L) weights of the policy term when they differ (Mask Propagation).
         kl_spike: a rollout whose weighted raw KL exceeds this (0 = never), or whose loss is not
             finite, is left out of the sum alone; the other rollouts keep their gradients
-            (upstream discarded everything accumulated so far, §7 B6).
+            (upstream discarded everything accumulated so far, docs/upstream.md B6).
         normaliser: divide the sum by this (default N): with micro-batches pass the total
             number of rollouts of the optimizer step.
     """

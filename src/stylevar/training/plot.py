@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from ..errors import DataError, StyleVARError
+from ..files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -142,13 +143,7 @@ def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -
         fig.suptitle(run.name)
         fig.tight_layout()
         target = Path(out).expanduser() if out else run / "curves.png"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}.png")
-        try:
-            fig.savefig(tmp, dpi=DPI, format="png")
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write(target, lambda f: fig.savefig(f, dpi=DPI, format="png"))
     finally:
         plt.close(fig)
     return target

@@ -1,4 +1,4 @@
-"""GRPO rewards (upstream-spec §5.3) as plain functions of the generated images and a :class:`RewardBatch`.
+"""GRPO rewards (docs/upstream.md §6.3) as plain functions of the generated images and a :class:`RewardBatch`.
 
 A reward is any ``RewardFn = Callable[[images, RewardBatch], Tensor]``:
 
@@ -15,7 +15,7 @@ name        value                          default ref optional package / weight
 dreamsim    −DreamSim distance             target      dreamsim + DreamSim weights
 clip        +CLIP cosine similarity        target      transformers + CLIP weights
 lpips       −LPIPS                         target      lpips + torchvision VGG-16/AlexNet
-ssim        +SSIM (eval.metrics.ssim)      target      none
+ssim        +SSIM (perceptual.ssim)        target      none
 pixel       −mean |x − ref|                target      none
 mse         −mean (x − ref)²               target      none
 gram        −Gram style loss (VGG-19)      style       torchvision VGG-19 weights
@@ -40,8 +40,8 @@ from typing import NamedTuple
 
 import torch
 
-from stylevar.errors import ConfigError
-from stylevar.eval.metrics import ssim as _ssim
+from ..errors import ConfigError
+from ..perceptual.metrics import ssim as _ssim
 
 __all__ = [
     "DEFAULT_REFS",
@@ -102,7 +102,7 @@ class RewardBatch:
 
     def repeat(self, groups: int) -> RewardBatch:
         """Each image repeated for ``groups`` rollouts, g-major (row g·B + b is image b), the layout of the
-        GRPO rollouts (upstream-spec §5.2)."""
+        published GRPO code's rollouts (docs/upstream.md §6.2; our trainer uses :meth:`repeat_interleave`)."""
         return RewardBatch(
             **{
                 f.name: None
@@ -160,7 +160,7 @@ def _reference(images: torch.Tensor, batch: RewardBatch, ref: str, *, same_size:
 
 
 def ssim_reward(images: torch.Tensor, batch: RewardBatch, *, ref: str = "target") -> torch.Tensor:
-    """+SSIM of each generated image with its ``ref`` image (upstream-spec §6.2), (N,), 1 when identical."""
+    """+SSIM of each generated image with its ``ref`` image (docs/upstream.md §7.2), (N,), 1 when identical."""
     return _ssim(images.float(), _reference(images, batch, ref)).float()
 
 
@@ -212,7 +212,7 @@ class _ModelReward:
 
 class DreamSimReward(_ModelReward):
     """−DreamSim distance to the ``ref`` image (default target), (N,): the paper's GRPO reward
-    (weighted 5: ``build_reward('dreamsim:5')``). ``model``: a :class:`~stylevar.eval.perceptual.DreamSimDistance`
+    (weighted 5: ``build_reward('dreamsim:5')``). ``model``: a :class:`~stylevar.perceptual.DreamSimDistance`
     (or any callable (a, b) -> (N,) distance); None builds one from ``weights_dir``."""
 
     name = "dreamsim"
@@ -227,7 +227,7 @@ class DreamSimReward(_ModelReward):
         download: bool = False,
     ):
         if model is None:
-            from stylevar.eval.perceptual import DreamSimDistance
+            from ..perceptual import DreamSimDistance
 
             model = DreamSimDistance(weights_dir, device=device, download=download)
         super().__init__(model, ref)
@@ -239,7 +239,7 @@ class DreamSimReward(_ModelReward):
 
 class ClipReward(_ModelReward):
     """+CLIP image-embedding cosine with the ``ref`` image (default target), (N,). ``model``: a
-    :class:`~stylevar.eval.perceptual.ClipSimilarity` (or any (a, b) -> (N,) similarity)."""
+    :class:`~stylevar.perceptual.ClipSimilarity` (or any (a, b) -> (N,) similarity)."""
 
     name = "clip"
 
@@ -254,7 +254,7 @@ class ClipReward(_ModelReward):
         local_files_only: bool | None = None,
     ):
         if model is None:
-            from stylevar.eval.perceptual import DEFAULT_CLIP_MODEL, ClipSimilarity
+            from ..perceptual import DEFAULT_CLIP_MODEL, ClipSimilarity
 
             model = ClipSimilarity(
                 model_dir_or_name or DEFAULT_CLIP_MODEL,
@@ -271,7 +271,7 @@ class ClipReward(_ModelReward):
 
 class LPIPSReward(_ModelReward):
     """−LPIPS to the ``ref`` image (default target), (N,). ``model``: an
-    :class:`~stylevar.eval.perceptual.LPIPSDistance` (or any (a, b) -> (N,) distance)."""
+    :class:`~stylevar.perceptual.LPIPSDistance` (or any (a, b) -> (N,) distance)."""
 
     name = "lpips"
 
@@ -286,7 +286,7 @@ class LPIPSReward(_ModelReward):
         download: bool = False,
     ):
         if model is None:
-            from stylevar.eval.perceptual import LPIPSDistance
+            from ..perceptual import LPIPSDistance
 
             model = LPIPSDistance(net, device=device, backbone_weights=backbone_weights, download=download)
         super().__init__(model, ref)
@@ -296,8 +296,8 @@ class LPIPSReward(_ModelReward):
 
 
 class GramStyleReward(_ModelReward):
-    """−Gram style loss (VGG-19 conv1_1…conv5_1, upstream-spec §5.3) to the ``ref`` image (default
-    **style**), (N,). ``model``: a :class:`~stylevar.eval.perceptual.VGGFeatures`; None builds one from
+    """−Gram style loss (VGG-19 conv1_1…conv5_1, docs/upstream.md §6.3) to the ``ref`` image (default
+    **style**), (N,). ``model``: a :class:`~stylevar.perceptual.VGGFeatures`; None builds one from
     ``weights`` (torchvision's ``vgg19-dcbb9e9d.pth``, or torch hub's cache)."""
 
     name = "gram"
@@ -313,13 +313,13 @@ class GramStyleReward(_ModelReward):
         download: bool = False,
     ):
         if model is None:
-            from stylevar.eval.perceptual import VGGFeatures
+            from ..perceptual import VGGFeatures
 
             model = VGGFeatures(weights, device=device, download=download)
         super().__init__(model, ref)
 
     def __call__(self, images: torch.Tensor, batch: RewardBatch) -> torch.Tensor:
-        from stylevar.eval.perceptual import VGGFeatures, gram_style_loss
+        from ..perceptual import VGGFeatures, gram_style_loss
 
         layers = VGGFeatures.STYLE_LAYERS
         ref = _reference(images, batch, self.ref, same_size=False)
@@ -544,7 +544,7 @@ def build_reward(
 
     def model(kind: str):
         if kind not in built:
-            from stylevar.eval import perceptual as P
+            from .. import perceptual as P
 
             if kind == "dreamsim":
                 built[kind] = P.DreamSimDistance(dreamsim_dir, device=device, download=download)

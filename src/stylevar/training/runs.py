@@ -1,14 +1,9 @@
-"""What makes a training run survive: atomic checkpoints, RNG capture, logs, stop signals.
-
-Shared by the trainers (tokenizer now; SFT's private copies of the same logic can switch to it
-without changing its files on disk):
+"""The pieces of a training run that the harness (:mod:`stylevar.training.harness`) puts together:
 
 * :func:`world` -- (rank, world size) under ``torchrun``, (0, 1) otherwise;
-* :func:`atomic_save` (from :mod:`stylevar.checkpoints`) / :func:`save_checkpoint` / :func:`load_training_checkpoint` -- files that
-  are either complete or absent, ``last`` / ``best`` / rolling ``step-<N>.pt`` kinds, loaded with
-  ``torch.load(weights_only=True)`` (no pickled code);
 * :func:`capture_rng` / :func:`restore_rng` -- torch, CUDA and Python ``random`` states, as plain
-  tensors/ints so they pass ``weights_only`` loading;
+  tensors/ints so they pass ``weights_only`` loading (the checkpoint files themselves are
+  :mod:`stylevar.io.run_files`);
 * :func:`epoch_permutation` -- the seeded per-epoch data order (SFT's formula);
 * :class:`RunLogger` -- ``metrics.jsonl`` plus TensorBoard scalars when ``tensorboard`` is installed;
 * :class:`StopSignals` -- SIGTERM/SIGINT become a flag the loop checks at step boundaries.
@@ -30,12 +25,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..checkpoints import atomic_save  # the one implementation; re-exported here for training code
-from ..errors import CheckpointError
+from .._deprecated import moved
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_KINDS = ("last", "best", "rolling")
 
 
 # ---------------------------------------------------------------------------------------- processes
@@ -49,59 +41,6 @@ def world() -> tuple[int, int]:
 def main_thread() -> bool:
     """True on the interpreter's main thread (the only one allowed to install signal handlers)."""
     return threading.current_thread() is threading.main_thread()
-
-
-# ---------------------------------------------------------------------------------------- files
-def save_checkpoint(
-    ckpt_dir: str | os.PathLike, obj: Any, kind: str = "last", *, step: int = 0, keep_rolling: int = 5
-) -> Path:
-    """Write ``obj`` as ``last.pt``, ``best.pt`` or (``kind="rolling"``) ``step-<step:08d>.pt``.
-
-    Rolling checkpoints beyond the newest ``keep_rolling`` are deleted. Returns the path written.
-    """
-    if kind not in CHECKPOINT_KINDS:
-        raise ValueError(f"kind must be one of {CHECKPOINT_KINDS}, not {kind!r}")
-    ckpt_dir = Path(ckpt_dir)
-    name = f"step-{step:08d}.pt" if kind == "rolling" else f"{kind}.pt"
-    path = atomic_save(obj, ckpt_dir / name)
-    if kind == "rolling":
-        rolling = sorted(ckpt_dir.glob("step-*.pt"))
-        for old in rolling[: max(0, len(rolling) - max(keep_rolling, 1))]:
-            old.unlink(missing_ok=True)
-    return path
-
-
-def resume_path(path: str | os.PathLike | None, ckpt_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint a trainer's ``resume(path)`` reads: ``path`` (which must exist), else
-    ``ckpt_dir/last.pt`` when present, else None (nothing to resume)."""
-    p = Path(path) if path else Path(ckpt_dir) / "last.pt"
-    if p.exists():
-        return p
-    if path:
-        raise CheckpointError(f"checkpoint to resume not found: {p}")
-    return None
-
-
-def load_training_checkpoint(path: str | os.PathLike, expected_format: str, what: str) -> dict:
-    """Read a training checkpoint with ``weights_only=True`` and check its ``"format"`` field.
-
-    ``what`` names the kind in error messages (e.g. ``"tokenizer training"``). Raises
-    :class:`CheckpointError` (one line: file and problem) for a missing, unreadable or foreign file.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"{what} checkpoint not found: {p}")
-    try:
-        ck = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
-        raise CheckpointError(f"{p}: unreadable {what} checkpoint ({type(e).__name__}: {msg})") from None
-    if not isinstance(ck, dict) or ck.get("format") != expected_format:
-        found = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
-        raise CheckpointError(
-            f"{p}: not a stylevar {what} checkpoint (format {found!r}, expected {expected_format!r})"
-        )
-    return ck
 
 
 # ---------------------------------------------------------------------------------------- randomness
@@ -237,3 +176,13 @@ class StopSignals:
         for s, h in self._old.items():
             signal.signal(s, h)
         self._old = {}
+
+
+#: checkpoint files moved to :mod:`stylevar.io`
+__getattr__ = moved(
+    __name__,
+    {
+        name: f"stylevar.io:{name}"
+        for name in ("atomic_save", "save_checkpoint", "resume_path", "load_training_checkpoint")
+    },
+)

@@ -1,4 +1,4 @@
-"""Learning-rate schedules and the optimizer's parameter groups (upstream-spec §4.3, the paper's steps)."""
+"""Learning-rate schedules and the optimizer's parameter groups (docs/upstream.md §5.3, the paper's steps)."""
 
 from __future__ import annotations
 

@@ -1,15 +1,15 @@
 """Initialising StyleVAR from a vanilla VAR checkpoint (``var_d16/d20/d24/d30.pth``), as the paper describes.
 
-Mapping (upstream-spec §3): VAR's self-attention ``mat_qkv`` initialises **both** the guide and
+Mapping (docs/upstream.md §4): VAR's self-attention ``mat_qkv`` initialises **both** the guide and
 the target projections (``mat_qkv_guide``, ``mat_qkv_target``), ``q_bias``/``v_bias`` both
 streams' biases; every other key StyleVAR shares with VAR is copied (embeddings, positions,
 ``scale_mul``, output projections, FFNs, AdaLN, head); ``class_emb`` and ``zero_k_bias`` are
-dropped. The published launcher bypassed this mapping by accident (§7 B7: it loaded VAR with
+dropped. The published launcher bypassed this mapping by accident (docs/upstream.md B7: it loaded VAR with
 ``strict=False`` so the attention stayed random); here the mapping always runs and every key is
 accounted for in an :class:`InitReport`.
 
 The ResNet-18 encoders start from torchvision's ImageNet weights when given (not re-initialised
-afterwards, §7 B4), and the config then records ``encoder_input="imagenet"`` so the encoders see
+afterwards, docs/upstream.md B4), and the config then records ``encoder_input="imagenet"`` so the encoders see
 the normalisation they were trained with; released checkpoints keep ``raw``.
 """
 
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import classify, extract_state_dict, infer_stylevar_config, read_file
 from ..config import StyleVARConfig
 from ..errors import CheckpointError
+from ..io import classify, extract_state_dict, infer_stylevar_config, read_file
 from ..models import StyleVAR
 from ..models.encoders import load_encoder_weights
 
