@@ -37,8 +37,7 @@ def main(out: Path) -> None:
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
     rank = dist.get_rank()
-    base = tiny_models(tag="fsdp", depth=2, num_heads=2)  # built once (filling the ResNets takes seconds)
-    base[0].config.drop_path_rate = 0.0
+    base = tiny_models(tag="fsdp", depth=2, num_heads=2, drop_path_rate=0.0)  # built once
 
     t = trainer(out / "fsdp_full" / "run", base)
     t.fit(progress=False, stop_after=1)  # saves last.pt: keep it as step1.pt, then go on
@@ -57,6 +56,7 @@ def main(out: Path) -> None:
         torch.save(sd, out / "fsdp_resumed.pt")
 
     trainer(out / "fsdp_bf16" / "run", base, precision="bf16", max_steps=1).fit(progress=False)
+    del t  # its sharded model holds the process group: let destroy() free it (and join gloo's threads)
     D.destroy()  # waits for every rank first
 
 

@@ -1,8 +1,9 @@
 """Process groups under ``torchrun`` and the FSDP plumbing of the SFT trainer.
 
-* :func:`init_from_env` / :func:`destroy`: a command started by ``torchrun`` (``LOCAL_RANK``,
-  ``RANK``, ``WORLD_SIZE`` in the environment) initialises the default process group itself:
-  NCCL when it trains on CUDA, gloo on the CPU.
+* :func:`launch`: how every training command runs -- the device (``cuda:LOCAL_RANK`` under
+  ``torchrun``), the default process group created from torchrun's environment (NCCL on CUDA, gloo
+  on the CPU) and torn down at the end (:func:`init_from_env` / :func:`destroy`);
+  :func:`on_rank0` runs one-off preparation (folder checks, data scans) on rank 0 only.
 * :func:`shard_fsdp`: PyTorch's FSDP2 (``torch.distributed.fsdp.fully_shard``, torch >= 2.6):
   each transformer block is one unit (its parameters, gradients and optimizer state are
   sharded over the ranks and all-gathered only while the block runs), the rest of the model
@@ -17,17 +18,21 @@
 from __future__ import annotations
 
 import datetime
+import gc
 import logging
 import os
-from collections.abc import Iterable, Mapping
-from typing import Any
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..errors import ConfigError
-from .runs import world  # noqa: F401  (re-exported: D.world())
+from ..errors import ConfigError, OtherRankFailed
+from .runs import world
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -90,11 +95,72 @@ def destroy(wait: bool = True) -> None:
     """Tear the process group down. ``wait`` (on a normal finish) first waits at a barrier for every
     rank, so that no rank tears gloo down while a peer is still working (rank 0 saving its last
     files). After an error, pass False: the other ranks may be gone, and a barrier would wait out
-    the group's timeout."""
+    the group's timeout.
+
+    The group is freed here, while the interpreter is fully alive, once nothing else holds it (a
+    DDP/FSDP model still alive frees it when it goes): gloo joins its worker threads then. A group
+    that outlives this into interpreter shutdown can abort the process (see the import above)."""
     if dist.is_available() and dist.is_initialized():
         if wait:
             dist.barrier()
+        _clear_dtensor_caches()
         dist.destroy_process_group()
+        gc.collect()
+
+
+def _clear_dtensor_caches() -> None:
+    """Empty DTensor's sharding and redistribution caches (filled under FSDP): their keys hold the
+    DeviceMesh, and the mesh the process group. Private torch APIs (2.14), so best effort."""
+    if "torch.distributed.tensor" not in sys.modules:
+        return
+    try:
+        from torch.distributed.tensor import _collective_utils, _redistribute, debug
+        from torch.distributed.tensor._sharding_prop import ShardingPropagator
+
+        debug._clear_sharding_prop_cache()
+        _redistribute._gen_transform_infos.cache_clear()
+        _redistribute.clear_redistribute_planner_cache()
+        ShardingPropagator._propagate_tensor_meta_cached.cache_clear()
+        _collective_utils.MeshTopoInfo.build_from_mesh.cache_clear()
+    except (ImportError, AttributeError):  # another torch version: other caches
+        logger.debug("could not clear DTensor's caches", exc_info=True)
+
+
+def launch(body: Callable[[torch.device, int, int], T], device: str | None = "auto") -> T:
+    """``body(device, rank, world_size)`` inside the ``torchrun`` process group (created from the
+    environment when present, destroyed afterwards; alone: rank 0 of 1). ``device`` as
+    :func:`resolve_device` takes it."""
+    dev = resolve_device(device)
+    created = init_from_env(dev)
+    try:
+        rank, size = world()
+        result = body(dev, rank, size)
+    except BaseException:
+        if created:
+            destroy(wait=False)
+        raise
+    if created:
+        destroy()
+    return result
+
+
+def on_rank0(fn: Callable[[], T], rank: int, world_size: int) -> T:
+    """``fn()`` on rank 0 (checking the run folder, scanning data), its result broadcast to the other
+    ranks, which wait with a long timeout; a failure there raises :class:`OtherRankFailed` on the others."""
+    if world_size == 1:
+        return fn()
+    group = patient_group()
+    outcome: Any = None
+    if rank == 0:
+        try:
+            outcome = ("ok", fn())
+        except Exception as e:  # tell the other ranks, then report it here
+            broadcast_object(("error", f"{type(e).__name__}: {e}"), group)
+            raise
+    outcome = broadcast_object(outcome, group)
+    if outcome[0] == "error":
+        raise OtherRankFailed(f"rank 0 failed while preparing the run ({outcome[1]})")
+    return outcome[1]
 
 
 def patient_group(hours: float = 12.0) -> Any:
