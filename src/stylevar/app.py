@@ -17,12 +17,11 @@ message saying how large they are and what to do.
 
 from __future__ import annotations
 
-import argparse
 import os
-import re
 from pathlib import Path
 from typing import Any
 
+from .config import parse_numbers
 from .errors import ConfigError, MissingDependencyError, StyleVARError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -50,7 +49,7 @@ def _parse_alpha(text: str | None) -> list[float] | None:
     if not text or not text.strip():
         return None
     try:
-        return [float(v) for v in re.split(r"[,\s]+", text.strip()) if v]
+        return parse_numbers(text)
     except ValueError:
         raise ConfigError(f"alpha: give one number per scale, separated by commas, not {text!r}") from None
 
@@ -213,37 +212,29 @@ def build_app(
     return demo
 
 
-def add_app_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
-    )
-    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
-    p.add_argument(
-        "--concurrency", type=int, default=1, help="generations at once; the rest queue (default 1)"
-    )
-    p.add_argument("--queue-size", type=int, default=32, help="requests that may wait (default 32)")
-    p.add_argument("--max-upload-mb", type=float, default=20, help="largest upload in MB (default 20)")
-    p.add_argument("--max-pixels", type=float, default=40e6, help="largest image in pixels (default 40e6)")
-    p.add_argument("--title", default="", help="page title")
-
-
-def run_app(args: argparse.Namespace, load_pipeline) -> None:
+def serve(
+    pipe,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    concurrency: int = 1,
+    queue_size: int = 32,
+    max_upload_mb: float = 20,
+    max_pixels: float = 40e6,
+    title: str = "",
+) -> None:
+    """Serve the page for ``pipe`` until interrupted (``stylevar app``): Gradio's queue runs
+    ``concurrency`` generations at a time and lets ``queue_size`` requests wait; uploads over
+    ``max_upload_mb`` are refused by the server, images over ``max_pixels`` by the handler."""
     gr = _gradio()
-    for flag in ("concurrency", "queue_size", "max_upload_mb", "max_pixels"):
-        if getattr(args, flag) <= 0:
-            raise ConfigError(f"--{flag.replace('_', '-')} must be > 0")
-    pipe = load_pipeline(args)
-    demo = build_app(pipe, max_pixels=int(args.max_pixels), title=args.title)
-    demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
-    print(
-        f"stylevar app on http://{args.host}:{args.port} (device {pipe.device}; Ctrl-C stops it)", flush=True
-    )
+    demo = build_app(pipe, max_pixels=int(max_pixels), title=title)
+    demo.queue(default_concurrency_limit=concurrency, max_size=queue_size)
+    print(f"stylevar app on http://{host}:{port} (device {pipe.device}; Ctrl-C stops it)", flush=True)
     demo.launch(
-        server_name=args.host,
-        server_port=args.port,
+        server_name=host,
+        server_port=port,
         # bytes: Gradio's "Nmb" strings take whole numbers only, and the flag is a float
-        max_file_size=int(args.max_upload_mb * 1024 * 1024),
+        max_file_size=int(max_upload_mb * 1024 * 1024),
         show_error=True,
         inbrowser=False,
         ssr_mode=False,  # plain Python server: no Node.js needed

@@ -17,8 +17,6 @@ Everything is seeded; the stages write their usual run folders, so each can be i
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
 import time
@@ -28,13 +26,15 @@ from typing import Any
 
 import torch
 
+from .config import Serialisable
 from .errors import ConfigError
+from .files import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(Serialisable):
     """Sizes and budgets of the demo. The defaults run in about 8 minutes on 2 CPU cores."""
 
     size: int = 32  #: image side (pixels)
@@ -108,11 +108,12 @@ def run_demo(
     Writes ``data/{train,heldout}``, ``tokenizer/`` and ``sft/`` (run folders with
     ``metrics.jsonl`` and ``final/``), ``grid.png`` and ``metrics.json``.
     """
-    from .data import TripletDataset, TripletTransform, scan
+    from .data import ImageFolderDataset, TripletDataset, TripletTransform, scan
     from .data.synthetic import make_synthetic
     from .models import StyleVAR
-    from .training.sft import SFTConfig, SFTTrainer
-    from .training.tokenizer import ImageFolderDataset, TokenizerConfig, TokenizerTrainer
+    from .training.config import SFTConfig, TokenizerConfig
+    from .training.sft import SFTTrainer
+    from .training.tokenizer import TokenizerTrainer
 
     cfg = config or DemoConfig()
     out = Path(out_dir).expanduser()
@@ -234,13 +235,9 @@ def run_demo(
     timings["eval_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_all
     metrics["timings"] = timings
-    metrics["config"] = {
-        k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()
-    }
+    metrics["config"] = cfg.to_dict()
     metrics["threads"] = torch.get_num_threads()
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    os.replace(tmp, out / "metrics.json")
+    atomic_write_json(out / "metrics.json", metrics)
     return metrics
 
 
@@ -249,8 +246,8 @@ def evaluate_heldout(model, vae, held_set, cfg: DemoConfig, grid_path: Path, *, 
     """Stylize every held-out pair (and the swapped controls); SSIM/PSNR/L1 against the targets."""
     from torch.utils.data import DataLoader
 
-    from .eval import mean_abs_error, psnr, ssim
     from .images import make_grid, save_image_atomic, tensor_to_pil
+    from .perceptual import mean_abs_error, psnr, ssim
 
     batch = next(iter(DataLoader(held_set, batch_size=len(held_set))))
     content, style, target = (batch[k].to(device) for k in ("content", "style", "target"))

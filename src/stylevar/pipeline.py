@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps
 
-from .checkpoints import Checkpoint, load_pretrained, save_pretrained
 from .config import SamplingConfig
 from .controls import COLOUR_MODES, UPSAMPLERS, blend_weights, guided_upsample, preserve_colour
+from .devices import resolve_device
 from .errors import ConfigError, ImageError
 from .images import (
     FITS,
@@ -35,6 +35,7 @@ from .images import (
     to_model_input,
     to_rgb,
 )
+from .io import Checkpoint, load_pretrained, save_pretrained
 from .models import VQVAE, Conditioning, StyleVAR
 from .models.ops import parse_dtype
 
@@ -69,21 +70,6 @@ def _as_list(x: ImagesInput) -> list[ImageInput]:
     if torch.is_tensor(x):
         return [x] if x.ndim == 3 else list(x.unbind(0))
     return list(x)
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``auto``/None -> CUDA if available, else CPU; otherwise the named device (checked)."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {device!r}; use cpu, cuda, cuda:N, mps or auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device} requested but CUDA is not available here; use --device cpu")
-    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise ConfigError(f"device {device} requested but MPS is not available here; use --device cpu")
-    return dev
 
 
 class StyleVARPipeline:

@@ -30,13 +30,15 @@ import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..config import Serialisable
 from ..errors import ConfigError
+from ..files import atomic_write_text
 from ..images import save_image_atomic, tensor_to_pil
 from .data import Benchmark, BenchmarkImages, dump_samples, read_image, slugify, to_uint8
 from .methods import Method
@@ -47,7 +49,7 @@ SCHEMA = 1
 
 
 @dataclass
-class EvalSettings:
+class EvalSettings(Serialisable):
     """Run settings. ``seed``, ``fit`` and ``resolution`` change the results; the others only speed
     and reporting."""
 
@@ -133,10 +135,7 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, default=str))
 
 
 class Evaluation:
@@ -188,7 +187,7 @@ class Evaluation:
     def config(self) -> dict[str, Any]:
         return {
             "schema": SCHEMA,
-            "settings": asdict(self.settings),
+            "settings": self.settings.to_dict(),
             "metrics": list(self.suite.names),
             "benchmarks": {
                 b.name: {

@@ -11,7 +11,7 @@
   relative path) and ``n`` distinct (content, style) pairs drawn from their product with
   ``random.Random(seed)``. Metrics compare against the content image.
 
-The upstream evaluation (upstream-spec §6.1, §7 B13) drew OmniStyle samples from the whole target folder
+The upstream evaluation (docs/upstream.md §7.1, B13) drew OmniStyle samples from the whole target folder
 (training triplets included) in ``os.listdir`` order, which differs between filesystems; both are fixed
 here. Sample ``i`` is generated with seed ``seed + i`` by every model, as upstream does.
 """
@@ -32,6 +32,7 @@ from PIL import Image
 
 from ..data.triplets import Triplet, load_split, scan
 from ..errors import DataError
+from ..files import atomic_write_text
 from ..images import FITS, IMAGE_EXTENSIONS, crop_box, load_image
 
 PathLike = str | os.PathLike
@@ -295,8 +296,4 @@ def dump_samples(bench: Benchmark, path: PathLike) -> None:
         }
         for s in bench.samples
     ]
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, p)
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))

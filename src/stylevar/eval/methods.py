@@ -7,7 +7,7 @@ can tell whether the saved images came from the same configuration (``MethodEntr
 * :class:`StyleVARMethod`: a checkpoint sampled scale by scale (``StyleVAR.generate``), one seed per
   image, so its output does not depend on the batch size.
 * :class:`AdaINMethod`: Huang & Belongie's AdaIN with the encoder its decoder was trained with
-  (:mod:`stylevar.eval.adain`; upstream-spec §7 B15), ``alpha`` and colour preservation.
+  (:mod:`stylevar.eval.adain`; docs/upstream.md B15), ``alpha`` and colour preservation.
 * :class:`ContentCopy`: output = content. A floor, not a competitor: it marks what "no stylization"
   scores on every metric (the best possible content loss, the style loss of the unchanged photo).
 """

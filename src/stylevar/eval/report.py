@@ -13,25 +13,18 @@ import csv
 import datetime as _dt
 import io
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageDraw, ImageFont
 
 from .. import __version__
+from ..files import atomic_write_text
 from ..images import save_image_atomic, tensor_to_pil
 from .suite import METRICS
 
 if TYPE_CHECKING:
     from .benchmark import Evaluation
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def metric_value(entry: dict, name: str) -> float | None:
@@ -252,9 +245,9 @@ def write_reports(ev: Evaluation, results: list[dict], *, partial: bool = False)
         "results": results,
     }
     written["json"] = out / "summary.json"
-    _atomic_text(written["json"], json.dumps(doc, indent=1, default=str))
+    atomic_write_text(written["json"], json.dumps(doc, indent=1, default=str))
     written["csv"] = out / "summary.csv"
-    _atomic_text(written["csv"], csv_text(results, names))
+    atomic_write_text(written["csv"], csv_text(results, names))
     st = ev.settings
     notes = [
         f"seed {st.seed} (sample i uses seed {st.seed}+i for every method), images resized to {st.resolution}² "
@@ -285,7 +278,7 @@ def write_reports(ev: Evaluation, results: list[dict], *, partial: bool = False)
     if partial:
         notes.insert(0, "PARTIAL: the run was interrupted; rerun the same command to complete it.")
     written["md"] = out / "summary.md"
-    _atomic_text(written["md"], markdown_table(results, names, title="stylevar evaluation", notes=notes))
+    atomic_write_text(written["md"], markdown_table(results, names, title="stylevar evaluation", notes=notes))
     for b in ev.benchmarks:
         sheet = sample_sheet(ev, b, st.sheet_samples)
         if sheet is not None:

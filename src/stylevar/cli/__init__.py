@@ -1,0 +1,78 @@
+"""The ``stylevar`` command line. Subcommands are thin: flags -> config -> library call.
+
+    stylevar stylize CONTENT STYLE -o OUT       stylize files or folders (every content x style pair)
+    stylevar convert UPSTREAM.pth -o DIR        upstream .pth files -> config.json + safetensors
+    stylevar merge-lora LORA --base SFT -o OUT  GRPO LoRA adapters merged into plain weights
+    stylevar info CHECKPOINT                    print a checkpoint's configuration
+    stylevar make-synthetic / demo              procedural triplets; the whole pipeline on a CPU
+    stylevar train-tokenizer / sft / grpo       the three trainers (torchrun for several processes)
+    stylevar plot RUN_DIR                       a run's curves
+    stylevar evaluate --model M --omnistyle D   the paper's Table 2 (metrics, baselines, timing, reports)
+    stylevar app [--checkpoint C]               a web page with every control (Gradio)
+
+One module per subcommand (``register`` adds its parser, ``run`` does the work and imports the
+library only then), so ``--help`` and argument errors answer without importing torch. An argument
+error prints the subcommand's usage and the closest valid flag; a user error of the library
+(:class:`~stylevar.errors.StyleVARError`) prints one line, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from .._malloc import release_memory_promptly
+from ..errors import StyleVARError
+from . import app, checkpoints, demo, evaluate, grpo, plot, sft, stylize, tokenizer
+from .common import Parser
+
+#: subcommand modules in the order ``--help`` lists them
+COMMANDS = (stylize, checkpoints, demo, tokenizer, plot, sft, grpo, evaluate, app)
+
+
+def build_parser() -> Parser:
+    """The ``stylevar`` parser with every subcommand."""
+    parser = Parser(prog="stylevar", description="Reference-based style transfer with StyleVAR.")
+    parser.add_argument("--version", action="version", version=f"stylevar {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    for module in COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def parse(parser: Parser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; unknown arguments are refused by the subcommand's parser (its usage, a suggestion)."""
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        sub.choices[args.command].unknown_arguments(extras)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(build_parser(), argv)
+    release_memory_promptly()
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # the Hub client logs every retry; our own error line says what failed
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    try:
+        return int(args.func(args) or 0)
+    except StyleVARError as e:
+        print(f"stylevar: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("stylevar: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

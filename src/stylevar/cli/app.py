@@ -1,0 +1,50 @@
+"""``stylevar app``: the Gradio page (:mod:`stylevar.app`) for a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import ConfigError
+from .common import add_checkpoint_args, load_pipeline
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "app",
+        help="a web page (Gradio) to stylize uploaded images with every control",
+        description="Serve a Gradio page on --host:--port (default 127.0.0.1:7860). Needs stylevar[app].",
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
+    p.add_argument(
+        "--concurrency", type=int, default=1, help="generations at once; the rest queue (default 1)"
+    )
+    p.add_argument("--queue-size", type=int, default=32, help="requests that may wait (default 32)")
+    p.add_argument("--max-upload-mb", type=float, default=20, help="largest upload in MB (default 20)")
+    p.add_argument("--max-pixels", type=float, default=40e6, help="largest image in pixels (default 40e6)")
+    p.add_argument("--title", default="", help="page title")
+    add_checkpoint_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..app import _gradio, serve
+
+    _gradio()  # a missing gradio fails before the checkpoint loads
+    for flag in ("concurrency", "queue_size", "max_upload_mb", "max_pixels"):
+        if getattr(args, flag) <= 0:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be > 0")
+    serve(
+        load_pipeline(args),
+        host=args.host,
+        port=args.port,
+        concurrency=args.concurrency,
+        queue_size=args.queue_size,
+        max_upload_mb=args.max_upload_mb,
+        max_pixels=args.max_pixels,
+        title=args.title,
+    )
+    return 0

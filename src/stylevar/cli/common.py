@@ -1,0 +1,263 @@
+"""What the subcommands share: the parser class (errors with the subcommand's usage and a suggested
+flag), flags made from config dataclass fields, the checkpoint options, value parsers.
+
+Nothing here imports torch: ``stylevar --help``, ``stylevar SUBCOMMAND --help`` and argument errors
+answer at once. Each subcommand imports its library inside its ``run`` function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any, NoReturn
+
+from ..config import parse_numbers
+
+DTYPE_CHOICES = ("fp32", "bf16", "fp16", "float32", "bfloat16", "float16")
+
+
+# ---------------------------------------------------------------------------------------- the parser
+class Parser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors suggest the closest valid command or flag."""
+
+    def error(self, message: str) -> NoReturn:
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if m:
+            choices = re.findall(r"'?([\w./:-]+)'?", m.group(2))
+            close = difflib.get_close_matches(m.group(1), choices, n=1, cutoff=0.5)
+            if close:
+                message += f"; did you mean {close[0]!r}?"
+        super().error(message)
+
+    def unknown_arguments(self, extras: Sequence[str]) -> NoReturn:
+        """Refuse arguments this parser does not know, suggesting the closest of its flags."""
+        message = f"unrecognized arguments: {' '.join(extras)}"
+        hint = suggest_flag(next((e for e in extras if e.startswith("-")), ""), self.option_strings())
+        if hint:
+            message += f"; did you mean {hint}?"
+        self.error(message)
+
+    def option_strings(self) -> list[str]:
+        return [s for action in self._actions for s in action.option_strings if s.startswith("--")]
+
+
+def suggest_flag(given: str, options: Iterable[str]) -> str | None:
+    """The flag meant by ``given`` (``--num_samples`` -> ``--num-samples``, ``--sed`` -> ``--seed``), or None."""
+    if not given.startswith("-"):
+        return None
+    name = given.split("=", 1)[0]
+    options = list(options)
+    normal = "--" + name.lstrip("-").replace("_", "-").lower()
+    if normal in options:
+        return normal
+    close = difflib.get_close_matches(normal, options, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+# ---------------------------------------------------------------------------------------- config flags
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _parse_for(f: dataclasses.Field) -> Any:
+    """The argparse ``type`` of a field: its default's type, or for tuples comma-separated values (as many
+    as the default has, unless the annotation says ``tuple[X, ...]``)."""
+    default = f.default
+    if isinstance(default, bool):
+        raise TypeError("boolean config fields get hand-written flags (store_true / store_false)")
+    if isinstance(default, tuple):
+        kind = type(default[0]) if default else str
+        n = None if "..." in str(f.type) else len(default)
+
+        def parse(text: str) -> tuple:
+            try:
+                values = tuple(parse_numbers(text, kind))
+            except ValueError:
+                values = ()
+            if not values or (n is not None and len(values) != n):
+                count = "" if n is None else f"{n} "
+                raise argparse.ArgumentTypeError(
+                    f"expected {count}comma-separated {kind.__name__} values, got {text!r}"
+                )
+            return values
+
+        parse.__name__ = "values"
+        return parse
+    return type(default)
+
+
+def flag_fields(config_cls: type, skip: Iterable[str] = ()) -> list[dataclasses.Field]:
+    """The fields of ``config_cls`` that become flags (declared with ``option(..., flag=True)``)."""
+    skip = set(skip)
+    return [
+        f
+        for f in dataclasses.fields(config_cls)
+        if "help" in f.metadata and f.metadata.get("flag", True) and f.name not in skip
+    ]
+
+
+def add_config_flags(
+    group: Any, config_cls: type, *, keep_defaults: bool = True, skip: Iterable[str] = ()
+) -> list[str]:
+    """One ``--field-name`` flag for every field of the dataclass ``config_cls`` declared with
+    :func:`stylevar.config.option` (and ``flag=True``): its help text, choices and type come from the
+    field; the default is the field's (``keep_defaults``) or None, so that code can tell which flags were
+    given (a resumed run keeps its own values for the others). Returns the field names."""
+    names = []
+    for f in flag_fields(config_cls, skip):
+        meta = f.metadata
+        default = f.default
+        text = meta["help"].replace("%", "%%")
+        kw: dict[str, Any] = {
+            "type": _parse_for(f),
+            "default": default if keep_defaults else None,
+            "help": f"{text} (default: {_show(default)})",
+        }
+        if meta.get("choices"):
+            kw["choices"] = meta["choices"]
+        group.add_argument(_flag(f.name), **kw)
+        names.append(f.name)
+    return names
+
+
+def _show(default: Any) -> str:
+    if isinstance(default, tuple):
+        return ",".join(str(v) for v in default)
+    return str(default)
+
+
+def config_values(args: argparse.Namespace, config_cls: type, skip: Iterable[str] = ()) -> dict[str, Any]:
+    """The values of ``config_cls``'s flags in ``args`` that are set (not None): with
+    ``keep_defaults=True`` flags, every one; with ``False``, those the user gave."""
+    return {f.name: v for f in flag_fields(config_cls, skip) if (v := getattr(args, f.name)) is not None}
+
+
+# ---------------------------------------------------------------------------------------- value parsers
+def alpha_arg(text: str) -> str | list[float]:
+    """``--alpha``: a preset name or comma-separated per-scale values."""
+    from ..config import ALPHA_PRESETS
+
+    if text in ALPHA_PRESETS:
+        return text
+    try:
+        return parse_numbers(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a preset ({', '.join(ALPHA_PRESETS)}) or comma-separated numbers, got {text!r}"
+        ) from None
+
+
+def int_tuple(text: str) -> tuple[int, ...]:
+    """Comma-separated integers (``--patch-nums 1,2,4``)."""
+    try:
+        return tuple(parse_numbers(text, int))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+# ---------------------------------------------------------------------------------------- shared option groups
+def add_checkpoint_args(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
+    """Which checkpoint to use (every subcommand that loads one)."""
+    g = p.add_argument_group("checkpoint")
+    if checkpoint:
+        g.add_argument(
+            "--checkpoint",
+            default=None,
+            help="our checkpoint directory, an upstream .pth file or folder, or a Hub repo id "
+            "(default: Senfier-LiqiJing/StyleVAR)",
+        )
+    g.add_argument(
+        "--vae",
+        default=None,
+        help="VQ-VAE file for upstream checkpoints (default: vae_ch160v4096z32.pth beside it)",
+    )
+    g.add_argument(
+        "--variant", choices=("grpo", "sft"), default=None, help="released weights to use (default: grpo)"
+    )
+    g.add_argument(
+        "--alpha",
+        type=alpha_arg,
+        default=None,
+        help="per-scale alpha: a preset (paper, sft) or N comma-separated values",
+    )
+    g.add_argument(
+        "--base",
+        default=None,
+        help="base (SFT) checkpoint for a checkpoint holding only GRPO LoRA adapters",
+    )
+    g.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
+    g.add_argument("--cache-dir", default=None, help="Hugging Face cache directory")
+    g.add_argument("--offline", action="store_true", help="use only files already in the Hugging Face cache")
+    g.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow .pth files with pickled Python objects (runs code from the file: trusted files only)",
+    )
+
+
+def checkpoint_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The checkpoint options of :func:`add_checkpoint_args`, as ``load_pretrained`` arguments."""
+    return dict(
+        vae=args.vae,
+        variant=args.variant,
+        alpha=args.alpha,
+        revision=args.revision,
+        cache_dir=args.cache_dir,
+        local_files_only=args.offline,
+        allow_pickle=args.trust_checkpoint,
+        base=args.base,
+    )
+
+
+def load_pipeline(args: argparse.Namespace) -> Any:
+    """The pipeline of ``--checkpoint`` and the checkpoint options, on ``--device``."""
+    from ..pipeline import StyleVARPipeline
+
+    return StyleVARPipeline.from_pretrained(args.checkpoint, device=args.device, **checkpoint_kwargs(args))
+
+
+def add_triplet_data_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """DATA and how it is checked and split (``stylevar sft`` and ``grpo``:
+    :class:`stylevar.training.jobs.DataOptions`)."""
+    p.add_argument(
+        "data", nargs="+", metavar="DATA", help="OmniStyle/ImagePulse roots or CSV/JSONL manifests"
+    )
+    g = p.add_argument_group("data")
+    g.add_argument("--layout", choices=("auto", "omnistyle", "imagepulse", "manifest"), default="auto")
+    g.add_argument(
+        "--on-bad-file",
+        choices=("fail", "skip"),
+        default="fail",
+        help="a missing/unreadable image: stop naming it (default), or leave its triplets out",
+    )
+    g.add_argument("--full-check", action="store_true", help="decode every image in the check (slow)")
+    g.add_argument(
+        "--val-fraction", type=float, default=0.05, help="validation share of each source (default 0.05)"
+    )
+    g.add_argument(
+        "--split-seed", type=int, default=42, help="seed of the train/val split (default 42, upstream's)"
+    )
+    g.add_argument(
+        "--fit", choices=("squash", "crop"), default="squash", help="squash (published) or centre crop"
+    )
+    return g
+
+
+def data_options(args: argparse.Namespace) -> Any:
+    """:class:`stylevar.training.jobs.DataOptions` of the flags of :func:`add_triplet_data_args`."""
+    from ..training.jobs import DataOptions
+
+    return DataOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DataOptions)})
+
+
+def say(message: str) -> None:
+    """Progress lines of the library, on stdout (flushed: runs are long)."""
+    print(message, flush=True)
+
+
+def eprint(message: str) -> None:
+    print(message, file=sys.stderr)

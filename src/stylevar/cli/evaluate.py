@@ -1,0 +1,155 @@
+"""``stylevar evaluate --out DIR --model ... --omnistyle ...``: the paper's Table 2 (see :mod:`stylevar.eval.run`).
+
+    stylevar evaluate --out eval/ \\
+        --model SFT=released:sft --model GRPO=released:grpo --adain --content-copy \\
+        --omnistyle data/OmniStyle-150K --exclude-split runs/sft/split.json \\
+        --imagepulse data/ImagePulse --coco data/coco/val2017 --wikiart data/wikiart -n 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from .common import add_checkpoint_args, checkpoint_kwargs, say
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score checkpoints and baselines on the paper's benchmarks (Table 2) and write reports",
+        description=(
+            "Generate and score N samples per dataset for every model, AdaIN and a content copy; write "
+            "summary.{json,csv,md}, sample sheets and a bar chart to --out. Rerun the same command to resume."
+        ),
+    )
+    p.add_argument("-o", "--out", required=True, help="output folder (rerun the same command to resume)")
+    g = p.add_argument_group("what to evaluate")
+    g.add_argument(
+        "-m",
+        "--model",
+        action="append",
+        default=[],
+        metavar="[NAME=]SOURCE",
+        help="a StyleVAR checkpoint: our folder, an upstream .pth, a Hub id, or released:grpo / released:sft "
+        "(the authors' weights); repeat to compare",
+    )
+    g.add_argument("--adain", action="store_true", help="also evaluate the AdaIN baseline")
+    g.add_argument(
+        "--adain-weights",
+        default=None,
+        help="folder holding vgg_normalised.pth and decoder.pth (default: ~/.cache/stylevar/adain)",
+    )
+    g.add_argument("--adain-alpha", type=float, default=1.0, help="AdaIN content-style trade-off (default 1)")
+    g.add_argument("--adain-preserve-color", action="store_true", help="AdaIN keeps the content's colours")
+    g.add_argument(
+        "--content-copy", action="store_true", help="also score output = content (a reference floor)"
+    )
+
+    g = p.add_argument_group("datasets")
+    g.add_argument("--omnistyle", default=None, help="OmniStyle-150K root (paired, vs the GT target)")
+    g.add_argument("--imagepulse", default=None, help="ImagePulse root (paired, vs the GT target)")
+    g.add_argument(
+        "--paired",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="another triplet dataset or manifest",
+    )
+    g.add_argument("--content-dir", "--coco", default=None, help="content images (unpaired; e.g. COCO)")
+    g.add_argument("--style-dir", "--wikiart", default=None, help="style images (unpaired; e.g. WikiArt)")
+    g.add_argument(
+        "--unpaired-name",
+        default="COCO+WikiArt",
+        help="name of the unpaired benchmark (default COCO+WikiArt)",
+    )
+    g.add_argument("-n", "--num-samples", type=int, default=50, help="images per dataset (default 50)")
+    g.add_argument("--seed", type=int, default=42, help="selection seed; sample i is generated with seed+i")
+    g.add_argument(
+        "--exclude-split",
+        action="append",
+        default=[],
+        metavar="SPLIT_JSON",
+        help="leave out the training triplets of this split.json (RUN_DIR/split.json); repeatable",
+    )
+    g.add_argument(
+        "--strict-holdout",
+        action="store_true",
+        help="also leave out triplets whose content or style image was seen in training",
+    )
+    g.add_argument(
+        "--fit",
+        choices=("squash", "crop"),
+        default="squash",
+        help="resize inputs as in training (squash, default) or centre-crop first",
+    )
+    g.add_argument(
+        "--resolution", type=int, default=None, help="image size when no --model is given (default 256)"
+    )
+
+    g = p.add_argument_group("metrics")
+    g.add_argument(
+        "--metrics",
+        default="all",
+        help="comma list of style_loss, content_loss, lpips, ssim, dreamsim, clip, histogram, fid, artfid, or "
+        "paper / all (default) / torchvision (no optional package needed)",
+    )
+    g.add_argument(
+        "--vgg-weights", default=None, help="vgg19-dcbb9e9d.pth (file or folder; default torch hub cache)"
+    )
+    g.add_argument(
+        "--lpips-weights", default=None, help="vgg16-397923af.pth, LPIPS's trunk (default torch hub cache)"
+    )
+    g.add_argument(
+        "--dreamsim-dir", default=None, help="DreamSim weights folder (default ~/.cache/stylevar/dreamsim)"
+    )
+    g.add_argument(
+        "--clip-model",
+        default=None,
+        help="CLIP folder or Hub id (default openai/clip-vit-base-patch32, cached)",
+    )
+    g.add_argument(
+        "--inception-weights", default=None, help="inception_v3_google-0cc3c7bd.pth for FID/ArtFID"
+    )
+    g.add_argument(
+        "--download", action="store_true", help="download missing metric weights (needs the internet)"
+    )
+
+    g = p.add_argument_group("sampling (StyleVAR)")
+    g.add_argument("--top-k", type=int, default=None, help="default: the checkpoint's (900)")
+    g.add_argument("--top-p", type=float, default=None, help="default: the checkpoint's (0.96)")
+    g.add_argument("--temperature", type=float, default=None)
+    g.add_argument("--style-strength", type=float, default=None)
+    g.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    g.add_argument("--cuda-graphs", action="store_true")
+    g.add_argument("--legacy-kv-cache", action="store_true", help="the published sampler, token for token")
+
+    g = p.add_argument_group("run")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    g.add_argument(
+        "--batch-size", type=int, default=8, help="images generated at once (results do not depend on it)"
+    )
+    g.add_argument("--timing-samples", type=int, default=8, help="images timed per dataset (0 = no timing)")
+    g.add_argument(
+        "--timing-batch-size", type=int, default=8, help="the batched timing's batch size (default 8)"
+    )
+    g.add_argument(
+        "--warmup",
+        type=int,
+        default=3,
+        help="untimed calls before each timing (default 3; 1 is too few on CPUs)",
+    )
+    g.add_argument("--sheet-samples", type=int, default=8, help="rows of each sample sheet (default 8)")
+    g.add_argument("--overwrite", action="store_true", help="discard results already in --out")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_checkpoint_args(p, checkpoint=False)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..eval.run import EvaluateRequest, run_evaluate
+
+    names = [f.name for f in dataclasses.fields(EvaluateRequest) if f.name != "checkpoint"]
+    request = EvaluateRequest(**{n: getattr(args, n) for n in names}, checkpoint=checkpoint_kwargs(args))
+    run_evaluate(request, say=say)
+    return 0

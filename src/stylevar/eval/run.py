@@ -1,0 +1,262 @@
+"""``stylevar evaluate`` as a library call: the paper's Table 2 for your checkpoints and data.
+
+:class:`EvaluateRequest` says what to evaluate (its fields are the command's flags) and
+:func:`run_evaluate` runs it (see :mod:`.benchmark` and :mod:`.report`). Everything fails before the
+first image is generated when it can: the datasets are scanned and sampled, the metric models built
+(a missing weight file is named with where to get it), the AdaIN weights read and the first
+checkpoint loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+RELEASED = "released:"
+
+
+@dataclass
+class EvaluateRequest:
+    """What ``stylevar evaluate`` evaluates, where, with which metrics (fields: the command's flags)."""
+
+    out: str
+    model: list[str] = field(default_factory=list)  #: [NAME=]SOURCE, repeatable; released:grpo / released:sft
+    adain: bool = False
+    adain_weights: str | None = None
+    adain_alpha: float = 1.0
+    adain_preserve_color: bool = False
+    content_copy: bool = False
+    omnistyle: str | None = None
+    imagepulse: str | None = None
+    paired: list[str] = field(default_factory=list)  #: NAME=PATH
+    content_dir: str | None = None
+    style_dir: str | None = None
+    unpaired_name: str = "COCO+WikiArt"
+    num_samples: int = 50
+    seed: int = 42
+    exclude_split: list[str] = field(default_factory=list)
+    strict_holdout: bool = False
+    fit: str = "squash"
+    resolution: int | None = None
+    metrics: str = "all"
+    vgg_weights: str | None = None
+    lpips_weights: str | None = None
+    dreamsim_dir: str | None = None
+    clip_model: str | None = None
+    inception_weights: str | None = None
+    download: bool = False
+    top_k: int | None = None
+    top_p: float | None = None
+    temperature: float | None = None
+    style_strength: float | None = None
+    dtype: str = "fp32"
+    cuda_graphs: bool = False
+    legacy_kv_cache: bool = False
+    device: str = "auto"
+    batch_size: int = 8
+    timing_samples: int = 8
+    timing_batch_size: int = 8
+    warmup: int = 3
+    sheet_samples: int = 8
+    overwrite: bool = False
+    quiet: bool = False
+    #: the checkpoint options every subcommand shares, as ``load_pretrained`` arguments
+    checkpoint: dict[str, Any] = field(default_factory=dict)
+
+
+def _split_named(text: str, flag: str) -> tuple[str | None, str]:
+    if "=" in text:
+        name, value = text.split("=", 1)
+        if not name or not value:
+            raise ConfigError(f"{flag} {text!r}: expected NAME=VALUE")
+        return name, value
+    return None, text
+
+
+def _default_model_name(source: str) -> str:
+    if source.startswith(RELEASED):
+        return "StyleVAR-" + source[len(RELEASED) :].upper()
+    p = Path(source)
+    if p.name in ("final", "best", "last", "model") and p.parent.name:
+        return f"{p.parent.name}-{p.name}"
+    return p.stem or source
+
+
+def build_benchmarks(args: EvaluateRequest) -> list:
+    from .data import load_exclusions, paired_benchmark, unpaired_benchmark
+
+    exclude = load_exclusions(args.exclude_split)
+    out = []
+    paired = []
+    if args.omnistyle:
+        paired.append(("OmniStyle", args.omnistyle, "omnistyle"))
+    if args.imagepulse:
+        paired.append(("ImagePulse", args.imagepulse, "auto"))
+    for item in args.paired:
+        name, path = _split_named(item, "--paired")
+        paired.append((name or Path(path).name, path, "auto"))
+    for name, path, layout in paired:
+        out.append(
+            paired_benchmark(
+                name,
+                path,
+                num_samples=args.num_samples,
+                seed=args.seed,
+                layout=layout,
+                exclude=exclude,
+                strict=args.strict_holdout,
+            )
+        )
+    if bool(args.content_dir) != bool(args.style_dir):
+        raise ConfigError(
+            "the unpaired benchmark needs both --content-dir (--coco) and --style-dir (--wikiart)"
+        )
+    if args.content_dir:
+        out.append(
+            unpaired_benchmark(
+                args.unpaired_name,
+                args.content_dir,
+                args.style_dir,
+                num_samples=args.num_samples,
+                seed=args.seed,
+            )
+        )
+    if not out:
+        raise ConfigError(
+            "no dataset given: use --omnistyle, --imagepulse, --paired NAME=PATH and/or --content-dir/--style-dir"
+        )
+    return out
+
+
+def run_evaluate(args: EvaluateRequest, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) the evaluation ``args`` describes; returns the results (also in ``args.out``)."""
+    from ..devices import resolve_device
+    from ..pipeline import StyleVARPipeline
+    from .benchmark import EvalSettings, Evaluation, MethodEntry
+    from .data import describe
+    from .methods import AdaINMethod, ContentCopy, StyleVARMethod
+    from .suite import MetricSuite, MetricWeights, parse_metrics
+
+    for flag in ("num_samples", "batch_size", "timing_batch_size"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1")
+    for flag in ("timing_samples", "warmup", "sheet_samples"):
+        if getattr(args, flag) < 0:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 0")
+    names = parse_metrics(args.metrics)
+    models = []
+    for item in args.model:
+        name, source = _split_named(item, "--model")
+        models.append((name or _default_model_name(source), source))
+    if not (models or args.adain or args.content_copy):
+        raise ConfigError("nothing to evaluate: give --model (repeatable), --adain and/or --content-copy")
+
+    # 1. data (cheap; a wrong path fails in seconds)
+    benchmarks = build_benchmarks(args)
+    for b in benchmarks:
+        say(describe(b))
+    if not args.exclude_split and any(b.paired for b in benchmarks):
+        say(
+            "note: no --exclude-split given; paired samples may include triplets the models were trained on "
+            "(give each training run's split.json)"
+        )
+    device = resolve_device(args.device)
+
+    # 2. metric models: missing weights fail before any generation
+    weights = MetricWeights(
+        vgg=args.vgg_weights,
+        lpips_backbone=args.lpips_weights,
+        dreamsim_dir=args.dreamsim_dir,
+        inception=args.inception_weights,
+        download=args.download,
+    )
+    if args.clip_model:
+        weights.clip_model = args.clip_model
+    suite = MetricSuite(names, weights, device=device)
+
+    # 3. methods: AdaIN's weights (small) first, then the first StyleVAR checkpoint (its resolution is the
+    # evaluation's; the others load in turn), then the content copy
+    adain = None
+    if args.adain:
+        from .adain import AdaIN
+
+        adain = AdaIN(args.adain_weights, device=device, download=args.download)
+    ckpt_kwargs = dict(args.checkpoint)  # the same checkpoint options as every subcommand
+    default_variant = ckpt_kwargs.pop("variant", None)
+    sampling = dict(
+        top_k=args.top_k,
+        top_p=args.top_p,
+        temperature=args.temperature,
+        style_strength=args.style_strength,
+        dtype=args.dtype,
+        cuda_graphs=args.cuda_graphs,
+        legacy_kv_cache=args.legacy_kv_cache,
+    )
+
+    def load(source: str):
+        if source.startswith(RELEASED):
+            released = source[len(RELEASED) :]
+            if released not in ("grpo", "sft"):
+                raise ConfigError(f"--model {source}: use released:grpo or released:sft")
+            return StyleVARPipeline.from_pretrained(None, variant=released, device=device, **ckpt_kwargs)
+        return StyleVARPipeline.from_pretrained(source, variant=default_variant, device=device, **ckpt_kwargs)
+
+    resolution = args.resolution
+    loaded: dict[str, Any] = {}
+    if models:  # the first checkpoint now: its resolution is the evaluation's, and a bad file fails early
+        first, source = models[0]
+        loaded[first] = load(source)
+        if resolution is not None and resolution != loaded[first].resolution:
+            raise ConfigError(
+                f"--resolution {resolution} differs from {first}'s {loaded[first].resolution}; drop --resolution"
+            )
+        resolution = loaded[first].resolution
+    resolution = resolution or 256
+    entries: list[MethodEntry] = []
+    for name, source in models:
+
+        def build(name=name, source=source):
+            pipe = loaded.pop(name, None) or load(source)
+            if pipe.resolution != resolution:
+                raise ConfigError(f"{name} works at {pipe.resolution}² but the evaluation at {resolution}²")
+            return StyleVARMethod(name, pipe, **sampling)
+
+        settings = {"source": source, **{k: v for k, v in sampling.items() if k != "cuda_graphs"}}
+        if ckpt_kwargs.get("alpha") is not None:
+            settings["alpha"] = ckpt_kwargs["alpha"]
+        entries.append(MethodEntry(name, "stylevar", build, settings))
+    if args.adain:
+        method = AdaINMethod(adain, alpha=args.adain_alpha, preserve_color=args.adain_preserve_color)
+        entries.append(MethodEntry(method.name, "adain", lambda m=method: m, method.settings))
+    if args.content_copy:
+        cc = ContentCopy(device=device)
+        entries.append(MethodEntry(cc.name, cc.kind, lambda m=cc: m, {}, reference=True))
+
+    settings = EvalSettings(
+        seed=args.seed,
+        fit=args.fit,
+        resolution=resolution,
+        batch_size=args.batch_size,
+        timing_samples=args.timing_samples,
+        timing_batch_size=args.timing_batch_size,
+        warmup=args.warmup,
+        sheet_samples=args.sheet_samples,
+    )
+    ev = Evaluation(
+        args.out,
+        benchmarks,
+        entries,
+        suite,
+        settings,
+        device=device,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        say=say,
+    )
+    results = ev.run()
+    say(f"reports in {ev.out}/: summary.md, summary.csv, summary.json, sheets/")
+    return results
