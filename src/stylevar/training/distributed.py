@@ -36,6 +36,15 @@ T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
+if dist.is_available():
+    # torch.distributed.nn.functional binds its defaults (``group=group.WORLD``) when first imported.
+    # Imported after init_process_group (torchvision imports it through torch._dynamo when the first
+    # model is built), they keep the default group alive past destroy_process_group, and its gloo
+    # threads run on into interpreter shutdown, where one that drops a finished collective's tensors
+    # takes the GIL and aborts the process ("terminate called without an active exception").
+    # Imported here, before any group exists, the defaults are None (docs/architecture.md §4).
+    import torch.distributed.nn  # noqa: F401
+
 
 # ------------------------------------------------------------------------------ process group
 def under_torchrun() -> bool:
