@@ -3,7 +3,7 @@
 A step = encode B conditions, G rollouts each (``generate``), the reward, the teacher-forced
 passes (policy with gradients, reference without) and the optimizer step. The only difference
 between the two rows is ``GRPOConfig.rollout_batch``: 0 generates all B*G rollouts in one call
-(ours), 1 generates them one per call (the published loop, upstream-spec §5.2). Both draw the
+(ours), 1 generates them one per call (the published loop, docs/upstream.md §6.2). Both draw the
 same tokens (one seeded generator per rollout), so the rewards and the update are the same too.
 
     python benchmarks/bench_grpo_step.py                                   # the demo's model size, CPU

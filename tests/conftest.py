@@ -30,7 +30,7 @@ def upstream_dir(tmp_path_factory, tiny):
 @pytest.fixture(scope="session")
 def ours_dir(tmp_path_factory, tiny):
     """The tiny model in our format (config.json + safetensors)."""
-    from stylevar.checkpoints import save_pretrained
+    from stylevar.io import save_pretrained
 
     out = tmp_path_factory.mktemp("ours") / "ckpt"
     save_pretrained(out, *tiny, info={"variant": "test"})
@@ -97,7 +97,7 @@ def dreamsim_dir(tmp_path_factory):
     head |= {h + "mlp.4.weight": torch.randn(16, 64), h + "mlp.4.bias": torch.zeros(16)}
     head |= {h + "last_layer.weight": torch.randn(40, 16)}
     torch.save({"student": head}, d / "dino_vitb16_pretrain.pth")
-    from stylevar.eval.perceptual import _local_dino_builder
+    from stylevar.perceptual.dreamsim_distance import _local_dino_builder
 
     with _local_dino_builder():
         base = PerceptualModel(

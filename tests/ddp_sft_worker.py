@@ -19,8 +19,7 @@ from stylevar.training.sft import SFTConfig, SFTTrainer  # noqa: E402
 def main(out: str, micro: int, accum: int) -> None:
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
-    model, vae = tiny_models(tag="ddp", depth=2, num_heads=2)
-    model.config.drop_path_rate = 0.0
+    model, vae = tiny_models(tag="ddp", depth=2, num_heads=2, drop_path_rate=0.0)
     cfg = SFTConfig(
         micro_batch=micro, grad_accum=accum, max_steps=3, lr=3e-3, num_workers=0, save_every=0, warmup_steps=0
     )

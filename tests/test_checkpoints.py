@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from helpers import smooth_images, write_upstream
-from stylevar.checkpoints import (
+from stylevar.errors import CheckpointError
+from stylevar.io import (
     classify,
     convert_upstream,
     extract_state_dict,
@@ -19,7 +20,6 @@ from stylevar.checkpoints import (
     load_upstream,
     save_pretrained,
 )
-from stylevar.errors import CheckpointError
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:

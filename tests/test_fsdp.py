@@ -26,8 +26,8 @@ import torch
 from test_sft import ToyTriplets
 
 from helpers import tiny_models, torchrun_env
-from stylevar.checkpoints import load_pretrained
 from stylevar.errors import ConfigError
+from stylevar.io import load_pretrained
 from stylevar.training.sft import SFTConfig, SFTTrainer
 
 TESTS = Path(__file__).parent
@@ -35,8 +35,7 @@ TESTS = Path(__file__).parent
 
 @functools.cache
 def _base() -> tuple:
-    model, vae = tiny_models(tag="fsdp", depth=2, num_heads=2)  # filling the ResNets takes seconds: once
-    model.config.drop_path_rate = 0.0
+    model, vae = tiny_models(tag="fsdp", depth=2, num_heads=2, drop_path_rate=0.0)  # once
     return model, vae
 
 

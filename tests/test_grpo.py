@@ -272,7 +272,7 @@ def test_resume_continues_exactly(models, tmp_path):
 
 
 def test_export_loads_and_matches_the_trained_policy(models, tmp_path):
-    from stylevar.checkpoints import load_pretrained
+    from stylevar.io import load_pretrained
 
     tr = make_trainer(models, tmp_path, max_steps=2)
     tr.fit(progress=False)
@@ -344,9 +344,9 @@ def test_grpo_learns_a_weight_free_reward_and_its_opposite(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- CLI, DDP
 def test_cli_grpo_end_to_end(tmp_path, models):
-    from stylevar.checkpoints import save_pretrained
     from stylevar.cli import main
     from stylevar.data.synthetic import make_synthetic
+    from stylevar.io import save_pretrained
 
     model, vae = models
     res = vae.config.resolution
@@ -430,7 +430,7 @@ def test_torchrun_ddp_equals_one_process(tmp_path):
 
 @pytest.mark.parametrize("form", ["lora", "wrapped", "merged"])
 def test_upstream_grpo_forms_written_and_read_back(tmp_path, form):
-    from stylevar.checkpoints import load_pretrained, save_pretrained, save_upstream_grpo
+    from stylevar.io import load_pretrained, save_pretrained, save_upstream_grpo
 
     tr = make_trainer(tiny_models(tag="forms"), tmp_path, max_steps=1)
     tr.fit(progress=False)

@@ -1,4 +1,4 @@
-"""InceptionFeatures (eval/perceptual.py): torchvision Inception-v3 pool features, on CPU with random
+"""InceptionFeatures (perceptual/inception.py): torchvision Inception-v3 pool features, on CPU with random
 weights in torchvision's released key layout (fc and AuxLogits included) saved by the test."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import torch
 from torch.nn import functional as F
 
 from helpers import one_thread, rand_images  # noqa: F401  (one_thread: an autouse module fixture)
+from stylevar import perceptual as P
 from stylevar.errors import CheckpointError, MissingWeightsError, StyleVARError
-from stylevar.eval import perceptual as P
-from stylevar.eval.metrics import frechet_distance
+from stylevar.perceptual import frechet_distance
 
 FILE = "inception_v3_google-0cc3c7bd.pth"
 URL = "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth"

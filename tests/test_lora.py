@@ -1,4 +1,4 @@
-"""LoRA adapters (upstream-spec §5.1), the GRPO checkpoint forms (§5.6) and ``stylevar merge-lora``.
+"""LoRA adapters (docs/upstream.md §6.1), the GRPO checkpoint forms (§6.6) and ``stylevar merge-lora``.
 
 Tolerances: "bit-exact" is ``torch.equal``; merged vs unmerged fp32 logits agree to 1e-5
 absolute (the merge only reorders one fp32 sum per weight).
@@ -15,26 +15,29 @@ import torch
 from torch import nn
 
 from helpers import smooth_images, write_upstream
-from stylevar.checkpoints import load_pretrained, merge_lora_checkpoint
 from stylevar.cli import main
 from stylevar.errors import CheckpointError, ConfigError
+from stylevar.io import (
+    apply_lora_to_plain_state,
+    bake_wrapped_state,
+    load_lora,
+    load_pretrained,
+    lora_hparams_from_checkpoint,
+    merge_lora_checkpoint,
+    save_lora,
+)
 from stylevar.models.lora import (
     LoRAConfig,
     LoRALinear,
     apply_lora,
-    apply_lora_to_plain_state,
-    bake_wrapped_state,
     has_lora,
-    load_lora,
     load_lora_state_dict,
     lora_disabled,
-    lora_hparams_from_checkpoint,
     lora_modules,
     lora_parameters,
     lora_state_dict,
     merge_lora_,
     restore_lora,
-    save_lora,
     set_lora_enabled,
     snapshot_lora,
     unload_lora,

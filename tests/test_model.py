@@ -162,7 +162,7 @@ def test_per_sample_alpha_matches_single_alpha(tiny):
 
 @torch.no_grad()
 def test_legacy_cache_is_the_duplicated_cache(tiny):
-    """Legacy = style branch sees earlier scales' keys twice: a +ln 2 bias on them (upstream-spec §2.7)."""
+    """Legacy = style branch sees earlier scales' keys twice: a +ln 2 bias on them (docs/upstream.md §3.6)."""
     model, vae = tiny
     cond = model.conditioning(vae, smooth_images(1, 64, 5), smooth_images(1, 64, 6))
     legacy = model.generate(vae, cond, seed=0, legacy_kv_cache=True, return_logits=True)

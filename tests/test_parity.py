@@ -183,4 +183,4 @@ def test_correct_cache_matches_teacher_forcing_on_parity_model(pset):
         (legacy.logits[si] - teacher_l[:, bg:ed]).abs().max().item()
         for si, (bg, ed) in enumerate(m.begin_ends)
     )
-    assert worst > 1e-3, "the legacy cache should differ from teacher forcing (upstream-spec §2.7)"
+    assert worst > 1e-3, "the legacy cache should differ from teacher forcing (docs/upstream.md §3.6)"

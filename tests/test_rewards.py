@@ -1,4 +1,4 @@
-"""GRPO rewards (training/rewards.py) and the perceptual models behind them (eval/perceptual.py).
+"""GRPO rewards (training/rewards.py) and the perceptual models behind them (stylevar.perceptual).
 
 Everything runs on CPU with tiny self-made weights and no network. The weight-free rewards, the spec
 parser, VGG-19 Gram/content losses and every missing-package/missing-weights error run always; the
@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from helpers import rand_images
+from stylevar import perceptual as P
 from stylevar.errors import (
     CheckpointError,
     ConfigError,
@@ -23,7 +24,6 @@ from stylevar.errors import (
     MissingWeightsError,
     StyleVARError,
 )
-from stylevar.eval import perceptual as P
 from stylevar.training import rewards as R
 from stylevar.training.rewards import RewardBatch
 
@@ -315,7 +315,7 @@ def test_vgg_missing_weights(tmp_path, monkeypatch):
 
 
 def test_optional_packages_are_imported_lazily():
-    for path in (SRC / "eval" / "perceptual.py", SRC / "training" / "rewards.py"):
+    for path in (*sorted((SRC / "perceptual").glob("*.py")), SRC / "training" / "rewards.py"):
         tree = ast.parse(path.read_text())
         for node in tree.body:  # module level only
             names = []

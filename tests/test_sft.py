@@ -10,9 +10,10 @@ import torch
 from torch.utils.data import Dataset
 
 from helpers import smooth_images, tiny_models, torchrun_env
-from stylevar.checkpoints import load_pretrained
+from stylevar.errors import NonFiniteLossError
+from stylevar.io import load_pretrained
 from stylevar.training.schedule import lr_multiplier, param_groups, scale_token_weights
-from stylevar.training.sft import NonFiniteLossError, SFTConfig, SFTTrainer
+from stylevar.training.sft import SFTConfig, SFTTrainer
 
 
 class ToyTriplets(Dataset):
@@ -35,8 +36,7 @@ class ToyTriplets(Dataset):
 
 
 def _trainer(tmp_path, name="run", n=16, hook=None, **kw):
-    model, vae = tiny_models(tag="sft", depth=2, num_heads=2)
-    model.config.drop_path_rate = 0.0
+    model, vae = tiny_models(tag="sft", depth=2, num_heads=2, drop_path_rate=0.0)
     cfg = dict(
         micro_batch=2,
         grad_accum=2,

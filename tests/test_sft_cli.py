@@ -17,9 +17,9 @@ from PIL import Image
 from test_var_init import _var_state_dict
 
 from helpers import tiny_configs, tiny_models, torchrun_env
-from stylevar.checkpoints import load_pretrained, save_pretrained
 from stylevar.cli import main
 from stylevar.config import alpha_for_scales
+from stylevar.io import load_pretrained, save_pretrained
 
 FAST = "--micro-batch 1 --grad-accum 1 --num-workers 0 --save-every 0 --lr 1e-3 -q".split()
 

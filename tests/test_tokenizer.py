@@ -19,28 +19,14 @@ from torch.utils.data import Dataset
 from helpers import torchrun_env
 from stylevar.cli import main
 from stylevar.config import DEFAULT_PATCH_NUMS, VQVAEConfig
-from stylevar.errors import CheckpointError, ConfigError, DataError
+from stylevar.data import ImageFolderDataset, collect_images, split_images
+from stylevar.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
+from stylevar.io import atomic_save, load_vqvae, save_checkpoint, save_vqvae
 from stylevar.models import VQVAE
-from stylevar.training.runs import (
-    RunLogger,
-    StopSignals,
-    atomic_save,
-    capture_rng,
-    restore_rng,
-    save_checkpoint,
-)
-from stylevar.training.tokenizer import (
-    ImageFolderDataset,
-    NonFiniteLossError,
-    TokenizerConfig,
-    TokenizerTrainer,
-    VGGPerceptualLoss,
-    codebook_stats,
-    collect_images,
-    load_vqvae,
-    save_vqvae,
-    split_images,
-)
+from stylevar.perceptual import VGGPerceptualLoss
+from stylevar.training.config import TokenizerConfig
+from stylevar.training.runs import RunLogger, StopSignals, capture_rng, restore_rng
+from stylevar.training.tokenizer import TokenizerTrainer, codebook_stats
 
 #: 8 px images, latent 4x4, scales 1-2-4, 64 codes of 4 channels: ~20 ms a step on one core
 TINY = dict(
