@@ -288,6 +288,15 @@ def test_export_loads_and_matches_the_trained_policy(models, tmp_path):
     assert [r["step"] for r in lines if "eval_reward" in r] == [0, 2]
 
 
+def test_held_out_reward_at_start_every_eval_every_steps_and_once_at_the_end(models, tmp_path):
+    tr = make_trainer(models, tmp_path, max_steps=2, eval_every=1)
+    tr.fit(progress=False)
+    lines = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "eval_reward" in r] == [0, 1, 2]  # step 2 is also the end: once
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
+    assert best["state"]["best_eval"] == max(r["eval_reward"] for r in lines if "eval_reward" in r and r["step"] > 0)
+
+
 def test_full_parameter_mode_keeps_a_frozen_reference(models, tmp_path):
     tr = make_trainer(models, tmp_path, lora=False, max_steps=2)
     assert tr.ref_model is not None and not has_lora(tr.model)

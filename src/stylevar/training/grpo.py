@@ -584,6 +584,10 @@ class GRPOTrainer(Trainer):
     def must_log(self, record: dict) -> bool:
         return bool(record["merge"])  # every merge is in the log
 
+    @property
+    def validate_every(self) -> int:
+        return self.cfg.eval_every  # the held-out reward
+
     def export(self) -> Path | None:
         """Write the merged model (our format) to ``run_dir/final``; the adapter to ``final_lora`` when no
         merge changed the base. Returns ``run_dir/final`` (rank 0; the others write nothing)."""

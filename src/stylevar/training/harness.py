@@ -189,7 +189,8 @@ class Trainer:
 
     @property
     def validate_every(self) -> int:
-        return int(getattr(self.cfg, "val_every", 0))
+        """Validate every this many steps (0: only at epoch ends and the end); the config's ``val_every``."""
+        return self.cfg.val_every
 
     # ------------------------------------------------------------------------------ processes
     def data_parallel(self, module: torch.nn.Module, *, find_unused_parameters: bool = False) -> torch.nn.Module:
