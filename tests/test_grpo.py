@@ -294,7 +294,9 @@ def test_held_out_reward_at_start_every_eval_every_steps_and_once_at_the_end(mod
     lines = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if "eval_reward" in r] == [0, 1, 2]  # step 2 is also the end: once
     best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
-    assert best["state"]["best_eval"] == max(r["eval_reward"] for r in lines if "eval_reward" in r and r["step"] > 0)
+    assert best["state"]["best_eval"] == max(
+        r["eval_reward"] for r in lines if "eval_reward" in r and r["step"] > 0
+    )
 
 
 def test_full_parameter_mode_keeps_a_frozen_reference(models, tmp_path):

@@ -517,8 +517,6 @@ class GRPOTrainer(Trainer):
         mean = self._all_mean(torch.tensor([total / max(count, 1)], device=self.device)).item()
         return {"eval_reward": mean, "eval_n": count}
 
-    # ------------------------------------------------------------------------------ checkpoints
-
     def validate(self) -> dict:
         return self.evaluate()
 

@@ -193,7 +193,9 @@ class Trainer:
         return self.cfg.val_every
 
     # ------------------------------------------------------------------------------ processes
-    def data_parallel(self, module: torch.nn.Module, *, find_unused_parameters: bool = False) -> torch.nn.Module:
+    def data_parallel(
+        self, module: torch.nn.Module, *, find_unused_parameters: bool = False
+    ) -> torch.nn.Module:
         """``module`` wrapped in DDP when several processes train (gradients averaged over them on the
         last micro-batch of a step: ``no_sync`` before), else ``module`` itself."""
         if self.world == 1:
