@@ -254,6 +254,18 @@ def data_options(args: argparse.Namespace) -> Any:
     return DataOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DataOptions)})
 
 
+def report_training(result: Any, final: str) -> None:
+    """The last lines of ``stylevar sft`` / ``grpo`` (rank 0 only): where the model is, or how to continue."""
+    if result.rank != 0:
+        return
+    if result.final is None:
+        print(
+            f"stopped at step {result.step} of {result.total_steps}; continue with the same command and --resume"
+        )
+    else:
+        print(f"{final}: {result.final}/ (stylevar stylize ... --checkpoint {result.final})")
+
+
 def say(message: str) -> None:
     """Progress lines of the library, on stdout (flushed: runs are long)."""
     print(message, flush=True)

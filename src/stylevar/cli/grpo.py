@@ -9,7 +9,15 @@ from __future__ import annotations
 import argparse
 
 from ..training.config import GRPOConfig
-from .common import add_config_flags, add_triplet_data_args, alpha_arg, config_values, data_options, say
+from .common import (
+    add_config_flags,
+    add_triplet_data_args,
+    alpha_arg,
+    config_values,
+    data_options,
+    report_training,
+    say,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -113,15 +121,7 @@ def run(args: argparse.Namespace) -> int:
         result = run_grpo(job_from_args(args), say=say)
     except OtherRankFailed:
         return 1
-    if result.rank == 0:
-        if result.eval_start is not None and result.eval_end is not None:
-            print(f"held-out reward: {result.eval_start:.4f} -> {result.eval_end:.4f}")
-        if result.final is None:
-            print(
-                f"stopped at step {result.step} of {result.total_steps}; continue with the same command and --resume"
-            )
-        else:
-            print(
-                f"final model (LoRA merged): {result.final}/ (stylevar stylize ... --checkpoint {result.final})"
-            )
+    if result.rank == 0 and result.eval_start is not None and result.eval_end is not None:
+        print(f"held-out reward: {result.eval_start:.4f} -> {result.eval_end:.4f}")
+    report_training(result, "final model (LoRA merged)")
     return 0

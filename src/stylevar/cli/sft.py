@@ -16,6 +16,7 @@ from .common import (
     config_values,
     data_options,
     int_tuple,
+    report_training,
     say,
 )
 
@@ -154,11 +155,5 @@ def run(args: argparse.Namespace) -> int:
         result = run_sft(job_from_args(args), say=say)  # rank 0 prints; the progress bar too
     except OtherRankFailed:  # rank 0 printed the reason
         return 1
-    if result.rank == 0:
-        if result.final is None:
-            print(
-                f"stopped at step {result.step} of {result.total_steps}; continue with the same command and --resume"
-            )
-        else:
-            print(f"final model: {result.final}/ (stylevar stylize ... --checkpoint {result.final})")
+    report_training(result, "final model")
     return 0
