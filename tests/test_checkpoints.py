@@ -222,7 +222,7 @@ def test_hub_repo_from_the_cache_offline(tmp_path, upstream_dir, tiny, monkeypat
     assert (
         "StyleVAR_SFT.pth" in msg
         and "offline" in msg
-        and "huggingface-cli download" in msg
+        and "hf download Senfier-LiqiJing/StyleVAR StyleVAR_SFT.pth" in msg
         and "\n" not in msg
     )
 

@@ -21,6 +21,14 @@ def _temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
 
 
+def file_mode() -> int:
+    """The permissions a new file gets under the current umask (0644 under 022), for files written by
+    libraries that create them private (safetensors writes 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
     """Call ``write(f)`` on a temporary binary file beside ``path``, then rename it to ``path``.
 

@@ -87,7 +87,7 @@ def hub_download(
     except local_missing:
         raise HubUnreachableError(
             f"cannot get {filename} of the Hub repo {repo_id}: offline and not in the Hugging Face cache; "
-            f"download it on a connected machine (huggingface-cli download {repo_id} {filename}) and pass "
+            f"download it on a connected machine (hf download {repo_id} {filename}) and pass "
             "--checkpoint/--vae with the local paths"
         ) from None
     except entry_missing:
@@ -99,3 +99,27 @@ def hub_download(
             f"cannot download {filename} from the Hub repo {repo_id} ({type(e).__name__}: {short_error(e)}); "
             "check the repo id and your connection, or pass local files with --checkpoint/--vae"
         ) from None
+
+
+def hub_has_file(
+    repo_id: str,
+    filename: str,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+) -> bool:
+    """Whether ``filename`` of the Hub repo is in the local cache, or (online) in the repo; no download.
+    Offline (``local_files_only``, ``HF_HUB_OFFLINE`` or an unresolvable Hub) only the cache counts."""
+    import huggingface_hub
+
+    cached = huggingface_hub.try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
+    if isinstance(cached, str):
+        return True
+    offline = local_files_only or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes")
+    if offline or not hub_host_resolves():
+        return False
+    try:
+        return bool(huggingface_hub.file_exists(repo_id, filename, revision=revision))
+    except Exception:  # unreachable, unknown repo, authentication: not usable from here
+        return False

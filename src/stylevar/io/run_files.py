@@ -12,10 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..errors import CheckpointError
-from .safe import atomic_save, short_error
+from .safe import atomic_save, short_error, torch_load
 
 CHECKPOINT_KINDS = ("last", "best", "rolling")
 
@@ -60,7 +58,7 @@ def load_training_checkpoint(path: str | os.PathLike, expected_format: str, what
     if not p.exists():
         raise CheckpointError(f"{what} checkpoint not found: {p}")
     try:
-        ck = torch.load(p, map_location="cpu", weights_only=True)
+        ck = torch_load(p, weights_only=True)
     except Exception as e:
         raise CheckpointError(
             f"{p}: unreadable {what} checkpoint ({type(e).__name__}: {short_error(e)})"

@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import secrets
 import shutil
-import tempfile
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
-from ..files import atomic_write
+from ..files import atomic_write, file_mode
 
 PICKLE_FLAG = "--trust-checkpoint (Python: allow_pickle=True)"
 
@@ -43,6 +44,14 @@ def why(e: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------------------------- reading
+def torch_load(path: str | os.PathLike, **kwargs: Any) -> Any:
+    """``torch.load`` on the CPU without torch's "Detected pickle protocol N" warning: files saved with
+    another pickle protocol load the same, and a refusal must stay one line on stderr."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(str(path), map_location="cpu", **kwargs)
+
+
 def read_file(path: str | os.PathLike, *, allow_pickle: bool = False) -> Any:
     """Read a ``.safetensors`` or PyTorch file into Python objects (tensors on the CPU).
 
@@ -65,12 +74,12 @@ def read_file(path: str | os.PathLike, *, allow_pickle: bool = False) -> Any:
             ) from None
     try:
         try:
-            return torch.load(str(path), map_location="cpu", weights_only=not allow_pickle, mmap=True)
+            return torch_load(path, weights_only=not allow_pickle, mmap=True)
         except RuntimeError as e:
             if "mmap" not in str(e) and "zip" not in str(e):
                 raise
             # legacy (non-zip) serialisation cannot be memory-mapped
-            return torch.load(str(path), map_location="cpu", weights_only=not allow_pickle)
+            return torch_load(path, weights_only=not allow_pickle)
     except pickle.UnpicklingError as e:
         if not allow_pickle and "weights_only" in str(e).lower().replace(" ", "_"):
             raise CheckpointError(
@@ -169,8 +178,9 @@ def write_weights_dir(
     into ``out_dir``.
 
     Atomic: the files go to a temporary sibling directory that replaces ``out_dir`` only when
-    complete. An existing non-empty ``out_dir`` without a ``config_name`` is refused (``kind``
-    names what it should have been). ``dtype`` casts floating-point weights.
+    complete. Files and folder get the permissions of the user's umask (0644/0755 under 022). An
+    existing non-empty ``out_dir`` without a ``config_name`` is refused (``kind`` names what it should
+    have been). ``dtype`` casts floating-point weights.
     """
     from safetensors.torch import save_file
 
@@ -180,7 +190,9 @@ def write_weights_dir(
     if out.exists() and not (out / config_name).exists() and any(out.iterdir()):
         raise CheckpointError(f"{out} exists and is not a {kind}; choose a new output path")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    tmp.mkdir()  # not tempfile.mkdtemp: its 0700 would survive the rename; this follows the umask
+    mode = file_mode()
     try:
         for name, module in modules.items():
             sd, seen = {}, set()
@@ -195,6 +207,7 @@ def write_weights_dir(
                 seen.add(v.data_ptr())
                 sd[k] = v
             save_file(sd, str(tmp / name), metadata={"format": "pt"})
+            os.chmod(tmp / name, mode)  # safetensors creates its files 0600
         (tmp / config_name).write_text(json.dumps(config, indent=2) + "\n")
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")

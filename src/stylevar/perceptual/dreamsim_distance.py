@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import CheckpointError, ConfigError, MissingWeightsError
-from ..io.safe import read_state_dict, why
+from ..io.safe import read_state_dict, torch_load, why
 from .common import (
     Frozen,
     PathLike,
@@ -111,7 +111,7 @@ def _dino_head(weights_dir: Path) -> nn.Module:
 
     path = weights_dir / "dino_vitb16_pretrain.pth"
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)["student"]
+        sd = torch_load(path, weights_only=True)["student"]
     except Exception as e:
         raise CheckpointError(f"{path}: cannot read DreamSim's DINO head ({why(e)})") from None
     p = "module.head."
