@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
+from ..io import check_available
 
 RELEASED = "released:"
 
@@ -84,6 +85,17 @@ def _default_model_name(source: str) -> str:
     if p.name in ("final", "best", "last", "model") and p.parent.name:
         return f"{p.parent.name}-{p.name}"
     return p.stem or source
+
+
+def _source(source: str, default_variant: str | None) -> tuple[str | None, str | None]:
+    """Where ``--model SOURCE`` loads from and which variant: ``released:grpo``/``released:sft`` are the
+    authors' weights (the default Hub repo); anything else is what ``load_pretrained`` takes."""
+    if source.startswith(RELEASED):
+        released = source[len(RELEASED) :]
+        if released not in ("grpo", "sft"):
+            raise ConfigError(f"--model {source}: use released:grpo or released:sft")
+        return None, released
+    return source, default_variant
 
 
 def build_benchmarks(args: EvaluateRequest) -> list:
@@ -166,7 +178,21 @@ def run_evaluate(args: EvaluateRequest, say: Callable[[str], None] = print) -> d
         )
     device = resolve_device(args.device)
 
-    # 2. metric models: missing weights fail before any generation
+    # 2. every model can be found (a local path, or a Hub repo in the cache or online): a typo in the
+    # third --model fails now, not after the first model has generated its images
+    ckpt_kwargs = dict(args.checkpoint)  # the same checkpoint options as every subcommand
+    default_variant = ckpt_kwargs.pop("variant", None)
+    hub_kw = {k: ckpt_kwargs.get(k) for k in ("revision", "cache_dir")}
+    for name, source in models:
+        where, variant = _source(source, default_variant)
+        try:
+            check_available(
+                where, variant=variant, local_files_only=bool(ckpt_kwargs.get("local_files_only")), **hub_kw
+            )
+        except CheckpointError as e:
+            raise CheckpointError(f"--model {name}={source}: {e}") from None
+
+    # 3. metric models: missing weights fail before any generation
     weights = MetricWeights(
         vgg=args.vgg_weights,
         lpips_backbone=args.lpips_weights,
@@ -178,15 +204,13 @@ def run_evaluate(args: EvaluateRequest, say: Callable[[str], None] = print) -> d
         weights.clip_model = args.clip_model
     suite = MetricSuite(names, weights, device=device)
 
-    # 3. methods: AdaIN's weights (small) first, then the first StyleVAR checkpoint (its resolution is the
+    # 4. methods: AdaIN's weights (small) first, then the first StyleVAR checkpoint (its resolution is the
     # evaluation's; the others load in turn), then the content copy
     adain = None
     if args.adain:
         from .adain import AdaIN
 
         adain = AdaIN(args.adain_weights, device=device, download=args.download)
-    ckpt_kwargs = dict(args.checkpoint)  # the same checkpoint options as every subcommand
-    default_variant = ckpt_kwargs.pop("variant", None)
     sampling = dict(
         top_k=args.top_k,
         top_p=args.top_p,
@@ -198,12 +222,8 @@ def run_evaluate(args: EvaluateRequest, say: Callable[[str], None] = print) -> d
     )
 
     def load(source: str):
-        if source.startswith(RELEASED):
-            released = source[len(RELEASED) :]
-            if released not in ("grpo", "sft"):
-                raise ConfigError(f"--model {source}: use released:grpo or released:sft")
-            return StyleVARPipeline.from_pretrained(None, variant=released, device=device, **ckpt_kwargs)
-        return StyleVARPipeline.from_pretrained(source, variant=default_variant, device=device, **ckpt_kwargs)
+        where, variant = _source(source, default_variant)
+        return StyleVARPipeline.from_pretrained(where, variant=variant, device=device, **ckpt_kwargs)
 
     resolution = args.resolution
     loaded: dict[str, Any] = {}

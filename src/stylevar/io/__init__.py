@@ -27,7 +27,14 @@ from .adapters import (
 from .checkpoint import Checkpoint, load_checkpoint_dir, save_pretrained
 from .folders import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CONFIG_NAME, MODEL_WEIGHTS, VAE_WEIGHTS
 from .hub import DEFAULT_REPO, HubUnreachableError, hub_download
-from .loader import MERGE_FORMATS, convert_upstream, load_pretrained, load_upstream, merge_lora_checkpoint
+from .loader import (
+    MERGE_FORMATS,
+    check_available,
+    convert_upstream,
+    load_pretrained,
+    load_upstream,
+    merge_lora_checkpoint,
+)
 from .run_files import load_training_checkpoint, resume_path, save_checkpoint
 from .safe import PICKLE_FLAG, atomic_save, load_strict, read_file, read_state_dict, write_weights_dir
 from .state import (
@@ -59,6 +66,7 @@ __all__ = [
     "bake_wrapped_state",
     "build_stylevar",
     "build_vqvae",
+    "check_available",
     "classify",
     "convert_upstream",
     "extract_state_dict",

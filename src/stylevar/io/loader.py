@@ -13,6 +13,7 @@ Also :func:`convert_upstream` (``stylevar convert``) and :func:`merge_lora_check
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -26,8 +27,15 @@ from ..config import StyleVARConfig, alpha_for_scales
 from ..errors import CheckpointError, ConfigError
 from .adapters import apply_lora_to_plain_state, is_lora_dir, load_lora
 from .checkpoint import Checkpoint, load_checkpoint_dir, save_pretrained
-from .folders import ADAPTER_CONFIG, CONFIG_NAME, MODEL_WEIGHTS, VAE_WEIGHTS
-from .hub import DEFAULT_REPO, HubUnreachableError, hub_download, hub_host_resolves, looks_like_repo_id
+from .folders import ADAPTER_CONFIG, CHECKPOINT, CONFIG_NAME, MODEL_WEIGHTS, VAE_WEIGHTS
+from .hub import (
+    DEFAULT_REPO,
+    HubUnreachableError,
+    hub_download,
+    hub_has_file,
+    hub_host_resolves,
+    looks_like_repo_id,
+)
 from .safe import atomic_save, short_error
 from .state import build_stylevar
 from .upstream import VAE_FILENAME, VARIANT_FILES, guess_variant, load_upstream_file, read_vae, vae_for
@@ -189,8 +197,15 @@ def _load_local(
         candidates = [path / name] if variant else [path / VARIANT_FILES["grpo"], path / VARIANT_FILES["sft"]]
         found = next((c for c in candidates if c.exists()), None)
         if found is None:
+            hint = ""
+            model = _finished_model_in(path)
+            if model is not None:  # a training run's folder (or the demo's): the model is final/
+                hint = f"; did you mean {model} (the run's finished model)?"
+            elif (path / "checkpoints" / "last.pt").is_file():
+                hint = "; it looks like a training run that has not finished (no final/): resume it with --resume"
             raise CheckpointError(
-                f"{path} holds neither a stylevar checkpoint ({CONFIG_NAME}) nor {' / '.join(c.name for c in candidates)}"
+                f"{path} holds neither a stylevar checkpoint ({CONFIG_NAME}) nor "
+                f"{' / '.join(c.name for c in candidates)}{hint}"
             )
         vae_path = Path(vae) if vae else path / VAE_FILENAME
         vae_file = vae_path if vae_path.exists() or vae else None
@@ -210,6 +225,17 @@ def _load_local(
         load_base=_base_loader(base, vae, allow_pickle, need_vae),
         **lora_kw,  # type: ignore[arg-type]
     )
+
+
+def _finished_model_in(folder: Path) -> Path | None:
+    """``folder/final`` or ``folder/<run>/final`` when it is a checkpoint in our format (not a tokenizer)."""
+    for cand in [folder / "final", *sorted(folder.glob("*/final"))]:
+        try:
+            if json.loads((cand / CONFIG_NAME).read_text()).get("format") == CHECKPOINT.name:
+                return cand
+        except (OSError, ValueError, AttributeError):
+            continue
+    return None
 
 
 def _base_loader(
@@ -284,6 +310,35 @@ def load_pretrained(
     )
     ckpt.info["repo_id"] = src
     return ckpt
+
+
+def check_available(
+    pretrained: str | os.PathLike | None = None,
+    *,
+    variant: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+) -> None:
+    """Fail now, with the one line :func:`load_pretrained` would give later, when ``pretrained`` cannot be
+    loaded from here: a local path that does not exist, or a Hub repo whose files are neither in the
+    cache nor (online) in the repo. Reads no weights: for checking several checkpoints before the first
+    one is used (``stylevar evaluate``)."""
+    src = str(pretrained) if pretrained is not None else DEFAULT_REPO
+    if Path(src).expanduser().exists():
+        return
+    if not looks_like_repo_id(src):
+        raise CheckpointError(
+            f"checkpoint not found: {src} (neither a local path nor a Hub repo id like {DEFAULT_REPO})"
+        )
+    kw = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
+    if hub_has_file(src, CONFIG_NAME, **kw) or hub_has_file(src, VARIANT_FILES[variant or "grpo"], **kw):
+        return
+    raise CheckpointError(
+        f"checkpoint not found: {src} is no local path, and no Hub repo of that name is in the Hugging Face "
+        f"cache{'' if local_files_only else ' or reachable'}; check the path, or download the files on a "
+        f"connected machine (hf download {src}) and pass the local folder"
+    )
 
 
 def convert_upstream(
