@@ -238,5 +238,6 @@ def serve(
         show_error=True,
         inbrowser=False,
         ssr_mode=False,  # plain Python server: no Node.js needed
+        quiet=True,  # our own line above says where the page is; Gradio's talks of launch(share=True)
         theme=gr.themes.Default(),
     )

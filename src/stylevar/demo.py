@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,12 +102,15 @@ def run_demo(
     *,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    keep_checkpoints: bool = False,
     say=print,
 ) -> dict[str, Any]:
     """Run the demo into ``out_dir`` (created; an existing demo there is refused). Returns the metrics.
 
     Writes ``data/{train,heldout}``, ``tokenizer/`` and ``sft/`` (run folders with
-    ``metrics.jsonl`` and ``final/``), ``grid.png`` and ``metrics.json``.
+    ``metrics.jsonl`` and ``final/``: the trained StyleVAR is ``sft/final``), ``grid.png`` and
+    ``metrics.json``. The runs' training checkpoints (``*/checkpoints``: resumable state with the
+    optimizer, most of the bytes) are deleted at the end unless ``keep_checkpoints``.
     """
     from .data import ImageFolderDataset, TripletDataset, TripletTransform, scan
     from .data.synthetic import make_synthetic
@@ -237,7 +241,11 @@ def run_demo(
     metrics["timings"] = timings
     metrics["config"] = cfg.to_dict()
     metrics["threads"] = torch.get_num_threads()
+    metrics["model"] = str(out / "sft" / "final")
     atomic_write_json(out / "metrics.json", metrics)
+    if not keep_checkpoints:  # what a user needs is final/; the resumable training state is most of the bytes
+        for run in ("tokenizer", "sft"):
+            shutil.rmtree(out / run / "checkpoints", ignore_errors=True)
     return metrics
 
 
@@ -300,5 +308,6 @@ def evaluate_heldout(model, vae, held_set, cfg: DemoConfig, grid_path: Path, *, 
         )
     cell = 4 * cfg.size
     rows = [[im.resize((cell, cell), resample=0) for im in row] for row in rows]
-    save_image_atomic(make_grid(rows, cell), grid_path)
+    labels = ["content", "style", "target", "StyleVAR", "style swapped"]
+    save_image_atomic(make_grid(rows, cell, labels=labels), grid_path)
     return {"heldout_pairs": n, "against_target": table, "checks": checks, "grid": str(grid_path)}

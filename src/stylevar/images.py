@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
 from .files import atomic_write
@@ -202,12 +202,45 @@ def save_image_atomic(img: Image.Image, path: str | os.PathLike) -> Path:
     return atomic_write(p, lambda f: img.save(f, format=fmt, **options))
 
 
-def make_grid(rows: Sequence[Sequence[Image.Image]], cell: int, pad: int = 2) -> Image.Image:
-    """A white sheet with one row per entry of ``rows`` (e.g. content | style | result...)."""
+def label_font(size: int) -> ImageFont.ImageFont:
+    """PIL's built-in font at ``size`` pixels (a fixed small size on Pillow < 10.1)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def fit_label(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width: int) -> str:
+    """``text``, cut with an ellipsis to fit ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def make_grid(
+    rows: Sequence[Sequence[Image.Image]], cell: int, pad: int = 2, labels: Sequence[str] | None = None
+) -> Image.Image:
+    """A white sheet with one row per entry of ``rows`` (e.g. content | style | result...), under a
+    header naming the columns when ``labels`` are given."""
     ncols = max(len(r) for r in rows)
-    sheet = Image.new("RGB", (ncols * (cell + pad) + pad, len(rows) * (cell + pad) + pad), (255, 255, 255))
+    head = max(16, cell // 10) if labels else 0
+    sheet = Image.new(
+        "RGB", (ncols * (cell + pad) + pad, head + len(rows) * (cell + pad) + pad), (255, 255, 255)
+    )
+    if labels:
+        draw = ImageDraw.Draw(sheet)
+        font = label_font(max(10, head - 5))
+        for j, text in enumerate(labels):
+            draw.text(
+                (pad + j * (cell + pad) + 2, 1),
+                fit_label(draw, text, font, cell - 4),
+                fill=(0, 0, 0),
+                font=font,
+            )
     for i, row in enumerate(rows):
         for j, im in enumerate(row):
             tile = im if im.size == (cell, cell) else ImageOps.fit(im, (cell, cell), Image.Resampling.LANCZOS)
-            sheet.paste(tile, (pad + j * (cell + pad), pad + i * (cell + pad)))
+            sheet.paste(tile, (pad + j * (cell + pad), head + pad + i * (cell + pad)))
     return sheet

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from .common import DTYPE_CHOICES, add_checkpoint_args, load_pipeline
@@ -140,6 +141,20 @@ def _output_names(contents: list[Path], styles: list[Path]) -> tuple[list[str], 
     return names(contents), names(styles)
 
 
+def _larger_than(paths: list[Path], side: int) -> bool:
+    """True when one of the images (read lazily: only the header) has a shorter side above ``side``."""
+    from PIL import Image
+
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                if min(im.size) > side:
+                    return True
+        except Exception:  # unreadable: the pipeline reports it, with its own message
+            continue
+    return False
+
+
 def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError, ImageError
     from ..images import IMAGE_EXTENSIONS, make_grid, save_image_atomic
@@ -171,6 +186,13 @@ def run(args: argparse.Namespace) -> int:
     keep_size = args.keep_size or args.full_res
     upscale = "guided" if args.full_res else args.upscale
     pipe = load_pipeline(args)  # --alpha becomes the model's default alpha
+    if not keep_size and _larger_than(contents, 2 * pipe.resolution):
+        R = pipe.resolution
+        print(
+            f"note: this model works at {R}x{R} px, so the results are {R}x{R}; "
+            "--keep-size scales each to its content's size",
+            file=sys.stderr,
+        )
     grid_rows: dict[tuple[int, int], list] = {}
     written = 0
     skip = (lambda c, s, k: target(c, s, k).exists()) if args.skip_existing else None

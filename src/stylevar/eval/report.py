@@ -16,11 +16,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from .. import __version__
 from ..files import atomic_write_text
-from ..images import save_image_atomic, tensor_to_pil
+from ..images import fit_label, label_font, save_image_atomic, tensor_to_pil
 from .suite import METRICS
 
 if TYPE_CHECKING:
@@ -132,22 +132,6 @@ def csv_text(results: list[dict], names: list[str]) -> str:
     return buf.getvalue()
 
 
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
-
-
-def _fit_label(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
-    """``text``, cut with an ellipsis to fit ``width`` pixels."""
-    if draw.textlength(text, font=font) <= width:
-        return text
-    while text and draw.textlength(text + "…", font=font) > width:
-        text = text[:-1]
-    return text + "…"
-
-
 def sample_sheet(ev: Evaluation, bench, k: int, min_cell: int = 128) -> Image.Image | None:
     """content | style | [target] | each method, for the first ``k`` samples, under a row of labels.
     Images smaller than ``min_cell`` are enlarged (nearest neighbour: pixels stay visible as they are)."""
@@ -162,10 +146,10 @@ def sample_sheet(ev: Evaluation, bench, k: int, min_cell: int = 128) -> Image.Im
     H = head + len(samples) * (cell + pad) + pad
     sheet = Image.new("RGB", (W, H), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    font = _font(max(10, head - 5))
+    font = label_font(max(10, head - 5))
     for j, lab in enumerate(labels):
         draw.text(
-            (pad + j * (cell + pad) + 2, 1), _fit_label(draw, lab, font, cell - 4), fill=(0, 0, 0), font=font
+            (pad + j * (cell + pad) + 2, 1), fit_label(draw, lab, font, cell - 4), fill=(0, 0, 0), font=font
         )
     blank = Image.new("RGB", (R, R), (200, 200, 200))
     for i, s in enumerate(samples):
