@@ -74,11 +74,16 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(ours_dir, tmp_path_factory):
+def server_log(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("server") / "server.log"
+
+
+@pytest.fixture(scope="module")
+def server(ours_dir, server_log):
     if not HAS_GRADIO:
         pytest.skip("gradio not installed (pip install -e '.[app]')")
     port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
+    log = server_log
     cmd = [sys.executable, "-m", "stylevar", "app", "--checkpoint", str(ours_dir), "--device", "cpu",
            "--port", str(port), "--max-pixels", "200000", "--max-upload-mb", "2"]  # fmt: skip
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "NO_PROXY": "127.0.0.1,localhost"}
@@ -182,3 +187,11 @@ def test_server_refuses_uploads_over_the_limit(server, tmp_path):
     assert answers["big.png"].status_code == 413, answers["big.png"].text[:300]
     assert "maximum allowed size" in answers["big.png"].text
     assert answers["small.jpg"].status_code == 200, answers["small.jpg"].text[:300]
+
+
+def test_the_server_says_where_it_is_in_its_own_words(server, server_log):
+    """One line of ours with the address; not Gradio's advice to call launch(share=True), which a
+    command-line user cannot act on."""
+    text = server_log.read_text()
+    assert f"stylevar app on {server.rstrip('/')} (device cpu; Ctrl-C stops it)" in text, text
+    assert "share=True" not in text and "launch()" not in text, text

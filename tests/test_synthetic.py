@@ -143,6 +143,18 @@ def test_demo_runs_end_to_end_and_writes_its_metrics(tmp_path):
 
     assert Image.open(tmp_path / "demo" / "grid.png").size[0] > 5 * 4 * 32
     assert (tmp_path / "demo" / "sft" / "final" / "config.json").exists()
+    assert m["model"] == saved["model"] == str(tmp_path / "demo" / "sft" / "final")
+    # the resumable training state is deleted by default (keep_checkpoints keeps it); the models stay
+    assert (
+        not list((tmp_path / "demo").glob("*/checkpoints"))
+        and (tmp_path / "demo" / "tokenizer" / "final").is_dir()
+    )
+    kept = run_demo(tmp_path / "kept", cfg, progress=False, say=lambda *_: None, keep_checkpoints=True)
+    assert kept["against_target"] == m["against_target"]  # same seeds, same demo
+    assert {p.parent.parent.name for p in (tmp_path / "kept").glob("*/checkpoints/last.pt")} == {
+        "tokenizer",
+        "sft",
+    }
     with pytest.raises(ConfigError, match="already holds a finished demo"):
         run_demo(tmp_path / "demo", cfg, progress=False, say=lambda *_: None)
     assert (
