@@ -222,9 +222,14 @@ def test_hub_repo_from_the_cache_offline(tmp_path, upstream_dir, tiny, monkeypat
     assert (
         "StyleVAR_SFT.pth" in msg
         and "offline" in msg
-        and "hf download Senfier-LiqiJing/StyleVAR StyleVAR_SFT.pth" in msg
+        and "hf download Senfier-LiqiJing/StyleVAR StyleVAR_SFT.pth vae_ch160v4096z32.pth --local-dir StyleVAR"
+        in msg
+        and msg.endswith("--checkpoint StyleVAR")
         and "\n" not in msg
     )
+    with pytest.raises(CheckpointError) as e:  # with --vae given, only the model file is named
+        load_pretrained(variant="sft", vae=upstream_dir / "vae_ch160v4096z32.pth", cache_dir=cache)
+    assert "hf download Senfier-LiqiJing/StyleVAR StyleVAR_SFT.pth --local-dir StyleVAR'" in str(e.value)
 
 
 def test_unresolvable_hub_uses_the_cache_without_retrying(tmp_path, upstream_dir, tiny, monkeypatch):

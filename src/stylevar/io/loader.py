@@ -303,8 +303,17 @@ def load_pretrained(
             hub_download(src, name, **kw)
         return load_checkpoint_dir(directory, alpha)
     variant = variant or "grpo"
-    model_file = hub_download(src, VARIANT_FILES[variant], **kw)
-    vae_file = Path(vae) if vae else hub_download(src, VAE_FILENAME, **kw)
+    try:
+        model_file = hub_download(src, VARIANT_FILES[variant], **kw)
+        vae_file = Path(vae) if vae else hub_download(src, VAE_FILENAME, **kw)
+    except HubUnreachableError:
+        files = " ".join([VARIANT_FILES[variant]] + ([] if vae else [VAE_FILENAME]))
+        local = src.rsplit("/", 1)[-1]
+        raise HubUnreachableError(
+            f"cannot get {files} of the Hub repo {src}: offline and not in the Hugging Face cache; on a "
+            f"connected machine run 'hf download {src} {files} --local-dir {local}', copy the folder here "
+            f"and pass --checkpoint {local}"
+        ) from None
     ckpt = load_upstream(
         model_file, vae_file, variant=variant, alpha=alpha, allow_pickle=allow_pickle, base=base
     )
