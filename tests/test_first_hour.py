@@ -135,3 +135,18 @@ def test_evaluate_finds_every_model_before_generating_anything(tmp_path, ours_di
         assert code == 1 and "\n" not in err, err
         assert f"--model B={missing}" in err and says in err, err
         assert not out.exists()  # nothing written, no first model's images left behind
+
+
+def test_a_folder_in_the_wrong_place_says_where_it_goes(tmp_path, tiny, ours_dir, capsys):
+    from stylevar.io import save_vqvae
+
+    tok = save_vqvae(tmp_path / "tokenizer" / "final", tiny[1])
+    assert main(["info", str(tok)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "is a stylevar tokenizer folder: it goes to --vae" in err and "\n" not in err, err
+    # a wrong --alpha is the caller's mistake, not the checkpoint file's
+    assert main(["info", str(ours_dir), "--alpha", "0.1,0.2"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "config.json" not in err and "alpha needs one value per scale (4 for this model), got 2" in err, (
+        err
+    )

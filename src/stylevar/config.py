@@ -107,7 +107,10 @@ def alpha_for_scales(preset: str | Sequence[float], num_scales: int) -> tuple[fl
         return tuple(out)
     values = tuple(float(a) for a in preset)
     if len(values) != num_scales:
-        raise ConfigError(f"alpha needs one value per scale ({num_scales}), got {len(values)}")
+        raise ConfigError(
+            f"alpha needs one value per scale ({num_scales} for this model), got {len(values)}, "
+            f"or a preset name: {', '.join(sorted(ALPHA_PRESETS))}"
+        )
     return values
 
 

@@ -89,13 +89,13 @@ def load_checkpoint_dir(directory: str | os.PathLike, alpha: Any = None) -> Chec
         scfg = StyleVARConfig.from_dict(raw["stylevar"])
         vcfg = VQVAEConfig.from_dict(raw["vqvae"])
         sampling = SamplingConfig.from_dict(raw.get("sampling", {}))
-        if alpha is not None:
-            scfg = dataclasses.replace(scfg, alpha=alpha_for_scales(alpha, scfg.num_scales))
         scfg.check_vqvae(vcfg)
     except (KeyError, TypeError, ConfigError) as e:
         raise CheckpointError(
             f"{directory / CONFIG_NAME}: invalid configuration ({short_error(e)})"
         ) from None
+    if alpha is not None:  # the caller's value, not the file's: its error is the caller's
+        scfg = dataclasses.replace(scfg, alpha=alpha_for_scales(alpha, scfg.num_scales))
     sds = {name: read_weights(directory, name, CHECKPOINT) for name in CHECKPOINT.weights}
     model = build_stylevar(scfg, sds[MODEL_WEIGHTS], directory / MODEL_WEIGHTS)
     vae = build_vqvae(vcfg, sds[VAE_WEIGHTS], directory / VAE_WEIGHTS)

@@ -42,6 +42,7 @@ class FolderFormat:
     config_name: str
     weights: tuple[str, ...]
     kind: str  #: how messages call it, e.g. "stylevar checkpoint directory"
+    use: str = ""  #: where such a folder goes, for a message about a folder passed in the wrong place
 
 
 CONFIG_NAME = "config.json"
@@ -51,10 +52,29 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter.safetensors"
 
 CHECKPOINT = FolderFormat(
-    "stylevar", 1, CONFIG_NAME, (MODEL_WEIGHTS, VAE_WEIGHTS), "stylevar checkpoint directory"
+    "stylevar",
+    1,
+    CONFIG_NAME,
+    (MODEL_WEIGHTS, VAE_WEIGHTS),
+    "stylevar checkpoint directory",
+    "--checkpoint / --init",
 )
-TOKENIZER = FolderFormat("stylevar-vqvae", 1, CONFIG_NAME, (VAE_WEIGHTS,), "stylevar tokenizer folder")
-ADAPTER = FolderFormat("stylevar-lora", 1, ADAPTER_CONFIG, (ADAPTER_WEIGHTS,), "stylevar LoRA directory")
+TOKENIZER = FolderFormat(
+    "stylevar-vqvae",
+    1,
+    CONFIG_NAME,
+    (VAE_WEIGHTS,),
+    "stylevar tokenizer folder",
+    "--vae (stylevar sft --depth N --vae trains a StyleVAR on it)",
+)
+ADAPTER = FolderFormat(
+    "stylevar-lora",
+    1,
+    ADAPTER_CONFIG,
+    (ADAPTER_WEIGHTS,),
+    "stylevar LoRA directory",
+)
+KNOWN_FORMATS = (CHECKPOINT, TOKENIZER, ADAPTER)
 
 
 def write_folder(
@@ -99,8 +119,10 @@ def read_config(
     fmt = next((f for f in formats if f.name == found), None)
     if fmt is None:
         expected = " or ".join(repr(f.name) for f in formats)
+        other = next((f for f in KNOWN_FORMATS if f.name == found and f.use), None)
+        hint = f"; it is a {other.kind}: it goes to {other.use}" if other else ""
         raise CheckpointError(
-            f'{config_file} is not a stylevar {what} ("format" is {found!r}, expected {expected})'
+            f'{config_file} is not a stylevar {what} ("format" is {found!r}, expected {expected}){hint}'
         )
     try:
         version = int(raw.get("format_version", 0))

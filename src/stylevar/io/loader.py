@@ -138,10 +138,10 @@ def _load_lora_dir(
     stored = meta.get("stylevar")
     try:
         scfg = StyleVARConfig.from_dict(stored) if stored else base_ckpt.model.config
-        if alpha is not None:
-            scfg = dataclasses.replace(scfg, alpha=alpha_for_scales(alpha, scfg.num_scales))
     except (TypeError, ConfigError) as e:
         raise CheckpointError(f"{path / ADAPTER_CONFIG}: invalid configuration ({short_error(e)})") from None
+    if alpha is not None:  # the caller's value: its error is the caller's, not the file's
+        scfg = dataclasses.replace(scfg, alpha=alpha_for_scales(alpha, scfg.num_scales))
     model = build_stylevar(scfg, sd, f"{path} merged into {base}")
     vae_model, vae_src = base_ckpt.vae, base_ckpt.info.get("vae_source", base_ckpt.info.get("source"))
     if vae is not None:
@@ -345,8 +345,8 @@ def check_available(
         return
     raise CheckpointError(
         f"checkpoint not found: {src} is no local path, and no Hub repo of that name is in the Hugging Face "
-        f"cache{'' if local_files_only else ' or reachable'}; check the path, or download the files on a "
-        f"connected machine (hf download {src}) and pass the local folder"
+        f"cache{'' if local_files_only else ' or reachable'}; check the path (a Hub repo: 'hf download {src} "
+        "--local-dir DIR' on a connected machine, then pass DIR)"
     )
 
 
