@@ -279,14 +279,9 @@ def load_pretrained(
     """
     if variant is not None and variant not in VARIANT_FILES:
         raise CheckpointError(f"unknown variant {variant!r}; choose one of {sorted(VARIANT_FILES)}")
-    src = str(pretrained) if pretrained is not None else DEFAULT_REPO
-    path = Path(src).expanduser()
-    if path.exists():
+    src, path = _local_or_repo_id(pretrained)
+    if path is not None:
         return _load_local(path, vae=vae, variant=variant, alpha=alpha, allow_pickle=allow_pickle, base=base)
-    if not looks_like_repo_id(src):
-        raise CheckpointError(
-            f"checkpoint not found: {src} (neither a local path nor a Hub repo id like {DEFAULT_REPO})"
-        )
     if not local_files_only and not hub_host_resolves():
         logger.info("the Hugging Face Hub cannot be resolved; using the local cache only")
         local_files_only = True
@@ -321,6 +316,20 @@ def load_pretrained(
     return ckpt
 
 
+def _local_or_repo_id(pretrained: str | os.PathLike | None) -> tuple[str, Path | None]:
+    """``(source, local path)`` when ``pretrained`` exists here, ``(repo id, None)`` when it can only be a
+    Hub repo (``None``: the released weights); neither is a one-line :class:`CheckpointError`."""
+    src = str(pretrained) if pretrained is not None else DEFAULT_REPO
+    path = Path(src).expanduser()
+    if path.exists():
+        return src, path
+    if not looks_like_repo_id(src):
+        raise CheckpointError(
+            f"checkpoint not found: {src} (neither a local path nor a Hub repo id like {DEFAULT_REPO})"
+        )
+    return src, None
+
+
 def check_available(
     pretrained: str | os.PathLike | None = None,
     *,
@@ -333,13 +342,9 @@ def check_available(
     loaded from here: a local path that does not exist, or a Hub repo whose files are neither in the
     cache nor (online) in the repo. Reads no weights: for checking several checkpoints before the first
     one is used (``stylevar evaluate``)."""
-    src = str(pretrained) if pretrained is not None else DEFAULT_REPO
-    if Path(src).expanduser().exists():
+    src, path = _local_or_repo_id(pretrained)
+    if path is not None:
         return
-    if not looks_like_repo_id(src):
-        raise CheckpointError(
-            f"checkpoint not found: {src} (neither a local path nor a Hub repo id like {DEFAULT_REPO})"
-        )
     kw = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
     if hub_has_file(src, CONFIG_NAME, **kw) or hub_has_file(src, VARIANT_FILES[variant or "grpo"], **kw):
         return
