@@ -105,7 +105,7 @@ class StyleVARPipeline:
         allow_pickle: bool = False,
         base: str | os.PathLike | None = None,
     ) -> StyleVARPipeline:
-        """Load from our format, upstream files or a Hub repo (see :func:`stylevar.checkpoints.load_pretrained`)."""
+        """Load from our format, upstream files or a Hub repo (see :func:`stylevar.io.load_pretrained`)."""
         ckpt: Checkpoint = load_pretrained(
             pretrained,
             vae=vae,

@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 import difflib
 import re
-import sys
 from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
 
@@ -269,7 +268,3 @@ def report_training(result: Any, final: str) -> None:
 def say(message: str) -> None:
     """Progress lines of the library, on stdout (flushed: runs are long)."""
     print(message, flush=True)
-
-
-def eprint(message: str) -> None:
-    print(message, file=sys.stderr)

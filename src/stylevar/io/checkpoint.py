@@ -74,13 +74,6 @@ def save_pretrained(
     return write_folder(CHECKPOINT, out_dir, {MODEL_WEIGHTS: model, VAE_WEIGHTS: vae}, body, dtype=dtype)
 
 
-def is_checkpoint_dir(path: str | os.PathLike) -> bool:
-    """True for a folder with a ``config.json`` (ours, or a tokenizer folder: :func:`load_checkpoint_dir`
-    tells them apart)."""
-    p = Path(path)
-    return p.is_dir() and (p / CONFIG_NAME).is_file()
-
-
 def load_checkpoint_dir(directory: str | os.PathLike, alpha: Any = None) -> Checkpoint:
     """Load our checkpoint folder (float32, CPU, eval mode); ``alpha`` overrides the stored per-scale alpha."""
     directory = Path(directory)

@@ -26,14 +26,6 @@ def _check(a: torch.Tensor, b: torch.Tensor) -> None:
         )
 
 
-def _gaussian_window(size: int, sigma: float, channels: int, device, dtype) -> torch.Tensor:
-    x = torch.arange(size, device=device, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    w = (g[:, None] * g[None, :]).to(dtype)
-    return w.expand(channels, 1, size, size).contiguous()
-
-
 def ssim(
     a: torch.Tensor,
     b: torch.Tensor,
