@@ -132,7 +132,7 @@ class VQVAEConfig(Serialisable):
 
     vocab_size: int = option(4096, "codebook size V")
     z_channels: int = option(32, "latent / codebook dimension Cvae")
-    ch: int = option(160, "base channels of encoder and decoder, a multiple of 32 (GroupNorm(32))")
+    ch: int = option(160, "base channels of encoder and decoder, a multiple of --norm-groups")
     ch_mult: tuple[int, ...] = option(
         (1, 1, 2, 2, 4), "channel multiplier per level; downsampling 2^(levels-1)"
     )
@@ -148,12 +148,19 @@ class VQVAEConfig(Serialisable):
     in_channels: int = 3
     using_sa: bool = True  #: self-attention at the lowest resolution level
     using_mid_sa: bool = True  #: self-attention in the middle block
+    #: GroupNorm groups of encoder and decoder (VAR: 32). Each group is normalised per image, so a
+    #: group of one channel (32 groups of 32-channel layers) erases that channel's per-image mean:
+    #: narrow tokenizers lose the images' colours that way; give them fewer groups
+    norm_groups: int = option(32, "GroupNorm groups in encoder and decoder (VAR: 32; narrow models: fewer)")
 
     def __post_init__(self) -> None:
         _set(self, "patch_nums", _check_patch_nums(self.patch_nums))
         _set(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
-        if self.ch % 32 or any((self.ch * m) % 32 for m in self.ch_mult):
-            raise ConfigError(f"VQ-VAE channels must be multiples of 32 (GroupNorm), got ch={self.ch}")
+        g = self.norm_groups
+        if g < 1 or self.ch % g or any((self.ch * m) % g for m in self.ch_mult):
+            raise ConfigError(
+                f"VQ-VAE channels (ch={self.ch} x ch_mult) must be multiples of norm_groups={g} (GroupNorm)"
+            )
         if self.vocab_size < 2 or self.z_channels < 1:
             raise ConfigError("VQ-VAE needs vocab_size >= 2 and z_channels >= 1")
         if self.share_quant_resi < 0:
@@ -196,6 +203,11 @@ class StyleVARConfig(Serialisable):
     #: checkpoints were trained so); ``imagenet`` = [0, 1] images normalised with ImageNet's
     #: mean/std (set when the encoders start from torchvision's ImageNet weights)
     encoder_input: str = "raw"
+    #: a direct content pathway (not in the published model, off for the released weights): each
+    #: content token's VQ feature, projected by ``content_embed``, is added to the target token at the
+    #: same place and scale, so the content's layout reaches every block's residual stream, not only
+    #: the attention queries and the start token (docs/architecture.md, "Content pathway")
+    content_residual: bool = False
 
     def __post_init__(self) -> None:
         _set(self, "patch_nums", _check_patch_nums(self.patch_nums))

@@ -14,8 +14,8 @@ from ..config import VQVAEConfig
 from .quantizer import MultiScaleQuantizer
 
 
-def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+def _norm(channels: int, groups: int = 32) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
 
 
 class Upsample2x(nn.Module):
@@ -37,11 +37,11 @@ class Downsample2x(nn.Module):
 
 
 class ResnetBlock(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, dropout: float):
+    def __init__(self, in_ch: int, out_ch: int, dropout: float, groups: int = 32):
         super().__init__()
-        self.norm1 = _norm(in_ch)
+        self.norm1 = _norm(in_ch, groups)
         self.conv1 = nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=1, padding=1)
-        self.norm2 = _norm(out_ch)
+        self.norm2 = _norm(out_ch, groups)
         self.dropout = nn.Dropout(dropout) if dropout > 1e-6 else nn.Identity()
         self.conv2 = nn.Conv2d(out_ch, out_ch, kernel_size=3, stride=1, padding=1)
         self.nin_shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
@@ -62,10 +62,10 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over pixels; ``qkv`` is one 1x1 conv split [q | k | v]."""
 
-    def __init__(self, ch: int):
+    def __init__(self, ch: int, groups: int = 32):
         super().__init__()
         self.C = ch
-        self.norm = _norm(ch)
+        self.norm = _norm(ch, groups)
         self.qkv = nn.Conv2d(ch, 3 * ch, kernel_size=1)
         self.w_ratio = ch**-0.5
         self.proj_out = nn.Conv2d(ch, ch, kernel_size=1)
@@ -83,8 +83,8 @@ class AttnBlock(nn.Module):
         return x + self.proj_out(h)
 
 
-def _attn(ch: int, on: bool) -> nn.Module:
-    return AttnBlock(ch) if on else nn.Identity()
+def _attn(ch: int, on: bool, groups: int = 32) -> nn.Module:
+    return AttnBlock(ch, groups) if on else nn.Identity()
 
 
 class Encoder(nn.Module):
@@ -100,20 +100,20 @@ class Encoder(nn.Module):
             block, attn = nn.ModuleList(), nn.ModuleList()
             block_in, block_out = ch * in_mult[lvl], ch * mult[lvl]
             for _ in range(cfg.num_res_blocks):
-                block.append(ResnetBlock(block_in, block_out, cfg.dropout))
+                block.append(ResnetBlock(block_in, block_out, cfg.dropout, cfg.norm_groups))
                 block_in = block_out
                 if lvl == n - 1 and cfg.using_sa:
-                    attn.append(AttnBlock(block_in))
+                    attn.append(AttnBlock(block_in, cfg.norm_groups))
             down = nn.Module()
             down.block, down.attn = block, attn
             if lvl != n - 1:
                 down.downsample = Downsample2x(block_in)
             self.down.append(down)
         self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(block_in, block_in, cfg.dropout)
-        self.mid.attn_1 = _attn(block_in, cfg.using_mid_sa)
-        self.mid.block_2 = ResnetBlock(block_in, block_in, cfg.dropout)
-        self.norm_out = _norm(block_in)
+        self.mid.block_1 = ResnetBlock(block_in, block_in, cfg.dropout, cfg.norm_groups)
+        self.mid.attn_1 = _attn(block_in, cfg.using_mid_sa, cfg.norm_groups)
+        self.mid.block_2 = ResnetBlock(block_in, block_in, cfg.dropout, cfg.norm_groups)
+        self.norm_out = _norm(block_in, cfg.norm_groups)
         self.conv_out = nn.Conv2d(block_in, cfg.z_channels, kernel_size=3, stride=1, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -137,25 +137,25 @@ class Decoder(nn.Module):
         block_in = ch * mult[-1]
         self.conv_in = nn.Conv2d(cfg.z_channels, block_in, kernel_size=3, stride=1, padding=1)
         self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(block_in, block_in, cfg.dropout)
-        self.mid.attn_1 = _attn(block_in, cfg.using_mid_sa)
-        self.mid.block_2 = ResnetBlock(block_in, block_in, cfg.dropout)
+        self.mid.block_1 = ResnetBlock(block_in, block_in, cfg.dropout, cfg.norm_groups)
+        self.mid.attn_1 = _attn(block_in, cfg.using_mid_sa, cfg.norm_groups)
+        self.mid.block_2 = ResnetBlock(block_in, block_in, cfg.dropout, cfg.norm_groups)
         ups: list[nn.Module] = []
         for lvl in reversed(range(n)):
             block, attn = nn.ModuleList(), nn.ModuleList()
             block_out = ch * mult[lvl]
             for _ in range(cfg.num_res_blocks + 1):
-                block.append(ResnetBlock(block_in, block_out, cfg.dropout))
+                block.append(ResnetBlock(block_in, block_out, cfg.dropout, cfg.norm_groups))
                 block_in = block_out
                 if lvl == n - 1 and cfg.using_sa:
-                    attn.append(AttnBlock(block_in))
+                    attn.append(AttnBlock(block_in, cfg.norm_groups))
             up = nn.Module()
             up.block, up.attn = block, attn
             if lvl != 0:
                 up.upsample = Upsample2x(block_in)
             ups.insert(0, up)  # decoder.up[i] is level i
         self.up = nn.ModuleList(ups)
-        self.norm_out = _norm(block_in)
+        self.norm_out = _norm(block_in, cfg.norm_groups)
         self.conv_out = nn.Conv2d(block_in, cfg.in_channels, kernel_size=3, stride=1, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
