@@ -128,6 +128,7 @@ def infer_stylevar_config(sd: Mapping[str, torch.Tensor], alpha: Any = "paper") 
             z_channels=sd["word_embed.weight"].shape[1],
             patch_nums=tuple(patch_nums),
             alpha="paper",
+            content_residual="content_embed.weight" in sd,
         )
     except (KeyError, ValueError, ConfigError) as e:
         raise CheckpointError(

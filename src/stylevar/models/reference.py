@@ -99,6 +99,9 @@ def reference_generate(
     cond_BD = cond.style_feat
     style_BLC = model.word_embed(cond.style_cvae) + lvl_pos
     content_BLC = model.word_embed(cond.content_cvae) + lvl_pos
+    content_in = model.content_input(cond)
+    if content_in is not None:
+        lvl_pos = lvl_pos + content_in
     caches: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in model.blocks]
     side = model.patch_nums[-1]
     f_hat = torch.zeros(B, model.Cvae, side, side, device=device)

@@ -104,6 +104,8 @@ class StyleVAR(nn.Module):
 
         # 2. token and position embeddings (shared by target, style and content tokens)
         self.word_embed = nn.Linear(self.Cvae, C)
+        #: the optional direct content pathway (StyleVARConfig.content_residual)
+        self.content_embed = nn.Linear(self.Cvae, C) if cfg.content_residual else None
         self.pos_start = nn.Parameter(torch.empty(1, self.first_l, C))
         self.pos_1LC = nn.Parameter(torch.empty(1, L, C))
         self.lvl_embed = nn.Embedding(SN, C)
@@ -252,6 +254,12 @@ class StyleVAR(nn.Module):
     def _lvl_pos(self) -> torch.Tensor:
         return self.lvl_embed(self.lvl_1L) + self.pos_1LC  # (1, L, C)
 
+    def content_input(self, cond: Conditioning) -> torch.Tensor | None:
+        """What the direct content pathway adds to the target tokens (B, L, C), or None without one."""
+        if self.content_embed is None:
+            return None
+        return self.content_embed(cond.content_cvae)
+
     def _guides_ln(self, style_BlC: torch.Tensor, content_BlC: torch.Tensor) -> torch.Tensor:
         """LayerNorm (no affine: the same for every block) of style and content tokens, concatenated."""
         eps = self.config.norm_eps
@@ -307,6 +315,9 @@ class StyleVAR(nn.Module):
         lvl_pos = self._lvl_pos()
         sos = cond.content_feat.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start
         x = torch.cat((sos, self.word_embed(x_BLCv_wo_first_l.float())), dim=1) + lvl_pos
+        content_in = self.content_input(cond)
+        if content_in is not None:
+            x = x + content_in
         guides_ln = self._guides_ln(
             self.word_embed(cond.style_cvae) + lvl_pos, self.word_embed(cond.content_cvae) + lvl_pos
         )
@@ -381,6 +392,9 @@ class StyleVAR(nn.Module):
             cond_BD = cond.style_feat
             style_BLC = self.word_embed(cond.style_cvae) + lvl_pos
             content_BLC = self.word_embed(cond.content_cvae) + lvl_pos
+            content_in = self.content_input(cond)
+            if content_in is not None:  # the direct content pathway joins the target tokens' positions
+                lvl_pos = lvl_pos + content_in
         if cuda_graphs:
             if legacy_kv_cache:
                 raise ValueError("cuda_graphs=True runs the correct KV cache only; legacy_kv_cache is eager")
