@@ -102,7 +102,11 @@ def test_trainer_flags_are_the_config_fields():
             if not f.metadata.get("flag", True):
                 continue  # set by a hand-written flag (--fsdp, --vmr, --full-finetune ...)
             a = actions[f.name]
-            assert a.option_strings == ["--" + f.name.replace("_", "-")]
+            flag = "--" + f.name.replace("_", "-")
+            if isinstance(f.default, bool):  # --name / --no-name
+                assert a.option_strings == [flag, "--no-" + flag[2:]]
+            else:
+                assert a.option_strings == [flag]
             assert a.default == (f.default if keep_defaults else None), (command, f.name)
             assert f.metadata["help"].split(" (")[0].replace("%", "%%") in a.help
             if f.metadata.get("choices"):

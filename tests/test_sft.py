@@ -184,3 +184,33 @@ def test_two_gloo_processes_equal_one_process_on_the_same_global_batch(tmp_path)
     for k in one:
         if one[k].is_floating_point():
             assert torch.allclose(one[k], two[k], atol=1e-5, rtol=1e-4), k
+
+
+def test_token_cache_tokenizes_each_file_once_and_changes_nothing(tmp_path):
+    """--cache-tokens: every content, style and target file goes through the VQ-VAE once, and training
+    is the same as without the cache; with augmentations in use nothing is cached."""
+    from stylevar.data import TripletDataset, TripletTransform, scan
+    from stylevar.data.synthetic import make_synthetic
+
+    root = make_synthetic(tmp_path / "data", num_contents=3, num_styles=3, num_triplets=8, size=64)
+    triplets = scan(root)
+
+    def run(name, cache, transform=TripletTransform(resolution=64)):
+        model, vae = tiny_models(tag="sft", depth=2, num_heads=2, drop_path_rate=0.0)
+        encoded = []
+        real = vae.img_to_idx
+        vae.img_to_idx = lambda img: (encoded.append(img.shape[0]), real(img))[1]
+        cfg = SFTConfig(micro_batch=4, grad_accum=1, epochs=3, lr=3e-3, num_workers=0, save_every=0,
+                        log_every=1, warmup_steps=1, cache_tokens=cache)
+        t = SFTTrainer(model, vae, TripletDataset(triplets, transform, train=True), tmp_path / name, cfg)
+        t.fit(progress=False)
+        return [r["loss"] for r in t.history if "loss" in r], sum(encoded), t
+
+    plain, n_plain, _ = run("plain", False)
+    cached, n_cached, t = run("cached", True)
+    assert n_plain == 3 * 8 * 3  # three roles, eight triplets, three epochs
+    assert n_cached == 3 + 3 + 8 and len(t._token_cache) == 14  # each file once
+    assert cached == pytest.approx(plain, rel=1e-5)
+    rotated = TripletTransform(resolution=64, content_rotation=10)
+    _, n_aug, t = run("augmented", True, rotated)
+    assert n_aug == n_plain and not t._token_cache

@@ -66,8 +66,6 @@ def _parse_for(f: dataclasses.Field) -> Any:
     """The argparse ``type`` of a field: its default's type, or for tuples comma-separated values (as many
     as the default has, unless the annotation says ``tuple[X, ...]``)."""
     default = f.default
-    if isinstance(default, bool):
-        raise TypeError("boolean config fields get hand-written flags (store_true / store_false)")
     if isinstance(default, tuple):
         kind = type(default[0]) if default else str
         n = None if "..." in str(f.type) else len(default)
@@ -112,10 +110,14 @@ def add_config_flags(
         default = f.default
         text = meta["help"].replace("%", "%%")
         kw: dict[str, Any] = {
-            "type": _parse_for(f),
             "default": default if keep_defaults else None,
             "help": f"{text} (default: {_show(default)})",
         }
+        if isinstance(default, bool):  # --name / --no-name
+            kw["action"] = argparse.BooleanOptionalAction
+            kw["help"] = f"{text} (default: {'on' if default else 'off'})"
+        else:
+            kw["type"] = _parse_for(f)
         if meta.get("choices"):
             kw["choices"] = meta["choices"]
         group.add_argument(_flag(f.name), **kw)

@@ -115,6 +115,11 @@ class SFTConfig(Serialisable):
     alpha_jitter: float = option(0.0, "std of Gaussian noise on each sample's per-scale alpha")
     style_noise: float = option(0.0, "std of Gaussian noise on the style tokens' VQ features (StyleAR)")
     seed: int = option(0, "seed of the data order, augmentations, model randomness and a new model's init")
+    cache_tokens: bool = option(
+        False,
+        "tokenize each image file once and keep its tokens in memory (about 2 x L bytes per file); "
+        "used only where no augmentation changes the images",
+    )
     val_every: int = option(0, "validate every N steps (0 = at epoch ends)")
     save_every: int = option(200, "write checkpoints/last.pt and a rolling step-N.pt every N steps")
     keep_rolling: int = option(5, "rolling checkpoints kept")

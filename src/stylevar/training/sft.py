@@ -128,6 +128,7 @@ class SFTTrainer(Trainer):
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.token_w = scale_token_weights(model.patch_nums, cfg.scale_weight_power).to(self.device)
+        self._token_cache: dict[Path, torch.Tensor] = {}  # cache_tokens: file -> its tokens (L,)
 
     # ------------------------------------------------------------------------------ model step
     def _autocast(self):
@@ -141,11 +142,12 @@ class SFTTrainer(Trainer):
         target, style, content = (
             mb[k].to(self.device, non_blocking=True).float() for k in ("target", "style", "content")
         )
+        dataset = self.train_set if train else self.val_set
         with torch.no_grad():
-            gt_idx = self.vae.img_to_idx(target)
+            gt_idx = self._tokens(dataset, mb, "target", target)
             x_wo_first = self.vae.quantize.idx_to_teacher_input(gt_idx)
-            style_cvae = self.vae.quantize.idx_to_condition(self.vae.img_to_idx(style))
-            content_cvae = self.vae.quantize.idx_to_condition(self.vae.img_to_idx(content))
+            style_cvae = self.vae.quantize.idx_to_condition(self._tokens(dataset, mb, "style", style))
+            content_cvae = self.vae.quantize.idx_to_condition(self._tokens(dataset, mb, "content", content))
         if train and self.cfg.style_noise > 0:
             style_cvae = style_cvae + self.cfg.style_noise * torch.randn_like(style_cvae)
         B = target.shape[0]
@@ -153,6 +155,35 @@ class SFTTrainer(Trainer):
         if train and self.cfg.alpha_jitter > 0:
             alpha = (alpha + self.cfg.alpha_jitter * torch.randn_like(alpha)).clamp_(0.0, 1.0)
         return torch.cat(gt_idx, dim=1), (style, content, style_cvae, content_cvae, x_wo_first, alpha)
+
+    def _cacheable(self, dataset: Dataset | None) -> bool:
+        """Tokens may be cached for ``dataset``: asked for, and its images are the files' own
+        (a :class:`~stylevar.data.TripletDataset` without augmentations in use)."""
+        if not self.cfg.cache_tokens or dataset is None or not hasattr(dataset, "triplets"):
+            return False
+        augmented = getattr(dataset, "train", False) and getattr(dataset.transform, "augments", True)
+        return not augmented
+
+    def _tokens(self, dataset: Dataset | None, mb: dict, role: str, images: torch.Tensor) -> list[torch.Tensor]:
+        """The frozen VQ-VAE's tokens of a batch's ``role`` images, per scale (B, pn*pn) int64.
+
+        With ``cache_tokens`` each file is tokenized once, on first use (keyed by its path: a style
+        shared by many triplets costs one encoding); the cache holds int16/int32 tokens on the CPU.
+        """
+        if not self._cacheable(dataset) or "index" not in mb:
+            return self.vae.img_to_idx(images)
+        paths = [getattr(dataset.triplets[int(i)], role) for i in mb["index"]]
+        first: dict[Path, int] = {}  # each missing file once, even when the batch holds it twice
+        for j, p in enumerate(paths):
+            if p not in self._token_cache:
+                first.setdefault(p, j)
+        if first:
+            fresh = torch.cat(self.vae.img_to_idx(images[list(first.values())]), dim=1).cpu()
+            dtype = torch.int16 if self.vae.config.vocab_size <= 2**15 else torch.int32
+            for p, row in zip(first, fresh.to(dtype)):
+                self._token_cache[p] = row
+        flat = torch.stack([self._token_cache[p] for p in paths]).to(self.device, torch.long)
+        return list(flat.split([pn * pn for pn in self.vae.patch_nums], dim=1))
 
     def _loss(self, mb: dict) -> torch.Tensor:
         gt, args = self._inputs(mb, train=True)
