@@ -248,3 +248,16 @@ def test_offline_hub_default_gives_a_clear_error(tmp_path, data, capsys, monkeyp
         capsys,
     )
     assert "Senfier-LiqiJing/StyleVAR" in err and "offline" in err
+
+
+def test_only_inference_commands_change_the_allocator(tmp_path, monkeypatch, capsys):
+    """glibc's 1 MiB mmap threshold is for inference; the training commands keep the default policy
+    (page faults on every step's activations made training 1.57x slower)."""
+    import stylevar.cli as cli
+
+    calls = []
+    monkeypatch.setattr(cli, "release_memory_promptly", lambda: calls.append(1))
+    assert main(["info", str(tmp_path / "missing.pth")]) != 0 and calls == [1]
+    assert main(["train-tokenizer", str(tmp_path / "no-images"), "-o", str(tmp_path / "tok")]) != 0
+    assert main(["sft", str(tmp_path / "no-data"), "-o", str(tmp_path / "sft"), "--depth", "2"]) != 0
+    assert calls == [1] and cli.TRAINING_COMMANDS >= {"demo", "train-tokenizer", "sft", "grpo"}

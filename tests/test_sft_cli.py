@@ -117,11 +117,12 @@ def test_from_scratch_and_one_line_user_errors(files, tmp_path, capsys):
     # from scratch: the VQ-VAE (here our checkpoint folder) gives vocabulary, width and scales
     ours = str(files["base"] / "ours")
     new = ("--depth", "1", "--vae", ours, "--encoder-dim", "32")
-    assert _sft(files, tmp_path / "b", *new, "--max-steps", "1") == 0
+    assert _sft(files, tmp_path / "b", *new, "--max-steps", "1", "--content-residual", "--cache-tokens") == 0
     assert "new depth-1 model" in capsys.readouterr().out
     cfg = load_pretrained(tmp_path / "b" / "final").model.config
     assert (cfg.depth, cfg.embed_dim, cfg.patch_nums, cfg.vocab_size) == (1, 64, (1, 2, 3, 4), 64)
-    assert cfg.style_enc_dim == 32
+    assert cfg.style_enc_dim == 32 and cfg.content_residual
+    assert json.loads((tmp_path / "b" / "sft_args.json").read_text())["sft"]["cache_tokens"] is True
     vae_pth = str(files["base"] / "vae.pth")
     for extra, needle in (
         (["--depth", "1"], "needs --vae"),
@@ -130,6 +131,7 @@ def test_from_scratch_and_one_line_user_errors(files, tmp_path, capsys):
         (["--init", ours, "--precision", "fp16", "--fsdp"], "fp16 is not supported with FSDP"),
         (["--init", ours, "--device", "cuda:99"], "cuda"),
         (["--init", ours, "--encoder-dim", "64"], "--init keeps its encoders"),
+        (["--init", ours, "--content-residual"], "--init keeps its layout"),
         ([*new[:4], "--encoder-dim", "12"], "multiple of 8"),
     ):
         assert _sft(files, tmp_path / "err", *extra) == 1

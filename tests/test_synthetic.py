@@ -138,7 +138,15 @@ def test_demo_runs_end_to_end_and_writes_its_metrics(tmp_path):
         "content_image",
         "style_image",
         "tokenizer_reconstruction",
+        "target",
     }
+    target = m["against_target"]["target"]  # the measures' own reference: the target scores perfectly
+    assert target["figure_iou"] == 1.0 and target["figure_mae"] == 0.0 and target["ssim"] == pytest.approx(1.0)
+    assert set(m["checks"]) >= {"closer_than_style_image", "tokenizer_ceiling", "figure_iou", "figure_mae"}
+    assert set(m["swap_cost"]) == {"style", "content"} and m["sampling"]["top_k"] == cfg.top_k
+    samples = tmp_path / "demo" / "samples"
+    kinds = ("content", "style", "target", "stylevar", "swapped")
+    assert sorted(p.name for p in samples.iterdir()) == sorted(f"{i:03d}_{k}.png" for i in range(4) for k in kinds)
     from PIL import Image
 
     assert Image.open(tmp_path / "demo" / "grid.png").size[0] > 5 * 4 * 32
@@ -176,3 +184,35 @@ def test_demo_runs_end_to_end_and_writes_its_metrics(tmp_path):
         == 0
     )
     assert len(list((tmp_path / "syn" / "target").iterdir())) == 3
+
+
+def test_synthetic_truth_and_the_figure_scores():
+    """The ground truth regenerated from the file names is the one the files were painted with, and the
+    demo's figure measures score the target perfectly, the content and style images poorly."""
+    from PIL import Image
+
+    from stylevar.data.synthetic import parse_ids
+    from stylevar.demo import figure_scores
+
+    t = synthetic_triplet(4, 9, seed=2, size=32)
+    assert t.mask.shape == (32, 32) and t.mask.any() and t.style_mask.any()
+    assert np.allclose(_arr(t.target), t.spec.paint(t.mask), atol=0.5 / 255)
+    assert np.allclose(_arr(t.style), t.spec.paint(t.style_mask), atol=0.5 / 255)
+    assert parse_ids("data/content/c00004.png", "s00009.png") == (4, 9)
+    with pytest.raises(DataError, match="not a synthetic style file"):
+        parse_ids("c00004.png", "photo.jpg")
+
+    def tensor(img):
+        return torch.from_numpy(_arr(img)).permute(2, 0, 1).unsqueeze(0)
+
+    masks, palettes = torch.from_numpy(t.mask)[None], torch.from_numpy(t.spec.palette())[None]
+    target = tensor(t.target)
+    iou, mae = figure_scores(target, target, masks, palettes)
+    assert iou.item() == 1.0 and mae.abs().max().item() == 0.0
+    iou_s, mae_s = figure_scores(tensor(t.style), target, masks, palettes)
+    assert iou_s.item() < 0.5 and mae_s.shape == (1, 3)
+    # the figure painted in another colour: found nowhere, and the error is that colour's distance
+    wrong = target.clone()
+    wrong[:, :, masks[0]] = 0.5 * palettes[0, 2].view(3, 1) + 0.5 * palettes[0, 3].view(3, 1)
+    iou_w, mae_w = figure_scores(wrong, target, masks, palettes)
+    assert iou_w.item() == 0.0 and mae_w.min().item() > 0

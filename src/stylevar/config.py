@@ -206,7 +206,7 @@ class StyleVARConfig(Serialisable):
     #: a direct content pathway (not in the published model, off for the released weights): each
     #: content token's VQ feature, projected by ``content_embed``, is added to the target token at the
     #: same place and scale, so the content's layout reaches every block's residual stream, not only
-    #: the attention queries and the start token (docs/architecture.md, "Content pathway")
+    #: the attention queries and the start token (docs/architecture.md, "The content pathway")
     content_residual: bool = False
 
     def __post_init__(self) -> None:

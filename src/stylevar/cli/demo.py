@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="train a small tokenizer and StyleVAR on synthetic triplets (CPU, minutes), then evaluate",
         description="Makes synthetic data, trains a VQ-VAE and a StyleVAR from scratch, stylizes held-out "
-        "pairs, and writes OUT/grid.png and OUT/metrics.json. About 8 minutes on 2 CPU cores. The trained "
+        "pairs, and writes OUT/grid.png and OUT/metrics.json. About 10 minutes on 2 CPU cores. The trained "
         "model is OUT/sft/final: stylevar stylize CONTENT STYLE -o out.png --checkpoint OUT/sft/final "
         "(it works at 32x32 px, on images like the synthetic ones).",
     )
@@ -93,10 +93,19 @@ def run_demo_command(args: argparse.Namespace) -> int:
         keep_checkpoints=args.keep_checkpoints,
     )
     t = m["against_target"]
-    print(f"\nheld-out pairs: {m['heldout_pairs']} (new contents and new styles); similarity to the target:")
-    print(f"  {'':28s} {'SSIM':>7s} {'PSNR':>7s} {'L1':>7s}")
+    print(f"\nheld-out pairs: {m['heldout_pairs']} (new contents and new styles), against the target:")
+    print(f"  {'':28s} {'SSIM':>7s} {'PSNR':>7s} {'L1':>7s} {'fig IoU':>8s} {'fig MAE':>8s}")
     for name, row in t.items():
-        print(f"  {name:28s} {row['ssim']:7.4f} {row['psnr']:7.2f} {row['l1']:7.4f}")
+        if name == "target":
+            continue
+        print(
+            f"  {name:28s} {row['ssim']:7.4f} {row['psnr']:7.2f} {row['l1']:7.4f} "
+            f"{row['figure_iou']:8.3f} {row['figure_mae']:8.1f}"
+        )
+    print("  (fig IoU: the content's figure found in the output; fig MAE: error inside it, levels of 255)")
+    failed = [k for k, ok in m["checks"].items() if not ok]
+    print(f"checks: {len(m['checks']) - len(failed)}/{len(m['checks'])} met" + (f" (not: {', '.join(failed)})" if failed else ""))
+    print(f"every pair: {m['samples']}/NNN_{{content,style,target,stylevar,swapped}}.png")
     print(
         f"took {m['timings']['total_s'] / 60:.1f} min; metrics: {args.output}/metrics.json; grid: {m['grid']}"
     )

@@ -75,6 +75,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "ResNet-18, smaller multiples of 8 narrow every stage (small models from scratch)",
     )
     g.add_argument(
+        "--content-residual",
+        action="store_true",
+        help="new models (--init-var, --depth): add each content token's VQ feature to the target token at "
+        "the same place, a direct content pathway besides the attention queries (not in the released model)",
+    )
+    g.add_argument(
         "--variant", choices=("grpo", "sft"), default=None, help="with --init and a Hub id: which release"
     )
     g.add_argument(
@@ -126,6 +132,7 @@ def job_from_args(args: argparse.Namespace):
         vae=args.vae,
         resnet_weights=args.resnet_weights,
         encoder_dim=args.encoder_dim,
+        content_residual=args.content_residual,
         variant=args.variant,
         alpha=args.alpha,
         patch_nums=args.patch_nums,

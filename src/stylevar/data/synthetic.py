@@ -66,6 +66,12 @@ class StyleSpec:
             raise DataError(f"unknown texture {self.texture!r}; choose one of {', '.join(TEXTURES)}")
         return np.asarray(t, dtype=np.float32)
 
+    def palette(self) -> np.ndarray:
+        """(4, 3) float32: the colours :meth:`paint` uses: figure plain and textured, then background
+        plain and textured."""
+        fg, bg = np.asarray(self.foreground, np.float32), np.asarray(self.background, np.float32)
+        return np.stack([fg, fg * (1 - 0.25 * self.strength), bg, bg * (1 - self.strength)])
+
     def paint(self, mask: np.ndarray) -> np.ndarray:
         """Render a foreground ``mask`` (H, W) bool in this style -> (H, W, 3) float in [0, 1]."""
         t = self.texture_map(mask.shape[0])[..., None]
@@ -131,15 +137,20 @@ def random_content(rng: random.Random, size: int) -> tuple[np.ndarray, np.ndarra
     return img, mask
 
 
-def style_image(spec: StyleSpec, rng: random.Random, size: int) -> np.ndarray:
-    """The style reference: the palette and texture over the whole frame, with 2-4 foreground blobs
-    at random places (so its layout differs from any target's)."""
+def style_blobs(rng: random.Random, size: int) -> np.ndarray:
+    """The style image's layout: 2-4 discs at random places, (size, size) bool."""
     mask = np.zeros((size, size), bool)
     y, x = np.mgrid[0:size, 0:size] + 0.5
     for _ in range(rng.randint(2, 4)):
         cx, cy, r = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(0.08, 0.18) * size
         mask |= (x - cx) ** 2 + (y - cy) ** 2 <= r * r
-    return spec.paint(mask)
+    return mask
+
+
+def style_image(spec: StyleSpec, rng: random.Random, size: int) -> np.ndarray:
+    """The style reference: the palette and texture over the whole frame, with 2-4 foreground blobs
+    at random places (so its layout differs from any target's)."""
+    return spec.paint(style_blobs(rng, size))
 
 
 def _to_pil(a: np.ndarray) -> Image.Image:
@@ -151,21 +162,40 @@ class SyntheticTriplet:
     content: Image.Image
     style: Image.Image
     target: Image.Image
+    #: the content's figure (H, W) bool: the structure the target must keep
+    mask: np.ndarray | None = None
+    #: the style's palette and texture: the colours the target's figure and background take
+    spec: StyleSpec | None = None
+    #: the style image's own blobs (H, W) bool: its layout, which must not reach the target
+    style_mask: np.ndarray | None = None
 
 
 def synthetic_triplet(
     content_id: int, style_id: int, *, seed: int = 0, size: int = 64, period: int = 0
 ) -> SyntheticTriplet:
-    """The triplet of content ``content_id`` and style ``style_id`` (each a pure function of its id and seed).
+    """The triplet of content ``content_id`` and style ``style_id`` (each a pure function of its id and seed),
+    with its ground truth (the content's figure, the style's palette, the style image's blobs).
 
     ``period``: texture period in pixels (0: ``size // 8``).
     """
     content, mask = random_content(random.Random(f"synthetic/{seed}/content/{content_id}"), size)
     srng = random.Random(f"synthetic/{seed}/style/{style_id}")
     spec = random_style(srng, period=period or max(2, size // 8))
+    blobs = style_blobs(srng, size)
     return SyntheticTriplet(
-        _to_pil(content), _to_pil(style_image(spec, srng, size)), _to_pil(spec.paint(mask))
+        _to_pil(content), _to_pil(spec.paint(blobs)), _to_pil(spec.paint(mask)), mask, spec, blobs
     )
+
+
+def parse_ids(content: str | os.PathLike, style: str | os.PathLike) -> tuple[int, int]:
+    """``(content_id, style_id)`` of files written by :func:`make_synthetic` (``c00012.png``, ``s00034.png``)."""
+    ids = []
+    for path, letter in ((content, "c"), (style, "s")):
+        stem = Path(path).stem
+        if not (stem.startswith(letter) and stem[1:].isdigit()):
+            raise DataError(f"{path}: not a synthetic {('content', 'style')[letter == 's']} file ({letter}NNNNN.png)")
+        ids.append(int(stem[1:]))
+    return ids[0], ids[1]
 
 
 def make_synthetic(
