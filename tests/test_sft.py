@@ -195,13 +195,23 @@ def test_token_cache_tokenizes_each_file_once_and_changes_nothing(tmp_path):
     root = make_synthetic(tmp_path / "data", num_contents=3, num_styles=3, num_triplets=8, size=64)
     triplets = scan(root)
 
-    def run(name, cache, transform=TripletTransform(resolution=64)):
+    def run(name, cache, transform=None):
+        transform = transform or TripletTransform(resolution=64)
         model, vae = tiny_models(tag="sft", depth=2, num_heads=2, drop_path_rate=0.0)
         encoded = []
         real = vae.img_to_idx
         vae.img_to_idx = lambda img: (encoded.append(img.shape[0]), real(img))[1]
-        cfg = SFTConfig(micro_batch=4, grad_accum=1, epochs=3, lr=3e-3, num_workers=0, save_every=0,
-                        log_every=1, warmup_steps=1, cache_tokens=cache)
+        cfg = SFTConfig(
+            micro_batch=4,
+            grad_accum=1,
+            epochs=3,
+            lr=3e-3,
+            num_workers=0,
+            save_every=0,
+            log_every=1,
+            warmup_steps=1,
+            cache_tokens=cache,
+        )
         t = SFTTrainer(model, vae, TripletDataset(triplets, transform, train=True), tmp_path / name, cfg)
         t.fit(progress=False)
         return [r["loss"] for r in t.history if "loss" in r], sum(encoded), t

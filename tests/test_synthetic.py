@@ -141,12 +141,16 @@ def test_demo_runs_end_to_end_and_writes_its_metrics(tmp_path):
         "target",
     }
     target = m["against_target"]["target"]  # the measures' own reference: the target scores perfectly
-    assert target["figure_iou"] == 1.0 and target["figure_mae"] == 0.0 and target["ssim"] == pytest.approx(1.0)
+    assert (
+        target["figure_iou"] == 1.0 and target["figure_mae"] == 0.0 and target["ssim"] == pytest.approx(1.0)
+    )
     assert set(m["checks"]) >= {"closer_than_style_image", "tokenizer_ceiling", "figure_iou", "figure_mae"}
     assert set(m["swap_cost"]) == {"style", "content"} and m["sampling"]["top_k"] == cfg.top_k
     samples = tmp_path / "demo" / "samples"
     kinds = ("content", "style", "target", "stylevar", "swapped")
-    assert sorted(p.name for p in samples.iterdir()) == sorted(f"{i:03d}_{k}.png" for i in range(4) for k in kinds)
+    assert sorted(p.name for p in samples.iterdir()) == sorted(
+        f"{i:03d}_{k}.png" for i in range(4) for k in kinds
+    )
     from PIL import Image
 
     assert Image.open(tmp_path / "demo" / "grid.png").size[0] > 5 * 4 * 32
@@ -189,7 +193,6 @@ def test_demo_runs_end_to_end_and_writes_its_metrics(tmp_path):
 def test_synthetic_truth_and_the_figure_scores():
     """The ground truth regenerated from the file names is the one the files were painted with, and the
     demo's figure measures score the target perfectly, the content and style images poorly."""
-    from PIL import Image
 
     from stylevar.data.synthetic import parse_ids
     from stylevar.demo import figure_scores

@@ -367,14 +367,15 @@ def evaluate_heldout(
         "figure_iou": ours["figure_iou"] >= GOALS["figure_iou"],
         "figure_mae": max(ours["figure_mae_rgb"]) <= GOALS["figure_mae"],
     }
-    swap_cost = {
-        kind: {k: round(ours[k] - table[f"stylevar_{kind}_swapped"][k], 4) for k in ("ssim", "figure_iou")}
-        for kind in ("style", "content")
-    }
+    # what swapping an input costs, each measure signed so that a positive cost is a worse result
+    swap_cost = {}
     for kind in ("style", "content"):
-        swap_cost[kind]["figure_mae"] = round(
-            table[f"stylevar_{kind}_swapped"]["figure_mae"] - ours["figure_mae"], 2
-        )
+        other_row = table[f"stylevar_{kind}_swapped"]
+        swap_cost[kind] = {
+            "ssim": round(ours["ssim"] - other_row["ssim"], 4),
+            "figure_iou": round(ours["figure_iou"] - other_row["figure_iou"], 4),
+            "figure_mae": round(other_row["figure_mae"] - ours["figure_mae"], 2),
+        }
     pil = {
         "content": [tensor_to_pil(x) for x in unit(content)],
         "style": [tensor_to_pil(x) for x in unit(style)],
@@ -393,7 +394,12 @@ def evaluate_heldout(
     save_image_atomic(make_grid(rows, cell, labels=labels), grid_path)
     return {
         "heldout_pairs": n,
-        "sampling": {"top_k": cfg.top_k, "top_p": cfg.top_p, "temperature": cfg.temperature, "seeds": "seed + pair index"},
+        "sampling": {
+            "top_k": cfg.top_k,
+            "top_p": cfg.top_p,
+            "temperature": cfg.temperature,
+            "seeds": "seed + pair index",
+        },
         "against_target": table,
         "swap_cost": swap_cost,
         "goals": GOALS,

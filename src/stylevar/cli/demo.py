@@ -104,7 +104,10 @@ def run_demo_command(args: argparse.Namespace) -> int:
         )
     print("  (fig IoU: the content's figure found in the output; fig MAE: error inside it, levels of 255)")
     failed = [k for k, ok in m["checks"].items() if not ok]
-    print(f"checks: {len(m['checks']) - len(failed)}/{len(m['checks'])} met" + (f" (not: {', '.join(failed)})" if failed else ""))
+    print(
+        f"checks: {len(m['checks']) - len(failed)}/{len(m['checks'])} met"
+        + (f" (not: {', '.join(failed)})" if failed else "")
+    )
     print(f"every pair: {m['samples']}/NNN_{{content,style,target,stylevar,swapped}}.png")
     print(
         f"took {m['timings']['total_s'] / 60:.1f} min; metrics: {args.output}/metrics.json; grid: {m['grid']}"

@@ -193,7 +193,9 @@ def parse_ids(content: str | os.PathLike, style: str | os.PathLike) -> tuple[int
     for path, letter in ((content, "c"), (style, "s")):
         stem = Path(path).stem
         if not (stem.startswith(letter) and stem[1:].isdigit()):
-            raise DataError(f"{path}: not a synthetic {('content', 'style')[letter == 's']} file ({letter}NNNNN.png)")
+            raise DataError(
+                f"{path}: not a synthetic {('content', 'style')[letter == 's']} file ({letter}NNNNN.png)"
+            )
         ids.append(int(stem[1:]))
     return ids[0], ids[1]
 

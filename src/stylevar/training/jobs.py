@@ -131,7 +131,9 @@ class SFTStart:
     vae: str | None = None  #: VQ-VAE: an upstream .pth, our checkpoint folder or a tokenizer folder
     resnet_weights: str | None = None  #: ImageNet ResNet-18 file for both encoders (new models)
     encoder_dim: int | None = None  #: new models: the ResNet encoders' width (512 = ResNet-18)
-    content_residual: bool = False  #: new models: the direct content pathway (StyleVARConfig.content_residual)
+    content_residual: bool = (
+        False  #: new models: the direct content pathway (StyleVARConfig.content_residual)
+    )
     variant: str | None = None  #: with ``init`` and a Hub id: which release (grpo, sft)
     alpha: Any = None  #: per-scale alpha: a preset or values (default: sft for new models)
     patch_nums: tuple[int, ...] | None = None  #: token scales of a ``depth`` model (default: the VQ-VAE's)
@@ -196,7 +198,9 @@ def check_start(start: SFTStart) -> None:
             f"--encoder-dim must be a positive multiple of 8 (e.g. 64), got {start.encoder_dim}"
         )
     if start.content_residual and start.init:
-        raise ConfigError("--content-residual builds new models (--init-var, --depth); --init keeps its layout")
+        raise ConfigError(
+            "--content-residual builds new models (--init-var, --depth); --init keeps its layout"
+        )
     if start.resnet_weights and start.init:
         raise ConfigError(
             "--resnet-weights initialises new models (--init-var, --depth); --init keeps its encoders"

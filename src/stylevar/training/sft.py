@@ -164,7 +164,9 @@ class SFTTrainer(Trainer):
         augmented = getattr(dataset, "train", False) and getattr(dataset.transform, "augments", True)
         return not augmented
 
-    def _tokens(self, dataset: Dataset | None, mb: dict, role: str, images: torch.Tensor) -> list[torch.Tensor]:
+    def _tokens(
+        self, dataset: Dataset | None, mb: dict, role: str, images: torch.Tensor
+    ) -> list[torch.Tensor]:
         """The frozen VQ-VAE's tokens of a batch's ``role`` images, per scale (B, pn*pn) int64.
 
         With ``cache_tokens`` each file is tokenized once, on first use (keyed by its path: a style
