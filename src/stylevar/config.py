@@ -159,7 +159,8 @@ class VQVAEConfig(Serialisable):
         g = self.norm_groups
         if g < 1 or self.ch % g or any((self.ch * m) % g for m in self.ch_mult):
             raise ConfigError(
-                f"VQ-VAE channels (ch={self.ch} x ch_mult) must be multiples of norm_groups={g} (GroupNorm)"
+                f"VQ-VAE channels (ch={self.ch} x ch_mult) must be multiples of norm_groups={g} (GroupNorm); "
+                "choose --norm-groups dividing --ch (e.g. 1, 8 or 32)"
             )
         if self.vocab_size < 2 or self.z_channels < 1:
             raise ConfigError("VQ-VAE needs vocab_size >= 2 and z_channels >= 1")
