@@ -146,6 +146,9 @@ def test_demo_runs_end_to_end_and_writes_its_metrics(tmp_path):
     )
     assert set(m["checks"]) >= {"closer_than_style_image", "tokenizer_ceiling", "figure_iou", "figure_mae"}
     assert set(m["swap_cost"]) == {"style", "content"} and m["sampling"]["top_k"] == cfg.top_k
+    from stylevar.demo import resolve_precision
+
+    assert m["precision"] == {"tokenizer": resolve_precision("auto", torch.device("cpu")), "sft": "fp32"}
     samples = tmp_path / "demo" / "samples"
     kinds = ("content", "style", "target", "stylevar", "swapped")
     assert sorted(p.name for p in samples.iterdir()) == sorted(
@@ -219,3 +222,21 @@ def test_synthetic_truth_and_the_figure_scores():
     wrong[:, :, masks[0]] = 0.5 * palettes[0, 2].view(3, 1) + 0.5 * palettes[0, 3].view(3, 1)
     iou_w, mae_w = figure_scores(wrong, target, masks, palettes)
     assert iou_w.item() == 0.0 and mae_w.min().item() > 0
+
+
+def test_demo_precision_resolves_per_device():
+    """``auto`` is bf16 only where the device computes it natively; explicit choices are kept; typos refused."""
+    from stylevar.demo import DemoConfig, resolve_precision
+    from stylevar.devices import has_fast_bf16
+    from stylevar.errors import ConfigError
+
+    cpu = torch.device("cpu")
+    amx = bool(torch.cpu.get_capabilities().get("amx_bf16", False))
+    assert has_fast_bf16(cpu) is amx and has_fast_bf16("meta") is False
+    assert resolve_precision("auto", cpu) == ("bf16" if amx else "fp32")
+    assert resolve_precision("auto", torch.device("meta")) == "fp32"
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(ConfigError, match="tokenizer_precision must be auto, fp32 or bf16"):
+        DemoConfig(tokenizer_precision="fp16")
+    with pytest.raises(ConfigError, match="sft_precision"):
+        DemoConfig(sft_precision="half")

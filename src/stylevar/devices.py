@@ -20,3 +20,21 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         raise ConfigError(f"device {device} requested but MPS is not available here; use --device cpu")
     return dev
+
+
+def has_fast_bf16(device: str | torch.device) -> bool:
+    """Does ``device`` compute in bfloat16 natively (faster than float32)?
+
+    CUDA: ``torch.cuda.is_bf16_supported()`` (Ampere and newer). CPU: Intel AMX (``amx_bf16``, Sapphire
+    Rapids and newer), where oneDNN's bf16 convolutions and matrix products beat fp32 (the demo's
+    tokenizer step: 1.8x, README "Demo"); elsewhere bf16 on the CPU is emulated or barely faster, so False.
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if dev.type == "cpu":
+        try:
+            return bool(torch.cpu.get_capabilities().get("amx_bf16", False))
+        except (AttributeError, RuntimeError):  # older torch: no capability query
+            return False
+    return False

@@ -34,6 +34,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokenizer-steps", type=int, default=None, help="override the tokenizer's steps")
     p.add_argument("--sft-steps", type=int, default=None, help="override the SFT steps")
+    p.add_argument(
+        "--tokenizer-precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16"),
+        help="the tokenizer's training precision: auto (default) = bf16 autocast where the device computes "
+        "bf16 natively (CUDA since Ampere, CPUs with Intel AMX), else fp32",
+    )
+    p.add_argument(
+        "--sft-precision",
+        default="fp32",
+        choices=("auto", "fp32", "bf16"),
+        help="StyleVAR's training precision (default fp32: bf16 does not speed up the small transformer)",
+    )
     p.add_argument("--quick", action="store_true", help="a one-minute smoke run (does not learn much)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
     p.add_argument(
@@ -85,6 +98,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
         cfg.tokenizer_steps = args.tokenizer_steps
     if args.sft_steps is not None:
         cfg.sft_steps = args.sft_steps
+    cfg.tokenizer_precision, cfg.sft_precision = args.tokenizer_precision, args.sft_precision
     m = run_demo(
         args.output,
         cfg,
