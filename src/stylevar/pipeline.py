@@ -4,17 +4,23 @@
     out = pipe("photo.jpg", "painting.png", num_samples=4, seed=0)
     out.images[0].save("result.png"); print(out.seeds)
 
-The whole loop is visible in ``__call__``: read and resize the images, encode every distinct
-content and style image once (VQ tokens + ResNet feature), then for each batch of
-(pair, sample) jobs sample the tokens scale by scale (``StyleVAR.generate``) and decode.
+    for r in pipe.stylize_pairs(read_manifest("pairs.csv"), on_bad_file="skip"):   # any number of pairs
+        r.image.save(...) if r.ok else print(r.error)
+
+One loop serves both (``stylize_pairs``; ``__call__`` and ``iter_batches`` build pairs and call it):
+the (pair, sample) jobs are taken a window of a few batches at a time; the window's images that are
+not already encoded are read, resized and encoded (VQ tokens + ResNet feature, kept in a bounded
+cache, so a style used by many pairs is encoded once); each batch is sampled scale by scale
+(``StyleVAR.generate``), decoded and yielded. Memory does not grow with the number of pairs.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import secrets
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,12 +38,15 @@ from .images import (
     pil_from_tensor_input,
     pil_to_unit_tensor,
     tensor_to_pil,
-    to_model_input,
     to_rgb,
 )
 from .io import Checkpoint, load_pretrained, save_pretrained
 from .models import VQVAE, Conditioning, StyleVAR
 from .models.ops import parse_dtype
+from .pairs import Blend, Pair
+from .stream import EncodedImages, Job, PairResult, as_pair, image_key
+
+BAD_FILE_POLICIES = ("fail", "skip")
 
 logger = logging.getLogger(__name__)
 
@@ -241,108 +250,339 @@ class StyleVARPipeline:
         * ``upscale``: with ``keep_size``, ``lanczos`` (default) or ``guided`` (bicubic, then a guided
           filter with the full-resolution content as guide: the content's fine detail at full size).
         """
+        contents, styles = _as_list(content), _as_list(style)
+        for role, items in (("content", contents), ("style", styles)):
+            if not items:
+                raise ImageError(f"no {role} images given")
+        blend = None if style_weights is None else blend_weights(style_weights, len(styles))
+        index = _make_pairs(len(contents), 1 if blend else len(styles), pairing)
+        blended = Blend(tuple(styles), tuple(blend)) if blend else None
+        pairs = [Pair(contents[c], blended if blended is not None else styles[st]) for c, st in index]
+        keep = None if skip is None else (lambda i, _pair, k: skip(index[i][0], index[i][1], k))
+        for results in self._stream(
+            pairs,
+            num_samples=num_samples,
+            seed=seed,
+            top_k=top_k,
+            top_p=top_p,
+            temperature=temperature,
+            style_strength=style_strength,
+            alpha=alpha,
+            batch_size=batch_size,
+            fit=fit,
+            keep_size=keep_size,
+            legacy_kv_cache=legacy_kv_cache,
+            dtype=dtype,
+            cuda_graphs=cuda_graphs,
+            output_type=output_type,
+            preserve_color=preserve_color,
+            upscale=upscale,
+            skip=keep,
+            progress=progress,
+        ):
+            yield StylizeOutput(
+                images=[r.image for r in results],
+                seeds=[r.seed for r in results],
+                pairs=[index[r.index] for r in results],
+                sample_indices=[r.sample for r in results],
+            )
+
+    def stylize_pairs(
+        self,
+        pairs: Iterable[Pair | tuple[Any, Any]],
+        *,
+        num_samples: int = 1,
+        seed: int | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        temperature: float | None = None,
+        style_strength: float | None = None,
+        alpha: Sequence[float] | None = None,
+        batch_size: int = 4,
+        window: int = 4,
+        cache_size: int = 256,
+        fit: str = "crop",
+        keep_size: bool = False,
+        legacy_kv_cache: bool = False,
+        dtype: torch.dtype | str | None = None,
+        cuda_graphs: bool = False,
+        output_type: str = "pil",
+        preserve_color: str = "none",
+        upscale: str = "lanczos",
+        on_bad_file: str = "fail",
+        skip: Callable[[int, Pair, int], bool] | None = None,
+        progress: bool = False,
+        total: int | None = None,
+        pad_batches: bool | None = None,
+    ) -> Iterator[PairResult]:
+        """Stylize any number of pairs, streaming: yields one :class:`PairResult` per image, in order.
+
+        ``pairs``: an iterable (a generator is fine: it is consumed a window at a time) of
+        :class:`~stylevar.pairs.Pair` or ``(content, style)`` tuples; sources are in
+        :mod:`stylevar.pairs` (folders, CSV/JSON-lines manifests). A pair's own settings (seed,
+        style strength, colour preservation, top-k/top-p/temperature) override the arguments here.
+
+        Seeds: pair ``i``'s sample ``k`` gets ``pair.seed + k``, or ``seed + i * num_samples + k``
+        when the pair has none (``seed`` None: a random base). Each image depends only on its inputs,
+        settings and seed, not on the batch it lands in.
+
+        Memory: the images of ``window`` batches are read at a time; encoded images (VQ condition
+        features and ResNet feature, some kB each) are kept in an LRU cache of ``cache_size`` per role,
+        so a style shared by many pairs is read and encoded once. Full-resolution contents are kept
+        only within a window, and only for ``keep_size`` / colour preservation.
+
+        ``on_bad_file``: ``fail`` raises :class:`~stylevar.errors.ImageError` at the first input that
+        cannot be read (results before it have been yielded); ``skip`` yields a result with
+        ``error`` set for each image of a pair with an unreadable input and goes on.
+        ``skip(index, pair, sample)`` returning True leaves that image out without reading anything
+        (resuming); the other images' seeds do not change.
+
+        Same bytes wherever an image is made: a run of at least ``batch_size`` images (skipped ones
+        included) computes every batch at full size, padding a short one (``pad_batches`` None: so
+        decided; True/False force it). Kernels round differently at different batch sizes, so
+        without it an image could move by one 8-bit level between a folder run, a manifest and a
+        Ray worker. A run smaller than one batch is not padded (one image costs one image).
+        Other arguments: see :meth:`__call__`.
+        """
+        if total is None and hasattr(pairs, "__len__"):
+            total = len(pairs) * num_samples  # type: ignore[arg-type]
+        for results in self._stream(
+            pairs,
+            num_samples=num_samples,
+            seed=seed,
+            top_k=top_k,
+            top_p=top_p,
+            temperature=temperature,
+            style_strength=style_strength,
+            alpha=alpha,
+            batch_size=batch_size,
+            window=window,
+            cache_size=cache_size,
+            fit=fit,
+            keep_size=keep_size,
+            legacy_kv_cache=legacy_kv_cache,
+            dtype=dtype,
+            cuda_graphs=cuda_graphs,
+            output_type=output_type,
+            preserve_color=preserve_color,
+            upscale=upscale,
+            on_bad_file=on_bad_file,
+            skip=skip,
+            progress=progress,
+            total=total,
+            pad_batches=pad_batches,
+        ):
+            yield from results
+
+    # ------------------------------------------------------------------ the streaming loop
+    @torch.no_grad()
+    def _stream(
+        self,
+        pairs: Iterable[Any],
+        *,
+        num_samples: int,
+        seed: int | None,
+        top_k: int | None,
+        top_p: float | None,
+        temperature: float | None,
+        style_strength: float | None,
+        alpha: Sequence[float] | None,
+        batch_size: int,
+        fit: str,
+        keep_size: bool,
+        legacy_kv_cache: bool,
+        dtype: torch.dtype | str | None,
+        cuda_graphs: bool,
+        output_type: str,
+        preserve_color: str,
+        upscale: str,
+        skip: Callable[[int, Pair, int], bool] | None,
+        progress: bool,
+        window: int = 4,
+        cache_size: int = 256,
+        on_bad_file: str = "fail",
+        total: int | None = None,
+        pad_batches: bool | None = None,
+    ) -> Iterator[list[PairResult]]:
+        """The loop behind every entry point: yields each batch's results (a bad pair: a list of its own)."""
         s = self.sampling
-        top_k = s.top_k if top_k is None else top_k
-        top_p = s.top_p if top_p is None else top_p
-        temperature = s.temperature if temperature is None else temperature
-        style_strength = s.style_strength if style_strength is None else style_strength
-        SamplingConfig(
-            top_k=top_k, top_p=top_p, temperature=temperature, style_strength=style_strength
-        )  # validates
+        defaults = {
+            "top_k": s.top_k if top_k is None else top_k,
+            "top_p": s.top_p if top_p is None else top_p,
+            "temperature": s.temperature if temperature is None else temperature,
+            "style_strength": s.style_strength if style_strength is None else style_strength,
+        }
+        SamplingConfig(**defaults)  # validates
         if fit not in FITS:
             raise ConfigError(f"fit must be one of {FITS}, got {fit!r}")
-        if num_samples < 1 or batch_size < 1:
-            raise ConfigError("num_samples and batch_size must be >= 1")
+        if num_samples < 1 or batch_size < 1 or window < 1:
+            raise ConfigError("num_samples, batch_size and window must be >= 1")
         if output_type not in ("pil", "pt"):
             raise ConfigError("output_type must be 'pil' or 'pt'")
         if preserve_color not in COLOUR_MODES:
             raise ConfigError(f"preserve_color must be one of {COLOUR_MODES}, got {preserve_color!r}")
         if upscale not in UPSAMPLERS:
             raise ConfigError(f"upscale must be one of {UPSAMPLERS}, got {upscale!r}")
+        if on_bad_file not in BAD_FILE_POLICIES:
+            raise ConfigError(f"on_bad_file must be one of {BAD_FILE_POLICIES}, got {on_bad_file!r}")
         dtype = parse_dtype(dtype)
         if alpha is not None:
             try:
                 self.model.resolve_alpha(alpha)
             except ValueError as e:
                 raise ConfigError(str(e)) from None
-
-        # 1. read every image first: a bad file fails before anything is computed or written
-        contents = self.load_images(content, "content")
-        styles = self.load_images(style, "style")
-        blend = None if style_weights is None else blend_weights(style_weights, len(styles))
-        pairs = _make_pairs(len(contents), 1 if blend else len(styles), pairing)
         base = secrets.randbelow(2**31) if seed is None else int(seed)
-        jobs = [
-            (p, k, base + p * num_samples + k)
-            for p in range(len(pairs))
-            for k in range(num_samples)
-            if skip is None or not skip(pairs[p][0], pairs[p][1], k)
-        ]
-        if not jobs:
-            return
 
-        # 2. encode each distinct image once (VQ-VAE tokens -> condition features, ResNet feature)
-        R = self.resolution
-        used_c = sorted({pairs[p][0] for p, _, _ in jobs})
-        used_s = sorted({pairs[p][1] for p, _, _ in jobs})
-        c_feat, c_cvae = self._encode_all(
-            torch.stack([to_model_input(contents[i], R, fit) for i in used_c]), "content", batch_size
-        )
-        if blend:  # every style image encoded, then one weighted style (exact for weights like (1, 0))
-            f, c = self._encode_all(
-                torch.stack([to_model_input(im, R, fit) for im in styles]), "style", batch_size
-            )
-            w = torch.tensor(blend, device=f.device, dtype=f.dtype)
-            s_feat = (w.view(-1, 1) * f).sum(0, keepdim=True)
-            s_cvae = (w.view(-1, 1, 1).to(c.dtype) * c).sum(0, keepdim=True)
-        else:
-            s_feat, s_cvae = self._encode_all(
-                torch.stack([to_model_input(styles[i], R, fit) for i in used_s]), "style", batch_size
-            )
-        c_row = {c: r for r, c in enumerate(used_c)}
-        s_row = {st: r for r, st in enumerate(used_s)}
+        considered = 0  # images of the run so far, skipped ones included
 
-        # 3. sample the (pair, sample) jobs in batches, each image with its own seed
+        def jobs() -> Iterator[Job]:
+            nonlocal considered
+            for i, item in enumerate(pairs):
+                pair = as_pair(item)
+                for k in range(num_samples):
+                    considered += 1
+                    if skip is not None and skip(i, pair, k):
+                        continue
+                    sd = pair.seed + k if pair.seed is not None else base + i * num_samples + k
+                    yield i, pair, k, sd
+
+        encoded = EncodedImages(self._encode, self.resolution, fit, cache_size, on_bad_file)
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(jobs), unit="img", desc="stylizing")
+            bar = tqdm(total=total, unit="img", desc="stylizing")
+        job_iter = jobs()
+        pad_to = 0  # batches are padded to this many rows (0: as they are)
+
+        def run(batch: list[Job]) -> list[PairResult]:
+            results = self._run_batch(
+                batch, encoded, full, defaults, alpha, fit, keep_size, legacy_kv_cache, dtype,
+                cuda_graphs, output_type, preserve_color, upscale, pad_to,
+            )  # fmt: skip
+            if bar is not None:
+                bar.update(len(batch))
+            return results
+
         try:
-            for start in range(0, len(jobs), batch_size):
-                chunk = jobs[start : start + batch_size]
-                ci = torch.tensor([c_row[pairs[p][0]] for p, _, _ in chunk], device=self.device)
-                si = torch.tensor([s_row[pairs[p][1]] for p, _, _ in chunk], device=self.device)
-                cond = Conditioning(s_feat[si], c_feat[ci], s_cvae[si], c_cvae[ci])
-                out = self.model.generate(
-                    self.vae,
-                    cond,
-                    seed=[sd for _, _, sd in chunk],
-                    top_k=top_k,
-                    top_p=top_p,
-                    temperature=temperature,
-                    alpha=alpha,
-                    style_strength=style_strength,
-                    legacy_kv_cache=legacy_kv_cache,
-                    dtype=dtype,
-                    cuda_graphs=cuda_graphs,
+            while True:
+                win = list(itertools.islice(job_iter, batch_size * window))
+                if not win:
+                    return
+                if pad_batches is None:  # decided once, on the first window: a run of >= 1 batch pads
+                    full_window = len(win) == batch_size * window
+                    pad_batches = full_window or considered >= batch_size
+                pad_to = batch_size if pad_batches else 0
+                full = encoded.prepare(
+                    win,
+                    keep_size=keep_size,
+                    preserve_color=preserve_color,
+                    batch_size=batch_size,
+                    pad_to=pad_to,
                 )
-                yield StylizeOutput(
-                    images=[
-                        self._postprocess(
-                            img, contents[pairs[p][0]], fit, keep_size, output_type, preserve_color, upscale
-                        )
-                        for (p, _, _), img in zip(chunk, out.images)
-                    ],
-                    seeds=[sd for _, _, sd in chunk],
-                    pairs=[pairs[p] for p, _, _ in chunk],
-                    sample_indices=[k for _, k, _ in chunk],
-                )
-                if bar is not None:
-                    bar.update(len(chunk))
+                batch: list[Job] = []
+                for job in win:
+                    error = encoded.error(job[1])
+                    key = self._sampling_key(job[1], defaults)
+                    if batch and (
+                        error or len(batch) == batch_size or key != self._sampling_key(batch[0][1], defaults)
+                    ):
+                        yield run(batch)
+                        batch = []
+                    if error:
+                        yield [PairResult(job[0], job[2], job[3], job[1], error=error)]
+                        if bar is not None:
+                            bar.update(1)
+                    else:
+                        batch.append(job)
+                if batch:
+                    yield run(batch)
         finally:
             if bar is not None:
                 bar.close()
+
+    @staticmethod
+    def _sampling_key(pair: Pair, defaults: dict[str, Any]) -> tuple:
+        """Settings that one ``generate`` call shares: a batch holds pairs that agree on them."""
+        return tuple(
+            defaults[k] if getattr(pair, k) is None else getattr(pair, k)
+            for k in ("top_k", "top_p", "temperature")
+        )
+
+    def _run_batch(
+        self,
+        batch: list[Job],
+        encoded: EncodedImages,
+        full: dict[tuple, Image.Image],
+        defaults: dict[str, Any],
+        alpha: Sequence[float] | None,
+        fit: str,
+        keep_size: bool,
+        legacy_kv_cache: bool,
+        dtype: torch.dtype | None,
+        cuda_graphs: bool,
+        output_type: str,
+        preserve_color: str,
+        upscale: str,
+        pad_to: int = 0,
+    ) -> list[PairResult]:
+        """Sample and decode one batch of jobs whose inputs are encoded.
+
+        With ``pad_to``, a shorter batch is padded with copies of its last job (their images are
+        dropped): every image of the run is then computed in a batch of the same size, and CPU and
+        GPU kernels, whose rounding depends on the batch size but not on the other rows, give it the
+        same bytes wherever it falls -- in a folder run, a manifest, the API or a Ray worker.
+        """
+        n = len(batch)
+        batch = batch + batch[-1:] * max(0, pad_to - n)
+        c_enc = [encoded.content(p) for _, p, _, _ in batch]
+        s_enc = [encoded.style(p) for _, p, _, _ in batch]
+        cond = Conditioning(
+            torch.stack([e[0] for e in s_enc]),
+            torch.stack([e[0] for e in c_enc]),
+            torch.stack([e[1] for e in s_enc]),
+            torch.stack([e[1] for e in c_enc]),
+        )
+        first = batch[0][1]
+        top_k, top_p, temperature = self._sampling_key(first, defaults)
+        strength, alphas = defaults["style_strength"], alpha
+        if any(p.style_strength is not None for _, p, _, _ in batch):  # per-pair strength: alpha per sample
+            alphas = torch.cat(
+                [
+                    self.model.resolve_alpha(
+                        alpha, defaults["style_strength"] if p.style_strength is None else p.style_strength, 1
+                    )
+                    for _, p, _, _ in batch
+                ]
+            )
+            strength = 0.0
+        out = self.model.generate(
+            self.vae,
+            cond,
+            seed=[sd for _, _, _, sd in batch],
+            top_k=top_k,
+            top_p=top_p,
+            temperature=temperature,
+            alpha=alphas,
+            style_strength=strength,
+            legacy_kv_cache=legacy_kv_cache,
+            dtype=dtype,
+            cuda_graphs=cuda_graphs,
+        )
+        results = []
+        for (i, pair, k, sd), img in zip(batch[:n], out.images[:n]):
+            colour = pair.preserve_color or preserve_color
+            content = full.get(image_key(pair.content))
+            results.append(
+                PairResult(
+                    i,
+                    k,
+                    sd,
+                    pair,
+                    self._postprocess(img, content, fit, keep_size, output_type, colour, upscale),
+                )
+            )
+        return results
 
     @staticmethod
     def _postprocess(
