@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from .images import load_image, pil_from_tensor_input, to_model_input, to_rgb
 from .pairs import Blend, Pair
 
 Job = tuple[int, Pair, int, int]  #: (pair index, pair, sample, seed)
+READ_THREADS = min(8, os.cpu_count() or 1)  #: threads that read a window's files
 
 
 @dataclass
@@ -178,22 +180,33 @@ class EncodedImages:
         full: dict[tuple, Image.Image] = {}
         for role, items in todo.items():
             new_keys, tensors = [], []
-            for key, item in items.items():
-                if (role, key) in self.bad:
-                    continue
+            wanted = [(key, item) for key, item in items.items() if (role, key) not in self.bad]
+
+            def load(key_item: tuple[tuple, Any], role: str = role) -> tuple:
+                """(full-size image if kept, model input if not cached, error): in a reader thread."""
+                key, item = key_item
                 try:
                     img = read_input(item, role)
                 except ImageError as e:
-                    if self.on_bad_file == "fail":
-                        raise
-                    self.bad.put((role, key), str(e))
-                    continue
-                if role == "content" and key in need_full:
-                    full[key] = img
-                if key not in caches[role]:
-                    new_keys.append((key, item))
-                    tensors.append(to_model_input(img, self.resolution, self.fit))
-                del img
+                    return None, None, e
+                keep = img if role == "content" and key in need_full else None
+                x = None if key in caches[role] else to_model_input(img, self.resolution, self.fit)
+                return keep, x, None
+
+            # decoding and resizing release the GIL: the window's files are read by a few threads, in
+            # order (the first unreadable one in input order is the one reported)
+            with ThreadPoolExecutor(max_workers=max(1, min(READ_THREADS, len(wanted)))) as pool:
+                for (key, item), (keep, x, err) in zip(wanted, pool.map(load, wanted)):
+                    if err is not None:
+                        if self.on_bad_file == "fail":
+                            raise err
+                        self.bad.put((role, key), str(err))
+                        continue
+                    if keep is not None:
+                        full[key] = keep
+                    if x is not None:
+                        new_keys.append((key, item))
+                        tensors.append(x)
             for start in range(0, len(tensors), batch_size):  # encoded a batch at a time
                 chunk = tensors[start : start + batch_size]
                 chunk += chunk[-1:] * max(0, pad_to - len(chunk))  # padded: see the pipeline's _run_batch
