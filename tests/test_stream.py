@@ -327,3 +327,16 @@ def test_manifest_with_recursive_names_and_duplicate_outputs(pics, ours_dir, tmp
         main(["stylize", str(pics["content"][0]), "--pairs", str(dup), "-o", str(tmp_path / "e"), *ck]) == 1
     )
     assert "not both" in capsys.readouterr().err
+
+
+def test_a_missing_or_empty_manifest_is_one_line(ours_dir, tmp_path, capsys):
+    ck = ["--checkpoint", str(ours_dir), "--device", "cpu", "-q"]
+    m = tmp_path / "m.csv"
+    for text, fragment in [(None, "manifest not found"), ("content,style\n", "holds no pairs")]:
+        if text is not None:
+            m.write_text(text)
+        assert main(["stylize", "--pairs", str(m), "-o", str(tmp_path / "out"), *ck]) == 1
+        err = capsys.readouterr().err.strip()
+        assert fragment in err and "\n" not in err, err
+    assert main(["stylize", "-o", str(tmp_path / "out"), *ck]) == 1
+    assert "give CONTENT and STYLE" in capsys.readouterr().err

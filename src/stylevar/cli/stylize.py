@@ -294,11 +294,11 @@ def run(args: argparse.Namespace) -> int:
     contents: list[Path] = []
     styles: list[Path] = []
     if args.pairs:
-        n_pairs = count_manifest(args.pairs)
-        pairs = _unique_names(read_manifest(args.pairs), args.pairs)
-        first = next(read_manifest(args.pairs), None)  # fails early, with its line, on a malformed first row
+        first = next(read_manifest(args.pairs), None)  # fails early: a missing file, a malformed first row
         if first is None:
             raise ConfigError(f"{args.pairs} holds no pairs")
+        n_pairs = count_manifest(args.pairs)
+        pairs = _unique_names(read_manifest(args.pairs), args.pairs)
     else:
         contents, c_root = collect_images(args.content, "content", args.recursive)
         styles, s_root = collect_images(args.style, "style", args.recursive)
