@@ -442,6 +442,8 @@ class StyleVARPipeline:
                 for k in range(num_samples):
                     considered += 1
                     if skip is not None and skip(i, pair, k):
+                        if bar is not None:  # a resumed run's bar starts where the last one stopped
+                            bar.update(1)
                         continue
                     sd = pair.seed + k if pair.seed is not None else base + i * num_samples + k
                     yield i, pair, k, sd
