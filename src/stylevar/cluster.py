@@ -29,7 +29,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .files import atomic_write
-from .pairs import Blend, Pair, log_row
+from .pairs import Blend, Pair, image_seed, log_row
 
 #: per-pair settings carried by a job (None is written as the empty string / NaN / -1)
 _FLOAT_FIELDS = ("style_strength", "top_p", "temperature")
@@ -66,7 +66,7 @@ def job_rows(
             row = {
                 "index": i,
                 "sample": k,
-                "seed": (pair.seed + k) if pair.seed is not None else seed + i * num_samples + k,
+                "seed": image_seed(pair, i, k, num_samples, seed),
                 "content": os.fspath(pair.content),
                 "style": os.fspath(blend.images[0] if blend else pair.style),
                 "blend": json.dumps([[os.fspath(p), float(w)] for p, w in zip(blend.images, blend.weights)])

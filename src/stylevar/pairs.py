@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import ConfigError, ImageError
-from .images import IMAGE_EXTENSIONS
+from .images import IMAGE_EXTENSIONS, list_images
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 
@@ -67,6 +67,14 @@ class Pair:
     top_p: float | None = None
     temperature: float | None = None
     source: str | None = None
+
+
+def image_seed(pair: Pair, index: int, sample: int, num_samples: int, base: int) -> int:
+    """The seed of pair ``index``'s sample ``sample``: ``pair.seed + sample``, or
+    ``base + index * num_samples + sample`` when the pair has none (the one rule every path uses)."""
+    if pair.seed is not None:
+        return pair.seed + sample
+    return base + index * num_samples + sample
 
 
 #: manifest column -> (Pair field, converter)
@@ -204,8 +212,6 @@ def collect_images(
     path: str | os.PathLike, role: str, recursive: bool = False
 ) -> tuple[list[Path], Path | None]:
     """(image files, the folder they were found in, or None for a single file) of a file or folder."""
-    from .images import list_images
-
     p = Path(path).expanduser()
     if not p.exists():
         raise ImageError(f"{role} path not found: {p}")

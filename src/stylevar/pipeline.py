@@ -43,7 +43,7 @@ from .images import (
 from .io import Checkpoint, load_pretrained, save_pretrained
 from .models import VQVAE, Conditioning, StyleVAR
 from .models.ops import parse_dtype
-from .pairs import Blend, Pair
+from .pairs import Blend, Pair, image_seed
 from .stream import EncodedImages, Job, PairResult, as_pair, image_key
 
 BAD_FILE_POLICIES = ("fail", "skip")
@@ -163,16 +163,6 @@ class StyleVARPipeline:
     def _encode(self, batch: torch.Tensor, role: str) -> tuple[torch.Tensor, torch.Tensor]:
         fn = self.model.encode_style if role == "style" else self.model.encode_content
         return fn(self.vae, batch.to(self.device))
-
-    def _encode_all(
-        self, tensors: torch.Tensor, role: str, batch_size: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        feats, cvaes = [], []
-        for i in range(0, tensors.shape[0], batch_size):
-            f, c = self._encode(tensors[i : i + batch_size], role)
-            feats.append(f)
-            cvaes.append(c)
-        return torch.cat(feats), torch.cat(cvaes)
 
     # ------------------------------------------------------------------ main entry
     def __call__(self, content: ImagesInput, style: ImagesInput, **kwargs: Any) -> StylizeOutput:
@@ -445,8 +435,7 @@ class StyleVARPipeline:
                         if bar is not None:  # a resumed run's bar starts where the last one stopped
                             bar.update(1)
                         continue
-                    sd = pair.seed + k if pair.seed is not None else base + i * num_samples + k
-                    yield i, pair, k, sd
+                    yield i, pair, k, image_seed(pair, i, k, num_samples, base)
 
         encoded = EncodedImages(self._encode, self.resolution, fit, cache_size, on_bad_file)
         bar = None
