@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import tiny_models, write_upstream
+from helpers import art_inception_state, tiny_models, torchvision_inception_state, write_upstream
 
 # Random-weight stand-ins for the pretrained metric/reward models (shared by test_rewards and test_evaluate).
 
@@ -150,28 +150,24 @@ def clip_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def inception_file(tmp_path_factory):
     """Inception-v3 (FID): random weights in the layout of torchvision's inception_v3_google-0cc3c7bd.pth
-    (AuxLogits.* and fc.* included); BN statistics near (0, 1) so activations stay O(1) through 94 convs."""
-    from torchvision.models import inception_v3
-
-    with torch.device("meta"):
-        model = inception_v3(weights=None, init_weights=False, aux_logits=True)
-    model = model.to_empty(device="cpu")
-    g = torch.Generator().manual_seed(0)
-    sd = {}
-    for k, v in model.state_dict().items():
-        if k.endswith("num_batches_tracked"):
-            continue  # absent from torchvision's file too
-        if k.endswith("running_var"):
-            sd[k] = 0.5 + torch.rand(v.shape, generator=g)
-        elif k.endswith("bn.weight"):
-            sd[k] = 1 + 0.1 * torch.randn(v.shape, generator=g)
-        elif v.ndim > 1:
-            sd[k] = torch.randn(v.shape, generator=g) * (2.0 / v[0].numel()) ** 0.5
-        else:
-            sd[k] = 0.01 * torch.randn(v.shape, generator=g)
+    (AuxLogits.* and fc.* included), which is also the trunk layout of pytorch-fid's FID Inception."""
     path = tmp_path_factory.mktemp("inception") / "inception_v3_google-0cc3c7bd.pth"
-    torch.save(sd, path)
+    torch.save(torchvision_inception_state(seed=0), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def art_inception_file(tmp_path_factory):
+    """ArtFID's Inception: random weights in art_inception.pth's key layout (two heads)."""
+    path = tmp_path_factory.mktemp("art_inception") / "art_inception.pth"
+    torch.save(art_inception_state(seed=5), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def alexnet_file(tmp_path_factory):
+    """AlexNet (LPIPS-Alex trunk): random weights as torchvision's alexnet-owt-7be5be79.pth."""
+    return _random_vgg_features("alexnet", tmp_path_factory.mktemp("alex"), "alexnet-owt-7be5be79.pth")
 
 
 @pytest.fixture(scope="session")

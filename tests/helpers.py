@@ -146,3 +146,44 @@ def torchrun_env() -> dict[str, str]:
     """The environment for ``torchrun`` test processes: one thread each (2 cores), and Python's
     fault handler on, so that a rank dying on a signal (an abort in C++) prints where it was."""
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
+
+
+def random_inception_state(sd: dict, seed: int) -> dict:
+    """Random values for every tensor of an Inception-v3 state dict (``num_batches_tracked`` dropped, as in
+    the released files), scaled so activations stay O(1) through its 94 convolutions."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, v in sd.items():
+        if k.endswith("num_batches_tracked"):
+            continue
+        if k.endswith("running_var"):
+            out[k] = 0.5 + torch.rand(v.shape, generator=g)
+        elif k.endswith("bn.weight"):
+            out[k] = 1 + 0.1 * torch.randn(v.shape, generator=g)
+        elif v.ndim > 1:
+            out[k] = torch.randn(v.shape, generator=g) * (2.0 / v[0].numel()) ** 0.5
+        else:
+            out[k] = 0.01 * torch.randn(v.shape, generator=g)
+    return out
+
+
+def torchvision_inception_state(seed: int) -> dict:
+    """Random weights in the key layout of torchvision's inception_v3_google-0cc3c7bd.pth (heads included)."""
+    from torchvision.models import inception_v3
+
+    with torch.device("meta"):
+        model = inception_v3(weights=None, init_weights=False, aux_logits=True)
+    return random_inception_state(model.to_empty(device="cpu").state_dict(), seed)
+
+
+def art_inception_state(seed: int) -> dict:
+    """Random weights in the key layout of ArtFID's art_inception.pth: torchvision's Inception3 trunk and
+    two heads, fc1/fc2 and AuxLogits1/AuxLogits2 (the art-fid package's inception.py)."""
+    out = {}
+    for k, v in torchvision_inception_state(seed).items():
+        if k.startswith(("fc.", "AuxLogits.")):
+            head, rest = k.split(".", 1)
+            out[f"{head}1.{rest}"], out[f"{head}2.{rest}"] = v, v.clone()
+        else:
+            out[k] = v
+    return out

@@ -143,8 +143,9 @@ def test_timing_excludes_warmup_and_times_full_batches():
 
 
 @pytest.fixture(scope="module")
-def weights(vgg_file, vgg16_file, inception_file, adain_dir, request):
+def weights(vgg_file, vgg16_file, inception_file, art_inception_file, alexnet_file, adain_dir, request):
     w = {"vgg": vgg_file, "inception": inception_file, "adain": adain_dir}
+    w |= {"art": art_inception_file, "alex": alexnet_file}
     if HAS_EXTRAS:
         w |= {
             "lpips": vgg16_file,
@@ -181,6 +182,7 @@ def _args(datasets, weights, ckpt, out, *extra):
     if HAS_EXTRAS:
         a += ["--lpips-weights", str(weights["lpips"]), "--dreamsim-dir", str(weights["dreamsim"])]
         a += ["--clip-model", str(weights["clip"])]
+        a += ["--art-inception-weights", str(weights["art"]), "--alexnet-weights", str(weights["alex"])]
     return a + list(extra)
 
 
@@ -205,8 +207,8 @@ def test_evaluate_end_to_end(datasets, weights, ours_dir, tmp_path, capsys):
             assert len(list((out / "images" / b / m).glob("*.png"))) == 3
     res = _summary(out)
     assert len(res) == 9
-    names = ["style_loss", "content_loss", "ssim", "histogram"] + (
-        ["lpips", "dreamsim", "clip"] if HAS_EXTRAS else []
+    names = ["style_loss", "content_loss", "ssim", "histogram", "cfsd"] + (
+        ["lpips", "dreamsim", "clip", "lpips_alex"] if HAS_EXTRAS else []
     )
     for (bench, method), r in res.items():
         assert r["n"] == 3 and r["compared_to"] == ("content" if bench == "COCO+WikiArt" else "target")
@@ -215,14 +217,18 @@ def test_evaluate_end_to_end(datasets, weights, ours_dir, tmp_path, capsys):
             assert set(st) == {"mean", "median", "std"} and np.isfinite(st["mean"]), (bench, method, n)
         assert r["set_metrics"]["fid"] is not None and r["set_metrics"]["fid"] >= -1e-6
         assert set(r["timing"]) >= {"b1", "b2", "device"}
-        if HAS_EXTRAS:
-            lp = np.mean([json.loads(x)["lpips_content"] for x in _records(out, bench, method)])
-            assert r["set_metrics"]["artfid"] == pytest.approx((1 + lp) * (1 + r["set_metrics"]["fid"]))
+        if HAS_EXTRAS:  # ArtFID = (1 + LPIPS-Alex to the content)(1 + FID over art_inception features)
+            lp = np.mean([json.loads(x)["lpips_alex"] for x in _records(out, bench, method)])
+            sm = r["set_metrics"]
+            assert sm["artfid"] == pytest.approx((1 + lp) * (1 + sm["fid_art"]))
+            assert sm["fid_art"] != pytest.approx(sm["fid"])  # two networks
     # the content copy is the floor: zero content loss; against the content image its similarity is perfect
     cc = res[("COCO+WikiArt", "content-copy")]["metrics"]
     assert cc["content_loss"]["mean"] == pytest.approx(0, abs=1e-6) and cc["ssim"]["mean"] == pytest.approx(1)
+    assert cc["cfsd"]["mean"] == pytest.approx(0, abs=1e-6)
     if HAS_EXTRAS:
         assert cc["lpips"]["mean"] == pytest.approx(0, abs=1e-6)
+        assert cc["lpips_alex"]["mean"] == pytest.approx(0, abs=1e-6)
     # every method used the same seeds; the records and the saved images agree
     for bench, method in res:
         rows = [json.loads(x) for x in _records(out, bench, method)]
@@ -232,6 +238,7 @@ def test_evaluate_end_to_end(datasets, weights, ours_dir, tmp_path, capsys):
         "| Dataset | Method | Style loss ↓ | Content loss ↓ |" in md and "**" in md and "*content-copy*" in md
     )
     assert "s/img (batch 1)" in md and "s/img (batch 2)" in md
+    assert "FID: pytorch-fid's FID Inception" in md and "biased upwards at small n" in md
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert (
         len(rows) == 9 and "style_loss_mean" in rows[0] and "time_b1_mean_s" in rows[0] and "fid" in rows[0]
@@ -370,6 +377,8 @@ def test_suite_runs_every_metric_on_random_weights(weights):
             dreamsim_dir=weights["dreamsim"],
             clip_model=weights["clip"],
             inception=weights["inception"],
+            art_inception=weights["art"],
+            alexnet=weights["alex"],
         ),
     )
     g = torch.Generator().manual_seed(0)
@@ -380,8 +389,14 @@ def test_suite_runs_every_metric_on_random_weights(weights):
     other = suite.per_image(c, c, s, t)
     assert all(o > 1e-4 for o in other["lpips"]) and all(o < 1 for o in other["ssim"])
     assert other["content_loss"] == pytest.approx([0, 0, 0], abs=1e-9)  # output == content
-    assert other["lpips_content"] == pytest.approx([0, 0, 0], abs=1e-6)  # ArtFID's term is vs the content
+    assert other["lpips_alex"] == pytest.approx([0, 0, 0], abs=1e-6)  # ArtFID's term is vs the content
+    assert other["cfsd"] == pytest.approx([0, 0, 0], abs=1e-6)
+    c, s = (torch.nn.functional.interpolate(x, size=96) for x in (c, s))  # ArtFID's Inception: >= 75 px
     feats = suite.features(torch.cat([c, s]))
-    res = suite.set_metrics(feats[:3], feats[3:], other["lpips_content"])
-    assert res["fid"] > 0 and res["artfid"] == pytest.approx(1 + res["fid"])
-    assert suite.set_metrics(feats[:1], feats[3:4], [0.1]) == {"fid": None, "artfid": None}
+    assert set(feats) == {"fid", "art"}
+    res = suite.set_metrics({k: f[:3] for k, f in feats.items()}, {k: f[3:] for k, f in feats.items()}, [0.0])
+    assert res["fid"] > 0 and res["fid_art"] > 0 and res["artfid"] == pytest.approx(1 + res["fid_art"])
+    one = suite.set_metrics(
+        {k: f[:1] for k, f in feats.items()}, {k: f[3:4] for k, f in feats.items()}, [0.1]
+    )
+    assert one == {"fid": None, "fid_art": None, "artfid": None}

@@ -455,17 +455,6 @@ def test_clip_missing_weights(tmp_path, monkeypatch):
 # --- LPIPS ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def alexnet_file(tmp_path_factory):
-    from torchvision.models import alexnet
-
-    torch.manual_seed(0)
-    sd = {k: v for k, v in alexnet(weights=None).state_dict().items() if k.startswith("features.")}
-    path = tmp_path_factory.mktemp("alex") / "alexnet-owt-7be5be79.pth"
-    torch.save(sd, path)
-    return path
-
-
 def test_lpips_tiny(alexnet_file):
     pytest.importorskip("lpips")
     lp = P.LPIPSDistance("alex", backbone_weights=alexnet_file.parent)  # a folder holding the file

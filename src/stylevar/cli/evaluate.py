@@ -86,13 +86,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--resolution", type=int, default=None, help="image size when no --model is given (default 256)"
     )
+    g.add_argument(
+        "--protocol",
+        choices=("default", "styleid"),
+        default="default",
+        help="styleid: every --content-dir image x every --style-dir image (20 x 40), scored as StyleID "
+        "publishes (ArtFID, FID, LPIPS, CFSD at 512 px) for the models, AdaIN and the content copy, with "
+        "peers' published numbers beside (styleid.md)",
+    )
+    g.add_argument("--num-contents", type=int, default=20, help="--protocol styleid: contents (default 20)")
+    g.add_argument("--num-styles", type=int, default=40, help="--protocol styleid: styles (default 40)")
+    g.add_argument(
+        "--protocol-size",
+        type=int,
+        default=512,
+        help="--protocol styleid: the metrics' image size (default 512, as published; others do not compare)",
+    )
 
     g = p.add_argument_group("metrics")
     g.add_argument(
         "--metrics",
         default="all",
-        help="comma list of style_loss, content_loss, lpips, ssim, dreamsim, clip, histogram, fid, artfid, or "
-        "paper / all (default) / torchvision (no optional package needed)",
+        help="comma list of style_loss, content_loss, lpips, ssim, dreamsim, clip, histogram, lpips_alex, cfsd, "
+        "fid, fid_art, artfid, or paper / all (default) / torchvision (no optional package needed)",
     )
     g.add_argument(
         "--vgg-weights", default=None, help="vgg19-dcbb9e9d.pth (file or folder; default torch hub cache)"
@@ -109,7 +125,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="CLIP folder or Hub id (default openai/clip-vit-base-patch32, cached)",
     )
     g.add_argument(
-        "--inception-weights", default=None, help="inception_v3_google-0cc3c7bd.pth for FID/ArtFID"
+        "--inception-weights",
+        default=None,
+        help="the FID network's weights: pt_inception-2015-12-05-6726825d.pth (pytorch-fid; default torch hub "
+        "cache), or inception_v3_google-0cc3c7bd.pth with --fid-inception torchvision",
+    )
+    g.add_argument(
+        "--fid-inception",
+        choices=("pytorch-fid", "torchvision"),
+        default="pytorch-fid",
+        help="FID's network: pytorch-fid's FID Inception (default; the published FID) or torchvision's",
+    )
+    g.add_argument(
+        "--art-inception-weights",
+        default=None,
+        help="art_inception.pth for ArtFID (default: ~/.cache/stylevar/art_fid, <tmp>/art_fid, the HF cache)",
+    )
+    g.add_argument(
+        "--alexnet-weights",
+        default=None,
+        help="alexnet-owt-7be5be79.pth, ArtFID's LPIPS-Alex trunk (default torch hub cache)",
     )
     g.add_argument(
         "--download", action="store_true", help="download missing metric weights (needs the internet)"

@@ -42,7 +42,7 @@ from ..files import atomic_write_text
 from ..images import save_image_atomic, tensor_to_pil
 from .data import Benchmark, BenchmarkImages, dump_samples, read_image, slugify, to_uint8
 from .methods import Method
-from .suite import MetricSuite
+from .suite import METRICS, MetricSuite
 
 logger = logging.getLogger(__name__)
 SCHEMA = 1
@@ -385,7 +385,7 @@ class Evaluation:
                     "metrics": {},
                 }
                 for name in self.suite.names:
-                    if name in ("fid", "artfid"):
+                    if not METRICS[name].per_image:
                         continue
                     entry["metrics"][name] = _stats([r.get(name) for r in rows])
                 if self.suite.needs_set_features:
@@ -400,8 +400,8 @@ class Evaluation:
                     )
                     feats = self.suite.features(imgs.float().div(255))
                     pos = {s.index: k for k, s in enumerate(b.samples)}
-                    sty = style_feats[b.name][[pos[i] for i in idx]]
-                    lp = [r["lpips_content"] for r in rows if r.get("lpips_content") is not None]
+                    sty = {role: f[[pos[i] for i in idx]] for role, f in style_feats[b.name].items()}
+                    lp = [r["lpips_alex"] for r in rows if r.get("lpips_alex") is not None]
                     entry["set_metrics"] = self.suite.set_metrics(feats, sty, lp)
                 timing_path = self._paths(b, m.name)[1]
                 if timing_path.is_file():
@@ -413,7 +413,7 @@ class Evaluation:
         """The benchmark's input images at the evaluation's resolution, read once per run."""
         return self._images[bench.name]
 
-    def _style_features(self, bench: Benchmark) -> torch.Tensor:
+    def _style_features(self, bench: Benchmark) -> dict[str, torch.Tensor]:
         _, style, _ = self.images(bench).batch(bench.samples)
         return self.suite.features(style)
 

@@ -246,10 +246,23 @@ def write_reports(ev: Evaluation, results: list[dict], *, partial: bool = False)
         labels = [METRICS[n].label for n in names if METRICS[n].against == key]
         if labels:
             notes.append(f"{', '.join(labels)}: {text}.")
-    if "fid" in names or "artfid" in names:
+    if "fid" in names:
+        net = (
+            "pytorch-fid's FID Inception (the published FID network)"
+            if ev.suite.fid_inception == "pytorch-fid"
+            else "torchvision's ImageNet Inception-v3 (comparable only with itself)"
+        )
+        notes.append(f"FID: {net}, pool features of the outputs vs their style images.")
+    if "fid_art" in names or "artfid" in names:
         notes.append(
-            "FID: Inception-v3 pool features of the outputs vs their style images (few images: biased, compare "
-            "only at equal n); ArtFID = (1 + LPIPS to the content)·(1 + FID)."
+            "FID (art): ArtFID's art_inception features, outputs vs their style images; ArtFID = "
+            "(1 + LPIPS-Alex to the content)·(1 + FID (art)) (Wright & Ommer 2022)."
+        )
+    if {"fid", "fid_art", "artfid"} & set(names):
+        n = max((e["n"] for e in results), default=0)
+        notes.append(
+            f"Every FID here is over at most {n} images per method: biased upwards at small n, compare only at "
+            "equal n (docs/evaluation.md)."
         )
     notes.append("Best per dataset in bold (reference methods, in italics, are never marked).")
     tk = timing_keys(results)

@@ -49,7 +49,15 @@ class EvaluateRequest:
     dreamsim_dir: str | None = None
     clip_model: str | None = None
     inception_weights: str | None = None
+    fid_inception: str = "pytorch-fid"  #: the FID network: pytorch-fid (published) or torchvision
+    art_inception_weights: str | None = None  #: art_inception.pth (ArtFID)
+    alexnet_weights: str | None = None  #: alexnet-owt-7be5be79.pth (ArtFID's LPIPS-Alex trunk)
     download: bool = False
+    #: ``default`` (the paper's Table 2 regimes) or ``styleid`` (20 contents x 40 styles, docs/evaluation.md)
+    protocol: str = "default"
+    num_contents: int = 20  #: --protocol styleid: contents
+    num_styles: int = 40  #: --protocol styleid: styles
+    protocol_size: int = 512  #: --protocol styleid: the metrics' image size (StyleID's 512)
     top_k: int | None = None
     top_p: float | None = None
     temperature: float | None = None
@@ -100,6 +108,29 @@ def _source(source: str, default_variant: str | None) -> tuple[str | None, str |
 
 def build_benchmarks(args: EvaluateRequest) -> list:
     from .data import load_exclusions, paired_benchmark, unpaired_benchmark
+
+    if args.protocol == "styleid":
+        from .styleid import grid_benchmark
+
+        if args.omnistyle or args.imagepulse or args.paired:
+            raise ConfigError(
+                "--protocol styleid scores --content-dir x --style-dir only; drop --omnistyle, --imagepulse "
+                "and --paired (evaluate them in another run)"
+            )
+        if not (args.content_dir and args.style_dir):
+            raise ConfigError(
+                "--protocol styleid needs --content-dir (e.g. StyleID's 20 MS-COCO contents) and --style-dir "
+                "(its 40 WikiArt styles)"
+            )
+        return [
+            grid_benchmark(
+                args.content_dir,
+                args.style_dir,
+                num_contents=args.num_contents,
+                num_styles=args.num_styles,
+                seed=args.seed,
+            )
+        ]
 
     exclude = load_exclusions(args.exclude_split)
     out = []
@@ -159,12 +190,23 @@ def run_evaluate(args: EvaluateRequest, say: Callable[[str], None] = print) -> d
     for flag in ("timing_samples", "warmup", "sheet_samples"):
         if getattr(args, flag) < 0:
             raise ConfigError(f"--{flag.replace('_', '-')} must be >= 0")
+    if args.protocol not in ("default", "styleid"):
+        raise ConfigError(f"--protocol must be default or styleid, got {args.protocol!r}")
+    styleid = args.protocol == "styleid"
     names = parse_metrics(args.metrics)
+    if styleid:
+        # the protocol computes its own FID, ArtFID, LPIPS-Alex and CFSD at its size (styleid.py); the
+        # evaluation keeps the other per-image metrics at the model's resolution
+        names = tuple(n for n in names if n not in ("fid", "fid_art", "artfid", "lpips_alex", "cfsd"))
+        if not names:
+            names = ("ssim",)
     models = []
     for item in args.model:
         name, source = _split_named(item, "--model")
         models.append((name or _default_model_name(source), source))
-    if not (models or args.adain or args.content_copy):
+    use_adain = args.adain or styleid  # the protocol scores StyleVAR, AdaIN and the content copy
+    use_copy = args.content_copy or styleid
+    if not (models or use_adain or use_copy):
         raise ConfigError("nothing to evaluate: give --model (repeatable), --adain and/or --content-copy")
 
     # 1. data (cheap; a wrong path fails in seconds)
@@ -198,16 +240,36 @@ def run_evaluate(args: EvaluateRequest, say: Callable[[str], None] = print) -> d
         lpips_backbone=args.lpips_weights,
         dreamsim_dir=args.dreamsim_dir,
         inception=args.inception_weights,
+        fid_inception=args.fid_inception,
+        art_inception=args.art_inception_weights,
+        alexnet=args.alexnet_weights,
         download=args.download,
     )
     if args.clip_model:
         weights.clip_model = args.clip_model
     suite = MetricSuite(names, weights, device=device)
+    scorer = None
+    if styleid:
+        from .styleid import ProtocolWeights, StyleIDScorer
+
+        if args.protocol_size < 75:
+            raise ConfigError("--protocol-size must be >= 75 (Inception's smallest input)")
+        scorer = StyleIDScorer(
+            ProtocolWeights(
+                art_inception=args.art_inception_weights,
+                fid_inception=args.inception_weights,
+                alexnet=args.alexnet_weights,
+                vgg=args.vgg_weights,
+                download=args.download,
+            ),
+            device=device,
+            size=args.protocol_size,
+        )
 
     # 4. methods: AdaIN's weights (small) first, then the first StyleVAR checkpoint (its resolution is the
     # evaluation's; the others load in turn), then the content copy
     adain = None
-    if args.adain:
+    if use_adain:
         from .adain import AdaIN
 
         adain = AdaIN(args.adain_weights, device=device, download=args.download)
@@ -249,10 +311,10 @@ def run_evaluate(args: EvaluateRequest, say: Callable[[str], None] = print) -> d
         if ckpt_kwargs.get("alpha") is not None:
             settings["alpha"] = ckpt_kwargs["alpha"]
         entries.append(MethodEntry(name, "stylevar", build, settings))
-    if args.adain:
+    if use_adain:
         method = AdaINMethod(adain, alpha=args.adain_alpha, preserve_color=args.adain_preserve_color)
         entries.append(MethodEntry(method.name, "adain", lambda m=method: m, method.settings))
-    if args.content_copy:
+    if use_copy:
         cc = ContentCopy(device=device)
         entries.append(MethodEntry(cc.name, cc.kind, lambda m=cc: m, {}, reference=True))
 
@@ -278,5 +340,11 @@ def run_evaluate(args: EvaluateRequest, say: Callable[[str], None] = print) -> d
         say=say,
     )
     results = ev.run()
-    say(f"reports in {ev.out}/: summary.md, summary.csv, summary.json, sheets/")
+    if scorer is not None:
+        from .styleid import run_protocol
+
+        run_protocol(ev, scorer, say=say, progress=not args.quiet)
+        say(f"reports in {ev.out}/: styleid.md, styleid.json, summary.md, summary.csv, summary.json, sheets/")
+    else:
+        say(f"reports in {ev.out}/: summary.md, summary.csv, summary.json, sheets/")
     return results

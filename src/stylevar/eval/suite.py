@@ -12,11 +12,19 @@ ssim            Gaussian 11x11, σ 1.5 (the paper's zero-padded form)   higher  
 dreamsim        DreamSim dino_vitb16                                   lower     target | content
 clip            CLIP ViT-B/32 image-embedding cosine                   higher    target | content
 histogram       RGB colour-histogram Hellinger distance (8³ bins)      lower     style image
+lpips_alex      LPIPS v0.1, AlexNet trunk (ArtFID's content distance)   lower     content image
+cfsd            StyleID's content feature structural distance          lower     content image
 ==============  =====================================================  ========  ==================
 
-Per set: ``fid`` (Fréchet distance of Inception-v3 pool features, outputs vs their style images) and
-``artfid`` = (1 + mean LPIPS to the content) · (1 + FID) (Wright & Ommer 2022). "target | content": the
-ground truth on paired benchmarks, the content image on unpaired ones (docs/upstream.md §7.1).
+Per set (outputs vs their style images, one style image per output):
+
+* ``fid``: FID with pytorch-fid's FID Inception (the published FID network; ``MetricWeights.fid_inception
+  = "torchvision"`` takes torchvision's ImageNet Inception instead, comparable only with itself);
+* ``fid_art``: FID with ArtFID's ``art_inception`` (the "FID" of StyleID-style tables);
+* ``artfid`` = (1 + mean ``lpips_alex``) · (1 + ``fid_art``), ArtFID as Wright & Ommer 2022 define it.
+
+"target | content": the ground truth on paired benchmarks, the content image on unpaired ones
+(docs/upstream.md §7.1). FID over a few hundred images is biased upwards (docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.nn import functional as F
 
 from .. import perceptual as P
 from ..errors import ConfigError
@@ -50,13 +59,19 @@ METRICS: dict[str, MetricInfo] = {
     "dreamsim": MetricInfo("DreamSim", "lower", "reference"),
     "clip": MetricInfo("CLIP", "higher", "reference"),
     "histogram": MetricInfo("Colour hist.", "lower", "style"),
+    "lpips_alex": MetricInfo("LPIPS-Alex", "lower", "content"),
+    "cfsd": MetricInfo("CFSD", "lower", "content"),
     "fid": MetricInfo("FID", "lower", "style set", per_image=False),
+    "fid_art": MetricInfo("FID (art)", "lower", "style set", per_image=False),
     "artfid": MetricInfo("ArtFID", "lower", "content + style set", per_image=False),
 }
+ART_MIN_SIDE = 75  #: the smallest input of Inception-v3 without a resize
+#: set metrics computed from Inception features, and the network each needs
+SET_FEATURES = {"fid": "fid", "fid_art": "art", "artfid": "art"}
 PAPER_METRICS = ("style_loss", "content_loss", "lpips", "ssim", "dreamsim", "clip")
 ALL_METRICS = tuple(METRICS)
 #: the metrics that need no optional package (``stylevar[rewards]``): VGG-19 and Inception are torchvision
-TORCHVISION_METRICS = ("style_loss", "content_loss", "ssim", "histogram", "fid")
+TORCHVISION_METRICS = ("style_loss", "content_loss", "ssim", "histogram", "cfsd")
 
 
 def parse_metrics(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -89,7 +104,12 @@ class MetricWeights:
     lpips_net: str = "vgg"
     dreamsim_dir: PathLike | None = None  #: dreamsim cache folder
     clip_model: PathLike = P.DEFAULT_CLIP_MODEL
-    inception: PathLike | None = None  #: inception_v3_google-0cc3c7bd.pth
+    #: the FID network: pt_inception-2015-12-05-6726825d.pth (pytorch-fid) or, with fid_inception
+    #: "torchvision", inception_v3_google-0cc3c7bd.pth
+    inception: PathLike | None = None
+    fid_inception: str = "pytorch-fid"  #: "pytorch-fid" (the published FID) or "torchvision"
+    art_inception: PathLike | None = None  #: art_inception.pth (ArtFID)
+    alexnet: PathLike | None = None  #: alexnet-owt-7be5be79.pth (ArtFID's LPIPS-Alex trunk)
     download: bool = False
 
 
@@ -120,21 +140,36 @@ class MetricSuite:
             if has("clip")
             else None
         )
-        self.inception = (
-            P.InceptionFeatures(w.inception, device=self.device, download=dl)
-            if has("fid") or has("artfid")
+        self.lpips_alex = (
+            P.LPIPSDistance("alex", device=self.device, backbone_weights=w.alexnet, download=dl)
+            if has("lpips_alex") or has("artfid")
             else None
         )
+        self.cfsd = P.CFSD(w.vgg, device=self.device, download=dl) if has("cfsd") else None
+        #: Inception networks by role: "fid" (the FID network), "art" (ArtFID's)
+        self.inceptions: dict[str, torch.nn.Module] = {}
+        if has("fid"):
+            if w.fid_inception == "pytorch-fid":
+                self.inceptions["fid"] = P.FIDInceptionFeatures(w.inception, device=self.device, download=dl)
+            elif w.fid_inception == "torchvision":
+                self.inceptions["fid"] = P.InceptionFeatures(w.inception, device=self.device, download=dl)
+            else:
+                raise ConfigError(
+                    f"fid_inception must be pytorch-fid or torchvision, got {w.fid_inception!r}"
+                )
+        if has("fid_art") or has("artfid"):
+            self.inceptions["art"] = P.ArtInceptionFeatures(w.art_inception, device=self.device, download=dl)
+        self.fid_inception = w.fid_inception
 
     @property
     def needs_set_features(self) -> bool:
-        return self.inception is not None
+        return bool(self.inceptions)
 
     @torch.no_grad()
     def per_image(
         self, out: torch.Tensor, content: torch.Tensor, style: torch.Tensor, target: torch.Tensor | None
     ) -> dict[str, list[float]]:
-        """Per-image values of the selected per-image metrics (plus ``lpips_content`` for ArtFID)."""
+        """Per-image values of the selected per-image metrics (``lpips_alex`` feeds ArtFID)."""
         dev = self.device
         out, content, style = out.to(dev).float(), content.to(dev).float(), style.to(dev).float()
         ref = target.to(dev).float() if target is not None else content
@@ -147,11 +182,11 @@ class MetricSuite:
             if has("content_loss"):
                 r["content_loss"] = c
         if self.lpips is not None:
-            lp_ref = self.lpips(out, ref)
-            if has("lpips"):
-                r["lpips"] = lp_ref
-            if has("artfid"):
-                r["lpips_content"] = lp_ref if target is None else self.lpips(out, content)
+            r["lpips"] = self.lpips(out, ref)
+        if self.lpips_alex is not None:
+            r["lpips_alex"] = self.lpips_alex(out, content)
+        if self.cfsd is not None:
+            r["cfsd"] = self.cfsd(out, content)
         if has("ssim"):
             r["ssim"] = M.ssim(out, ref)
         if self.dreamsim is not None:
@@ -163,29 +198,45 @@ class MetricSuite:
         return {k: [float(x) for x in v.detach().float().cpu()] for k, v in r.items()}
 
     @torch.no_grad()
-    def features(self, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-        """Inception pool features (N, 2048) of [0, 1] images, in batches, on the CPU in float64."""
-        assert self.inception is not None
-        feats = [
-            self.inception(images[i : i + batch_size].to(self.device).float()).double().cpu()
-            for i in range(0, images.shape[0], batch_size)
-        ]
-        return torch.cat(feats)
+    def features(self, images: torch.Tensor, batch_size: int = 32) -> dict[str, torch.Tensor]:
+        """Pool features (N, 2048) of [0, 1] images for each Inception in use (``fid``, ``art``), in batches,
+        on the CPU in float64. ArtFID's network takes the images as they are (the ``art-fid`` package's
+        preprocessing), except that images under 75 px (its smallest input) are upsampled to 75."""
+        out = {}
+        for role, net in self.inceptions.items():
+            feats = []
+            for i in range(0, images.shape[0], batch_size):
+                x = images[i : i + batch_size].to(self.device).float()
+                if role == "art" and min(x.shape[-2:]) < ART_MIN_SIDE:
+                    x = F.interpolate(x, size=(ART_MIN_SIDE, ART_MIN_SIDE), mode="bilinear", antialias=False)
+                feats.append(net(x).double().cpu())
+            out[role] = torch.cat(feats)
+        return out
 
     def set_metrics(
-        self, out_feats: torch.Tensor, style_feats: torch.Tensor, lpips_content: Sequence[float] | None
+        self,
+        out_feats: dict[str, torch.Tensor],
+        style_feats: dict[str, torch.Tensor],
+        lpips_alex: Sequence[float] | None,
     ) -> dict[str, float | None]:
-        """``fid`` and ``artfid`` of one (benchmark, method); None where fewer than 2 images exist."""
+        """``fid``, ``fid_art`` and ``artfid`` of one (benchmark, method) from :meth:`features` of the outputs
+        and of their style images; None where fewer than 2 images exist."""
+        fids: dict[str, float | None] = {}
+        for role in out_feats:
+            a, b = out_feats[role], style_feats[role]
+            fids[role] = float(M.frechet_distance(a, b)) if min(a.shape[0], b.shape[0]) >= 2 else None
         res: dict[str, float | None] = {}
-        fid = None
-        if out_feats.shape[0] >= 2 and style_feats.shape[0] >= 2:
-            fid = float(M.frechet_distance(out_feats, style_feats))
         if "fid" in self.names:
-            res["fid"] = fid
+            res["fid"] = fids.get("fid")
+        if "fid_art" in self.names:
+            res["fid_art"] = fids.get("art")
         if "artfid" in self.names:
-            if fid is None or not lpips_content:
-                res["artfid"] = None
-            else:
-                lp = sum(lpips_content) / len(lpips_content)
-                res["artfid"] = (1 + lp) * (1 + fid)
+            res["artfid"] = artfid(fids.get("art"), lpips_alex)
         return res
+
+
+def artfid(fid: float | None, lpips: Sequence[float] | None) -> float | None:
+    """ArtFID = (1 + mean LPIPS) · (1 + FID) (Wright & Ommer 2022); None without both parts."""
+    if fid is None or not lpips:
+        return None
+    return (1 + sum(lpips) / len(lpips)) * (1 + fid)

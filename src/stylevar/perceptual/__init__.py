@@ -5,17 +5,20 @@
 * pretrained networks, weights from paths or caches, never downloaded unless asked:
   :class:`VGGFeatures` with :func:`gram_style_loss` / :func:`content_loss` (VGG-19) and
   :class:`VGGPerceptualLoss` (VGG16), :class:`LPIPSDistance`, :class:`ClipSimilarity`,
-  :class:`DreamSimDistance`, :class:`InceptionFeatures`.
+  :class:`DreamSimDistance`, the Inception-v3 variants (:class:`FIDInceptionFeatures`: pytorch-fid's FID
+  network; :class:`ArtInceptionFeatures`: ArtFID's; :class:`InceptionFeatures`: torchvision's) and
+  :class:`CFSD` (StyleID's content structure distance).
 
 Images are (N, 3, H, W) tensors in [0, 1] everywhere (the tokenizer's :class:`VGGPerceptualLoss` takes
 [-1, 1], like the images it trains on); results are per image, (N,).
 """
 
 from ..config import IMAGENET_MEAN, IMAGENET_STD
+from .cfsd import CFSD, patch_similarity_kl
 from .clip_similarity import CLIP_MEAN, CLIP_STD, DEFAULT_CLIP_MODEL, ClipSimilarity
 from .common import EXTRA_HINT, Frozen, resolve_cache_dir
 from .dreamsim_distance import DreamSimDistance
-from .inception import InceptionFeatures
+from .inception import ArtInceptionFeatures, FIDInceptionFeatures, InceptionFeatures
 from .lpips_distance import LPIPSDistance
 from .metrics import colour_histogram_distance, frechet_distance, mean_abs_error, psnr, ssim
 from .vgg import (
@@ -28,6 +31,10 @@ from .vgg import (
 )
 
 __all__ = [
+    "CFSD",
+    "ArtInceptionFeatures",
+    "FIDInceptionFeatures",
+    "patch_similarity_kl",
     "CLIP_MEAN",
     "CLIP_STD",
     "DEFAULT_CLIP_MODEL",

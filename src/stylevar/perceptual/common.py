@@ -44,13 +44,13 @@ def resolve_cache_dir(name: str | None = None) -> Path:
     return base / name if name else base
 
 
-def require(module: str, what: str):
+def require(module: str, what: str, hint: str = EXTRA_HINT):
     """Import an optional package or raise a one-line MissingDependencyError naming the extra."""
     try:
         return importlib.import_module(module)
     except ImportError as e:
         raise MissingDependencyError(
-            f"{what} needs the optional package '{module}' ({why(e)}); install it with: {EXTRA_HINT}"
+            f"{what} needs the optional package '{module.split('.')[0]}' ({why(e)}); install it with: {hint}"
         ) from None
 
 
@@ -80,34 +80,14 @@ def torchvision_state_dict(
 ) -> dict[str, torch.Tensor]:
     """torchvision ImageNet weights ``enum`` from a path (file or folder holding the file), a state dict,
     or torch hub's checkpoint cache; downloaded there only when ``download``."""
-    if isinstance(weights, Mapping):
-        return dict(weights)
     url = enum.url
-    fname = url.rsplit("/", 1)[-1]
-    if weights is not None:
-        p = Path(weights).expanduser()
-        if p.is_dir():
-            p = p / fname
-        if not p.is_file():
-            raise MissingWeightsError(
-                f"{what} needs torchvision's {fname}, not found at {p}; download {url} on a connected "
-                "machine and pass its path"
-            )
-        return read_state_dict(p)
-    cached = hub_checkpoints_dir() / fname
-    if cached.is_file():
-        return read_state_dict(cached)
-    if download:
-        try:
-            return enum.get_state_dict(progress=False)
-        except Exception as e:
-            raise MissingWeightsError(
-                f"{what}: cannot download {url} ({type(e).__name__}); fetch it on a connected machine "
-                f"and put it in {cached.parent} or pass its path"
-            ) from None
-    raise MissingWeightsError(
-        f"{what} needs torchvision's {fname}, not in torch hub's cache {cached.parent}; download {url} on "
-        "a connected machine and put it there or pass its path (or allow downloading: download=True)"
+    return locate_weights(
+        url.rsplit("/", 1)[-1],
+        url,
+        weights,
+        search=[hub_checkpoints_dir()],
+        what=what,
+        download=(lambda: enum.get_state_dict(progress=False)) if download else None,
     )
 
 
@@ -135,3 +115,46 @@ class Frozen(nn.Module):
 
     def train(self, mode: bool = True):  # stays in eval mode, whatever the caller asks
         return super().train(False)
+
+
+def locate_weights(
+    fname: str,
+    url: str,
+    weights: PathLike | Mapping[str, torch.Tensor] | None,
+    *,
+    search: list[Path],
+    what: str,
+    download=None,
+) -> dict[str, torch.Tensor]:
+    """A state dict that is not torchvision's: from ``weights`` (a file, a folder holding ``fname``, or a
+    state dict), else the first of ``search`` (folders) holding ``fname``, else ``download()`` when given
+    (a callable returning the file's path), else a one-line :class:`MissingWeightsError` naming the file,
+    the folders looked in and ``url``."""
+    if isinstance(weights, Mapping):
+        return dict(weights)
+    if weights is not None:
+        p = Path(weights).expanduser()
+        if p.is_dir():
+            p = p / fname
+        if not p.is_file():
+            raise MissingWeightsError(
+                f"{what} needs {fname}, not found at {p}; download {url} on a connected machine and pass its path"
+            )
+        return read_state_dict(p)
+    for d in search:
+        if (d / fname).is_file():
+            return read_state_dict(d / fname)
+    if download is not None:
+        try:
+            got = download()  # a path, or the state dict itself
+            return dict(got) if isinstance(got, Mapping) else read_state_dict(got)
+        except Exception as e:
+            raise MissingWeightsError(
+                f"{what}: cannot download {url} ({type(e).__name__}); fetch it on a connected machine and put it "
+                f"in {search[0]} or pass its path"
+            ) from None
+    where = ", ".join(str(d) for d in search)
+    raise MissingWeightsError(
+        f"{what} needs {fname}, found in none of {where}; download {url} on a connected machine and put it "
+        "in the first of those folders or pass its path (or allow downloading: download=True)"
+    )

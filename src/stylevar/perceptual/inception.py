@@ -1,15 +1,71 @@
-"""Inception-v3 pool features for a Fréchet distance (FID). Conventions: :mod:`stylevar.perceptual.common`."""
+"""Inception-v3 pool features for a Fréchet distance, in the three variants found in papers.
+Conventions: :mod:`stylevar.perceptual.common`.
+
+* :class:`FIDInceptionFeatures`: **the** FID network: the TensorFlow FID Inception as ``pytorch-fid``
+  defines it (its patched blocks, ``pt_inception-2015-12-05-6726825d.pth``). Every FID in the image
+  generation literature (and clean-fid's legacy mode) is computed with it.
+* :class:`ArtInceptionFeatures`: ArtFID's network (Wright & Ommer 2022, the ``art-fid`` package):
+  torchvision's Inception-v3 architecture with weights fine-tuned on art (``art_inception.pth``), fed raw
+  [0, 1] pixels at their own size; StyleID and its successors report its FID as "FID".
+* :class:`InceptionFeatures`: torchvision's ImageNet Inception-v3: comparable only with itself.
+
+docs/evaluation.md compares the three and says which preprocessing each number implies.
+"""
 
 from __future__ import annotations
 
+import re
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ..io.safe import load_strict
-from .common import Frozen, PathLike, check_images, torchvision_state_dict
+from .common import (
+    Frozen,
+    PathLike,
+    check_images,
+    hub_checkpoints_dir,
+    locate_weights,
+    require,
+    resolve_cache_dir,
+    torchvision_state_dict,
+)
+
+FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
+FID_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{FID_FILE}"
+ART_FILE = "art_inception.pth"
+ART_REPO = "matthias-wright/art_inception"
+ART_URL = f"https://huggingface.co/{ART_REPO}/resolve/main/{ART_FILE}"
+#: classifier heads: torchvision's (fc, AuxLogits), ArtFID's two (fc1/fc2, AuxLogits1/AuxLogits2)
+_HEADS = re.compile(r"^(fc\d*|AuxLogits\d*)\.")
+
+
+def _trunk(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The convolutional trunk of an Inception-v3 state dict (classifier heads dropped, a DataParallel
+    ``module.`` prefix removed)."""
+    out = {}
+    for k, v in sd.items():
+        k = k[len("module.") :] if k.startswith("module.") else k
+        if not _HEADS.match(k):
+            out[k] = v
+    return out
+
+
+def _inception_trunk(blocks: Mapping[str, nn.Module] | None = None) -> nn.Module:
+    """torchvision's Inception3 on the meta device without heads (``fc`` = identity, no aux logits), with
+    the named blocks replaced (pytorch-fid's FID blocks)."""
+    from torchvision.models import inception_v3
+
+    with torch.device("meta"):  # skip the (truncated-normal) random init
+        model = inception_v3(weights=None, aux_logits=False, transform_input=False, init_weights=False)
+        for name, build in (blocks or {}).items():
+            setattr(model, name, build())
+    model.fc = nn.Identity()  # the pooled features, not the logits
+    return model.to_empty(device="cpu")
 
 
 class InceptionFeatures(Frozen):
@@ -49,15 +105,12 @@ class InceptionFeatures(Frozen):
         download: bool = False,
     ):
         super().__init__()
-        from torchvision.models import Inception_V3_Weights, inception_v3
+        from torchvision.models import Inception_V3_Weights
 
         enum = Inception_V3_Weights.IMAGENET1K_V1
         sd = torchvision_state_dict(enum, weights, download=download, what="Inception-v3 features (FID)")
         sd = {k: v for k, v in sd.items() if not k.startswith(("fc.", "AuxLogits."))}
-        with torch.device("meta"):  # skip the (truncated-normal) random init
-            model = inception_v3(weights=None, aux_logits=False, transform_input=False, init_weights=False)
-        model.fc = nn.Identity()  # the pooled features, not the 1000 logits
-        model = model.to_empty(device="cpu")
+        model = _inception_trunk()
         load_strict(model, sd, "the Inception-v3 weights do not fit torchvision's Inception3")
         self.model = model
         self._freeze()
@@ -75,3 +128,146 @@ class InceptionFeatures(Frozen):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 2048) float32 pool features (after ``avgpool``, before dropout and ``fc``)."""
         return self.model(self.preprocess(images)).float()
+
+
+class FIDInceptionFeatures(Frozen):
+    """The FID Inception of ``pytorch-fid`` (the TensorFlow FID network ported to PyTorch): 2048-d pool
+    features, (N, 2048) float32, of [0, 1] images. FID = :func:`~stylevar.perceptual.metrics.frechet_distance`
+    of two such feature sets, the number published as "FID" for image generators.
+
+    The architecture is ``pytorch-fid``'s own (its ``FIDInceptionA/C/E_1/E_2`` blocks: average pooling
+    without the padded zeros, a max-pooled branch in the last block, 1008 classes), assembled without its
+    download. Preprocessing as ``pytorch-fid`` does it: bilinear resize to 299x299 (``align_corners=False``,
+    no antialiasing) and ``2x - 1``. ``pytorch-fid`` reads each image file with ``ToTensor`` at its own
+    size and resizes inside the network, so to reproduce its numbers pass the images at the size they
+    were saved.
+
+    Args:
+        weights: ``pt_inception-2015-12-05-6726825d.pth`` (a file, a folder holding it, or a state dict);
+            None: torch hub's checkpoint cache, where ``pytorch-fid`` itself keeps it.
+        download: fetch it there from pytorch-fid's GitHub release when it is missing.
+    """
+
+    SIZE = 299
+    DIM = 2048
+
+    def __init__(
+        self,
+        weights: PathLike | Mapping[str, torch.Tensor] | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        download: bool = False,
+    ):
+        super().__init__()
+        fid = require("pytorch_fid.inception", "FID (pytorch-fid's Inception)", 'pip install "stylevar[eval]"')
+
+        def fetch():
+            return torch.hub.load_state_dict_from_url(FID_URL, progress=False, weights_only=True)
+
+        sd = locate_weights(
+            FID_FILE,
+            FID_URL,
+            weights,
+            search=[hub_checkpoints_dir()],
+            what="FID (pytorch-fid's Inception)",
+            download=fetch if download else None,
+        )
+        model = _inception_trunk(
+            {
+                "Mixed_5b": lambda: fid.FIDInceptionA(192, pool_features=32),
+                "Mixed_5c": lambda: fid.FIDInceptionA(256, pool_features=64),
+                "Mixed_5d": lambda: fid.FIDInceptionA(288, pool_features=64),
+                "Mixed_6b": lambda: fid.FIDInceptionC(768, channels_7x7=128),
+                "Mixed_6c": lambda: fid.FIDInceptionC(768, channels_7x7=160),
+                "Mixed_6d": lambda: fid.FIDInceptionC(768, channels_7x7=160),
+                "Mixed_6e": lambda: fid.FIDInceptionC(768, channels_7x7=192),
+                "Mixed_7b": lambda: fid.FIDInceptionE_1(1280),
+                "Mixed_7c": lambda: fid.FIDInceptionE_2(2048),
+            }
+        )
+        load_strict(model, _trunk(sd), "the weights do not fit pytorch-fid's FID Inception")
+        self.model = model
+        self._freeze()
+        self.to(device)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        x = check_images(images).to(next(self.model.parameters()).device)
+        if x.shape[-2:] != (self.SIZE, self.SIZE):
+            x = F.interpolate(x, size=(self.SIZE, self.SIZE), mode="bilinear", align_corners=False)
+        return 2 * x - 1
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 2048) float32 pool features."""
+        return self.model(self.preprocess(images)).float()
+
+
+def art_inception_dirs() -> list[Path]:
+    """Where :class:`ArtInceptionFeatures` looks for ``art_inception.pth``: stylevar's cache, the folder
+    the ``art-fid`` package downloads to (``<tmp>/art_fid``), torch hub's checkpoints and the Hugging Face
+    cache of ``matthias-wright/art_inception``."""
+    dirs = [resolve_cache_dir("art_fid"), Path(tempfile.gettempdir()) / "art_fid", hub_checkpoints_dir()]
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(ART_REPO, ART_FILE)
+        if isinstance(hit, str):
+            dirs.append(Path(hit).parent)
+    except Exception:  # an unreadable cache is only one place fewer to look
+        pass
+    return dirs
+
+
+class ArtInceptionFeatures(Frozen):
+    """ArtFID's Inception (Wright & Ommer 2022; the ``art-fid`` package, also vendored by StyleID):
+    2048-d pool features, (N, 2048) float32, of [0, 1] images.
+
+    The network is torchvision's Inception-v3 architecture (the ``art-fid`` package's ``inception.py`` is a
+    copy with two classifier heads, ``fc1``/``fc2`` and ``AuxLogits1``/``AuxLogits2``, which the features
+    do not use) with its weights trained on art. Preprocessing as ``art-fid`` does it: **none** -- the
+    [0, 1] pixels go in as they are, at their own size (no resize to 299, no normalisation); StyleID's
+    evaluation resizes every image's shorter side to 512 first (:func:`stylevar.eval.styleid`).
+
+    Args:
+        weights: ``art_inception.pth`` (a file, a folder holding it, or a state dict); None: the folders of
+            :func:`art_inception_dirs`. Head keys are ignored, every trunk key is required.
+        download: fetch it from the Hugging Face Hub (``matthias-wright/art_inception``) when missing.
+    """
+
+    DIM = 2048
+
+    def __init__(
+        self,
+        weights: PathLike | Mapping[str, torch.Tensor] | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        download: bool = False,
+    ):
+        super().__init__()
+
+        def fetch():
+            from huggingface_hub import hf_hub_download
+
+            return hf_hub_download(ART_REPO, ART_FILE)
+
+        sd = locate_weights(
+            ART_FILE,
+            ART_URL,
+            weights,
+            search=art_inception_dirs(),
+            what="ArtFID (art_inception)",
+            download=fetch if download else None,
+        )
+        model = _inception_trunk()
+        load_strict(model, _trunk(sd), "the weights do not fit ArtFID's Inception")
+        self.model = model
+        self._freeze()
+        self.to(device)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 2048) float32 pool features of [0, 1] images at their own size (at least 75x75)."""
+        x = check_images(images).to(next(self.model.parameters()).device)
+        if min(x.shape[-2:]) < 75:
+            raise ValueError(
+                f"ArtFID's Inception needs images of at least 75x75 pixels, got {tuple(x.shape)}"
+            )
+        return self.model(x).float()
