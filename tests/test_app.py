@@ -67,6 +67,48 @@ def test_request_handler(tiny, pics):
     assert len(example_pairs()) >= 4 and all(Path(p).is_file() for pair in example_pairs() for p in pair)
 
 
+def test_request_handler_masks(tiny, pics, tmp_path):
+    """The page's masks: an upload (path), an image editor's drawing (RGBA composite: strokes on nothing),
+    an empty canvas (no mask); the results are the pipeline's."""
+    from PIL import Image
+
+    from stylevar.app import stylize_request
+    from stylevar.pipeline import StyleVARPipeline
+
+    pipe = StyleVARPipeline(*copy.deepcopy(tiny))
+    plain = stylize_request(pipe, str(pics[0]), str(pics[1]), seed=4)[0][0][0]
+    white = tmp_path / "white.png"
+    Image.new("L", (120, 90), 255).save(white)
+    assert np.array_equal(
+        np.asarray(stylize_request(pipe, str(pics[0]), str(pics[1]), seed=4, mask=str(white))[0][0][0]),
+        np.asarray(plain),
+    )
+    empty = {"background": None, "layers": [], "composite": Image.new("RGBA", (120, 90), (0, 0, 0, 0))}
+    assert np.array_equal(
+        np.asarray(stylize_request(pipe, str(pics[0]), str(pics[1]), seed=4, mask=empty)[0][0][0]),
+        np.asarray(plain),
+    )
+    # a region drawn over the whole canvas in white with the first style: that style's image
+    drawn = {"composite": Image.new("RGBA", (120, 90), (255, 255, 255, 255))}
+    as_region = stylize_request(
+        pipe, str(pics[0]), str(pics[0]), seed=4, region_mask=drawn, region_style=str(pics[1])
+    )[0][0][0]
+    assert np.array_equal(np.asarray(as_region), np.asarray(plain))
+    # half drawn: strokes on the left, nothing on the right -> neither style's image
+    half = Image.new("RGBA", (120, 90), (0, 0, 0, 0))
+    half.paste((255, 255, 255, 255), (0, 0, 60, 90))
+    mixed = stylize_request(
+        pipe, str(pics[0]), str(pics[0]), seed=4, region_mask={"composite": half}, region_style=str(pics[1])
+    )[0][0][0]
+    assert not np.array_equal(np.asarray(mixed), np.asarray(plain))
+    with pytest.raises(ConfigError, match="needs a region mask"):
+        stylize_request(pipe, str(pics[0]), str(pics[1]), region_style=str(pics[1]))
+    with pytest.raises(ImageError, match="not a picture"):
+        bad = tmp_path / "bad.png"
+        bad.write_text("no")
+        stylize_request(pipe, str(pics[0]), str(pics[1]), mask=str(bad))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

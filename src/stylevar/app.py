@@ -79,6 +79,31 @@ def _read(path: str, role: str, max_pixels: int):
         raise ImageError(str(e).replace(str(path), "").replace("  ", " ")) from None
 
 
+def _mask(value: Any, role: str, max_pixels: int):
+    """A mask from the page: None (nothing given or nothing drawn), an upload's path, or an image editor's
+    value (a dict with its ``composite``, RGBA: what was drawn, on black where nothing was) -> a grey PIL
+    image or None."""
+    from PIL import Image
+
+    if isinstance(value, dict):
+        value = value.get("composite")
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return _read(value, role, max_pixels).convert("L")
+    if not isinstance(value, Image.Image):
+        import numpy as np
+
+        value = Image.fromarray(np.asarray(value))
+    if value.mode in ("RGBA", "LA", "PA"):
+        alpha = value.getchannel("A")
+        if alpha.getextrema()[1] == 0:
+            return None  # an empty canvas: no mask
+        black = Image.new("RGBA", value.size, (0, 0, 0, 255))
+        value = Image.alpha_composite(black, value.convert("RGBA"))
+    return value.convert("L")
+
+
 def stylize_request(
     pipe,
     content: str | None,
@@ -91,6 +116,9 @@ def stylize_request(
     num_samples: int = 1,
     seed: float | None = -1,
     alpha: str = "",
+    mask: Any = None,
+    region_mask: Any = None,
+    region_style: str | None = None,
     *,
     max_pixels: int = 40_000_000,
     progress=None,
@@ -98,7 +126,10 @@ def stylize_request(
     """One press of the button: the results as (image, caption) pairs and a line naming the seeds.
 
     ``content``/``style``/``style2`` are file paths (what Gradio hands over); ``blend`` is the second
-    style's share (0..1); ``seed`` < 0 or None draws one. Errors are :class:`StyleVARError` (one line)."""
+    style's share (0..1); ``seed`` < 0 or None draws one. ``mask``: where the style goes (white: the full
+    style strength, black: none); ``region_mask`` + ``region_style``: another style inside the mask (masks:
+    an upload's path or an image editor's value, drawn strokes on black). Errors are
+    :class:`StyleVARError` (one line)."""
     if not content or not style:
         raise ConfigError("add a content image and a style image first")
     images = {"content": _read(content, "content", max_pixels), "style": _read(style, "style", max_pixels)}
@@ -111,6 +142,15 @@ def stylize_request(
     if not 1 <= n <= 16:
         raise ConfigError("samples: choose 1 to 16")
     base = None if seed is None or float(seed) < 0 else int(seed)
+    mask_img = _mask(mask, "mask", max_pixels)
+    regions = None
+    region_mask_img = _mask(region_mask, "region mask", max_pixels)
+    if region_style:
+        if region_mask_img is None:
+            raise ConfigError("the region style needs a region mask: draw or upload where it goes")
+        regions = [(region_mask_img, _read(region_style, "region style", max_pixels))]
+    elif region_mask_img is not None:
+        raise ConfigError("a region mask needs a region style image")
     out = []
     seeds = []
     done = 0
@@ -129,6 +169,8 @@ def stylize_request(
         upscale="guided" if full_res else "lanczos",
         fit="squash" if full_res else "crop",
         batch_size=4,
+        mask=mask_img,
+        regions=regions,
     ):
         for img, s in zip(batch.images, batch.seeds):
             out.append((img, f"seed {s}"))
@@ -190,6 +232,25 @@ def build_app(
                 label=f"Per-scale alpha ({n_scales} comma-separated values; empty: the checkpoint's)",
                 elem_id="alpha",
             )
+        with gr.Accordion("Where the style goes (masks)", open=False):
+            gr.Markdown(
+                "Draw (white: style, black or nothing: the content) or upload a grey-level mask over the "
+                "content. A region style is used inside its mask instead of the main style."
+            )
+            with gr.Row():
+                brush = gr.Brush(colors=["#ffffff", "#808080", "#000000"], color_mode="fixed")
+                mask = gr.ImageEditor(
+                    type="pil", label="Style-strength mask", elem_id="mask", brush=brush, layers=False
+                )
+                region_mask = gr.ImageEditor(
+                    type="pil", label="Region mask", elem_id="region_mask", brush=brush, layers=False
+                )
+                region_style = gr.Image(
+                    type="filepath",
+                    label="Region style",
+                    elem_id="region_style",
+                    sources=["upload", "clipboard"],
+                )
         go = gr.Button("Stylize", variant="primary", elem_id="stylize")
         gallery = gr.Gallery(
             label="Results",
@@ -206,7 +267,21 @@ def build_app(
             gr.Examples(examples, inputs=[content, style], label="Examples")
         go.click(
             run,
-            inputs=[content, style, style2, blend, strength, preserve, full_res, n, seed, alpha],
+            inputs=[
+                content,
+                style,
+                style2,
+                blend,
+                strength,
+                preserve,
+                full_res,
+                n,
+                seed,
+                alpha,
+                mask,
+                region_mask,
+                region_style,
+            ],  # fmt: skip
             outputs=[gallery, info],
         )
     return demo

@@ -144,6 +144,15 @@ def to_model_input(img: Image.Image, resolution: int, fit: str = "crop") -> torc
     return a.mul_(2).sub_(1)
 
 
+def to_mask(img: Image.Image, resolution: int, fit: str = "crop") -> torch.Tensor:
+    """A grey-level map (any mode; colour is reduced to its luma) -> (R, R) float32 in [0, 1]: the region
+    ``fit`` takes of an image of the mask's shape, area-averaged (PIL's BOX filter) to R x R. A mask
+    covers its content image: give it the content's aspect ratio."""
+    grey = to_rgb(img).convert("L").crop(crop_box(img.size, fit))
+    grey = grey.resize((resolution, resolution), Image.Resampling.BOX)
+    return torch.from_numpy(np.asarray(grey, dtype=np.uint8).copy()).float().div_(255)
+
+
 def tensor_to_pil(img: torch.Tensor) -> Image.Image:
     """(3, H, W) tensor in [0, 1] -> 8-bit RGB PIL image (rounded)."""
     a = img.detach().float().clamp(0, 1).mul(255).add_(0.5).to(torch.uint8).permute(1, 2, 0).cpu().numpy()

@@ -38,13 +38,15 @@ from .images import (
     pil_from_tensor_input,
     pil_to_unit_tensor,
     tensor_to_pil,
+    to_mask,
+    to_model_input,
     to_rgb,
 )
 from .io import Checkpoint, load_pretrained, save_pretrained
-from .models import VQVAE, Conditioning, StyleVAR
+from .models import ALPHA_CONTENT_END, VQVAE, Conditioning, StyleRegions, StyleVAR, scale_maps
 from .models.ops import parse_dtype
 from .pairs import Blend, Pair, image_seed
-from .stream import EncodedImages, Job, PairResult, as_pair, image_key
+from .stream import EncodedImages, Job, PairResult, as_pair, image_key, read_input
 
 BAD_FILE_POLICIES = ("fail", "skip")
 
@@ -186,6 +188,7 @@ class StyleVARPipeline:
                 first batch of each size); on CPU the same static path runs eagerly.
             output_type: ``pil`` or ``pt`` ((3, H, W) tensors in [0, 1]).
             style_weights, preserve_color, upscale: creative controls; see :meth:`iter_batches`.
+            mask, regions: where the style goes (regional style); see :meth:`iter_batches`.
             progress: show a progress bar.
         """
         out = StylizeOutput(images=[], seeds=[])
@@ -222,6 +225,8 @@ class StyleVARPipeline:
         style_weights: Sequence[float] | None = None,
         preserve_color: str = "none",
         upscale: str = "lanczos",
+        mask: ImageInput | None = None,
+        regions: Sequence[tuple[ImageInput, ImageInput]] | None = None,
     ) -> Iterator[StylizeOutput]:
         """Like ``__call__`` (same arguments) but yields each batch's results as soon as it is done,
         so a caller can save them as it goes.
@@ -239,6 +244,17 @@ class StyleVARPipeline:
           result's colour mean/covariance matched to the content's); ``none`` (default).
         * ``upscale``: with ``keep_size``, ``lanczos`` (default) or ``guided`` (bicubic, then a guided
           filter with the full-resolution content as guide: the content's fine detail at full size).
+
+        Regional style (the same for every pair of the call; a mask covers the content image, so give it
+        the content's aspect ratio; it is cropped with ``fit`` and area-averaged to every scale's tokens):
+
+        * ``mask``: a grey-level map of style strength. White keeps the model's alpha, black moves it to
+          the content end (0.01, where ``style_strength`` clamps), grey in between: alpha becomes per
+          token. An all-white mask gives the plain result bit for bit.
+        * ``regions``: ``[(mask, style), ...]``: inside each mask, tokens take their style queries and
+          AdaLN condition from that style instead of the pair's; soft edges blend; overlapping masks
+          share (weights scaled to sum 1). A region covering the whole image with style B gives what
+          stylizing with B gives. Both run the eager sampler (not with ``cuda_graphs``).
         """
         contents, styles = _as_list(content), _as_list(style)
         for role, items in (("content", contents), ("style", styles)):
@@ -269,6 +285,8 @@ class StyleVARPipeline:
             upscale=upscale,
             skip=keep,
             progress=progress,
+            mask=mask,
+            regions=regions,
         ):
             yield StylizeOutput(
                 images=[r.image for r in results],
@@ -304,6 +322,8 @@ class StyleVARPipeline:
         progress: bool = False,
         total: int | None = None,
         pad_batches: bool | None = None,
+        mask: ImageInput | None = None,
+        regions: Sequence[tuple[ImageInput, ImageInput]] | None = None,
     ) -> Iterator[PairResult]:
         """Stylize any number of pairs, streaming: yields one :class:`PairResult` per image, in order.
 
@@ -332,7 +352,7 @@ class StyleVARPipeline:
         decided; True/False force it). Kernels round differently at different batch sizes, so
         without it an image could move by one 8-bit level between a folder run, a manifest and a
         Ray worker. A run smaller than one batch is not padded (one image costs one image).
-        Other arguments: see :meth:`__call__`.
+        Other arguments (``mask``, ``regions`` included): see :meth:`__call__` and :meth:`iter_batches`.
         """
         if total is None and hasattr(pairs, "__len__"):
             total = len(pairs) * num_samples  # type: ignore[arg-type]
@@ -361,6 +381,8 @@ class StyleVARPipeline:
             progress=progress,
             total=total,
             pad_batches=pad_batches,
+            mask=mask,
+            regions=regions,
         ):
             yield from results
 
@@ -393,6 +415,8 @@ class StyleVARPipeline:
         on_bad_file: str = "fail",
         total: int | None = None,
         pad_batches: bool | None = None,
+        mask: ImageInput | None = None,
+        regions: Sequence[tuple[ImageInput, ImageInput]] | None = None,
     ) -> Iterator[list[PairResult]]:
         """The loop behind every entry point: yields each batch's results (a bad pair: a list of its own)."""
         s = self.sampling
@@ -422,6 +446,35 @@ class StyleVARPipeline:
             except ValueError as e:
                 raise ConfigError(str(e)) from None
         base = secrets.randbelow(2**31) if seed is None else int(seed)
+        if (mask is not None or regions) and cuda_graphs:
+            raise ConfigError("a mask or regions run the eager sampler: drop cuda_graphs")
+        # read now, so a bad mask or region file fails before any work
+        mask_map = None if mask is None else to_mask(read_input(mask, "mask"), self.resolution, fit)
+        region_inputs = []
+        for item in regions or ():
+            if not isinstance(item, (tuple, list)) or len(item) != 2:
+                raise ConfigError("regions must be (mask, style) pairs")
+            region_inputs.append(
+                (
+                    to_mask(read_input(item[0], "region mask"), self.resolution, fit),
+                    to_model_input(read_input(item[1], "region style"), self.resolution, fit),
+                )
+            )
+        region_enc: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # by encoder batch size
+
+        def region_features(rows: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+            """The region styles' (features (R, C), VQ features (R, L, Cvae)), encoded once, each in a batch
+            of ``rows`` (the size the pairs' styles are encoded at: the same bytes)."""
+            if not region_inputs:
+                return None
+            if rows not in region_enc:
+                feats, cvaes = [], []
+                for _, x in region_inputs:
+                    f, c = self._encode(x.unsqueeze(0).expand(rows, -1, -1, -1), "style")
+                    feats.append(f[0])
+                    cvaes.append(c[0])
+                region_enc[rows] = (torch.stack(feats), torch.stack(cvaes))
+            return region_enc[rows]
 
         considered = 0  # images of the run so far, skipped ones included
 
@@ -447,9 +500,14 @@ class StyleVARPipeline:
         pad_to = 0  # batches are padded to this many rows (0: as they are)
 
         def run(batch: list[Job]) -> list[PairResult]:
+            regional = None
+            if region_inputs:
+                feat, cvae = region_features(max(1, pad_to))
+                masks = torch.stack([m for m, _ in region_inputs])
+                regional = self.model.regions_from_features(feat, cvae, masks, max(len(batch), pad_to))
             results = self._run_batch(
                 batch, encoded, full, defaults, alpha, fit, keep_size, legacy_kv_cache, dtype,
-                cuda_graphs, output_type, preserve_color, upscale, pad_to,
+                cuda_graphs, output_type, preserve_color, upscale, pad_to, mask_map, regional,
             )  # fmt: skip
             if bar is not None:
                 bar.update(len(batch))
@@ -516,8 +574,11 @@ class StyleVARPipeline:
         preserve_color: str,
         upscale: str,
         pad_to: int = 0,
+        mask: torch.Tensor | None = None,
+        regions: StyleRegions | None = None,
     ) -> list[PairResult]:
-        """Sample and decode one batch of jobs whose inputs are encoded.
+        """Sample and decode one batch of jobs whose inputs are encoded (``mask``: (R, R) style-strength
+        map; ``regions``: the regional styles, see :meth:`iter_batches`).
 
         With ``pad_to``, a shorter batch is padded with copies of its last job (their images are
         dropped): every image of the run is then computed in a batch of the same size, and CPU and
@@ -547,6 +608,11 @@ class StyleVARPipeline:
                 ]
             )
             strength = 0.0
+        if mask is not None:  # per-token alpha: white keeps the model's alpha, black the content end
+            per_scale = self.model.resolve_alpha(alphas, strength, len(batch))
+            tok = per_scale[:, self.model.lvl_1L[0].to(per_scale.device)]  # (B, L)
+            m = scale_maps(mask.unsqueeze(0).to(tok.device), self.model.patch_nums)
+            alphas, strength = m * tok + (1 - m) * ALPHA_CONTENT_END, 0.0
         out = self.model.generate(
             self.vae,
             cond,
@@ -559,6 +625,7 @@ class StyleVARPipeline:
             legacy_kv_cache=legacy_kv_cache,
             dtype=dtype,
             cuda_graphs=cuda_graphs,
+            regions=regions,
         )
         results = []
         for (i, pair, k, sd), img in zip(batch[:n], out.images[:n]):

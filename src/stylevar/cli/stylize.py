@@ -125,6 +125,20 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="STYLE's weight when blending with --blend (default 1)",
     )
     p.add_argument(
+        "--mask",
+        default=None,
+        metavar="MASK.png",
+        help="where the style goes: a grey-level map over the content (white: the model's style strength, "
+        "black: the content end, grey between; cropped with --fit like the content)",
+    )
+    p.add_argument(
+        "--region",
+        action="append",
+        default=[],
+        metavar="MASK.png:STYLE.jpg",
+        help="another style inside a mask (white: that style, soft edges blend; repeatable)",
+    )
+    p.add_argument(
         "--format",
         choices=("png", "jpg", "webp"),
         default="png",
@@ -165,6 +179,24 @@ def _blend_arg(text: str) -> tuple[Path, float]:
         return Path(path).expanduser(), float(weight)
     except ValueError:
         return Path(text).expanduser(), 1.0
+
+
+def _region_arg(text: str) -> tuple[str, str]:
+    """``MASK:STYLE`` -> (mask, style); the split is the colon with an existing file on both sides (paths
+    may hold colons), else the last one, and the missing file is named."""
+    from ..errors import ConfigError, ImageError
+
+    cuts = [i for i, ch in enumerate(text) if ch == ":"]
+    if not cuts:
+        raise ConfigError(
+            f"--region {text!r}: expected MASK.png:STYLE.jpg (a mask image, a colon, a style image)"
+        )
+    for i in cuts:
+        if Path(text[:i]).expanduser().is_file() and Path(text[i + 1 :]).expanduser().is_file():
+            return str(Path(text[:i]).expanduser()), str(Path(text[i + 1 :]).expanduser())
+    mask, style = Path(text[: cuts[-1]]).expanduser(), Path(text[cuts[-1] + 1 :]).expanduser()
+    missing = ("mask", mask) if not mask.is_file() else ("style image", style)
+    raise ImageError(f"--region {text!r}: {missing[0]} not found: {missing[1]}")
 
 
 def _larger_than(paths: list[Path], side: int) -> bool:
@@ -344,6 +376,13 @@ def run(args: argparse.Namespace) -> int:
         cuda_graphs=args.cuda_graphs,
         on_bad_file=args.on_bad_file,
     )
+    regions = [_region_arg(r) for r in args.region]
+    if args.mask is not None:
+        if not Path(args.mask).expanduser().is_file():
+            raise ImageError(f"--mask image not found: {Path(args.mask).expanduser()}")
+        settings["mask"] = str(Path(args.mask).expanduser())
+    if regions:
+        settings["regions"] = regions
     skip = run_.exists if args.skip_existing else None
     grid_rows: dict[tuple[str, str], list] = {}
     t0 = time.perf_counter()

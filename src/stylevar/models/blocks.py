@@ -173,7 +173,8 @@ class BlendedBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def adaln(self, cond_BD: torch.Tensor) -> torch.Tensor:
-        """AdaLN parameters (B, 1, 6, C): gamma1, gamma2, scale1, scale2, shift1, shift2."""
+        """AdaLN parameters (B, 1, 6, C): gamma1, gamma2, scale1, scale2, shift1, shift2 (``forward`` also
+        takes per-token ones, (B, l, 6, C))."""
         return self.ada_lin(cond_BD).view(-1, 1, 6, self.C)
 
     def guide_queries(self, guides_ln: torch.Tensor, ada: torch.Tensor) -> torch.Tensor:
@@ -182,6 +183,9 @@ class BlendedBlock(nn.Module):
         They depend on the style/content images only, never on the target tokens.
         """
         _, _, scale1, _, shift1, _ = ada.unbind(2)
+        if scale1.shape[1] > 1 and scale1.shape[1] != guides_ln.shape[1]:
+            # per-token AdaLN (regional style): a position's style and content guides share its parameters
+            scale1, shift1 = scale1.repeat(1, 2, 1), shift1.repeat(1, 2, 1)
         return self.attn.queries(guides_ln.mul(scale1.add(1)).add_(shift1))
 
     def forward(

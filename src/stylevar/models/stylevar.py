@@ -33,6 +33,8 @@ from .sampling import Seed, make_generators, sample_tokens
 from .vqvae import VQVAE
 
 AlphaLike = Sequence[float] | torch.Tensor | None
+#: the content end of alpha: where ``style_strength`` clamps and where a black mask moves a token
+ALPHA_CONTENT_END = 0.01
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -72,6 +74,42 @@ class Conditioning:
 
     def _fields(self) -> tuple[torch.Tensor, ...]:
         return (self.style_feat, self.content_feat, self.style_cvae, self.content_cvae)
+
+
+@dataclass
+class StyleRegions:
+    """Other styles for parts of the image (regional style): ``R`` extra styles, each with its weight on
+    every token. A token's style queries and AdaLN parameters are the weighted sum over the main style
+    (weight ``1 - sum of the region weights``, at least 0) and the regions: a token inside region ``r``
+    (weight 1) is conditioned on style ``r`` alone, soft edges blend. Build one with
+    :meth:`StyleVAR.style_regions`.
+    """
+
+    style_feat: torch.Tensor  #: (B, R, C) ``feat_emb(ResNet(style_r))``
+    style_cvae: torch.Tensor  #: (B, R, L, Cvae) the region styles' cumulative VQ features
+    weights: torch.Tensor  #: (B, L, R) each region's weight per token, in [0, 1], summing to at most 1
+
+    def index_select(self, index: torch.Tensor | Sequence[int]) -> StyleRegions:
+        idx = torch.as_tensor(index, dtype=torch.long, device=self.style_feat.device)
+        return StyleRegions(
+            *(t.index_select(0, idx) for t in (self.style_feat, self.style_cvae, self.weights))
+        )
+
+
+def scale_maps(masks: torch.Tensor, patch_nums: Sequence[int]) -> torch.Tensor:
+    """(B, H, W) maps in [0, 1] -> (B, L): each scale's pn x pn area average, scales concatenated in token
+    order (the per-token form of a mask: regional style, per-token alpha)."""
+    m = masks.float().unsqueeze(1)
+    return torch.cat([F.adaptive_avg_pool2d(m, pn).flatten(1) for pn in patch_nums], dim=1)
+
+
+def _mix(weights: torch.Tensor, values: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Σ_r weights[..., r] * values[r]; with a weight of exactly 1 on one value and 0 on the others the
+    result is that value bit for bit (the identity regional style promises)."""
+    out = weights[..., 0] * values[0]
+    for r in range(1, len(values)):
+        out = out + weights[..., r] * values[r]
+    return out
 
 
 @dataclass
@@ -227,6 +265,38 @@ class StyleVAR(nn.Module):
             content_cvae.float(),
         )
 
+    # ------------------------------------------------------------------ regional style
+    def style_regions(
+        self, vae: VQVAE, styles: torch.Tensor, masks: torch.Tensor, batch_size: int | None = None
+    ) -> StyleRegions:
+        """:class:`StyleRegions` from ``R`` style images in [-1, 1] (R, 3, R, R) and their masks (R, H, W) in
+        [0, 1] over the output (area-averaged to every scale's token grid), for a batch of ``batch_size``.
+        Where masks overlap beyond a total weight of 1 their weights are scaled to sum 1."""
+        if styles.shape[0] != masks.shape[0]:
+            raise ValueError(f"{styles.shape[0]} region styles for {masks.shape[0]} masks")
+        feat, cvae = self.encode_style(vae, styles)
+        return self.regions_from_features(feat, cvae, masks, batch_size)
+
+    def regions_from_features(
+        self, feat: torch.Tensor, cvae: torch.Tensor, masks: torch.Tensor, batch_size: int | None = None
+    ) -> StyleRegions:
+        """:meth:`style_regions` from already encoded region styles: ``feat`` (R, C), ``cvae`` (R, L, Cvae)."""
+        w = scale_maps(masks.to(feat.device), self.patch_nums).t()  # (L, R)
+        total = w.sum(-1, keepdim=True)
+        w = torch.where(total > 1, w / total.clamp_min(1e-12), w)
+        B = batch_size or 1
+        return StyleRegions(
+            feat.float().unsqueeze(0).expand(B, -1, -1),
+            cvae.float().unsqueeze(0).expand(B, -1, -1, -1),
+            w.unsqueeze(0).expand(B, -1, -1),
+        )
+
+    def _region_weights(self, regions: StyleRegions) -> torch.Tensor:
+        """(B, L, 1 + R): the main style's weight, then each region's."""
+        w = regions.weights.float()
+        main = (1 - w.sum(-1, keepdim=True)).clamp_min(0)
+        return torch.cat((main, w), dim=-1)
+
     # ------------------------------------------------------------------ alpha
     def resolve_alpha(
         self, alpha: AlphaLike = None, style_strength: float = 0.0, batch_size: int = 1
@@ -247,7 +317,7 @@ class StyleVAR(nn.Module):
                 f"alpha must have {SN} values per scale (optionally per sample), got shape {tuple(a.shape)}"
             )
         if style_strength != 0:
-            a = (a + 0.5 * style_strength).clamp(0.01, 0.99)
+            a = (a + 0.5 * style_strength).clamp(ALPHA_CONTENT_END, 1 - ALPHA_CONTENT_END)
         return a.expand(batch_size, SN)
 
     # ------------------------------------------------------------------ transformer core
@@ -350,6 +420,7 @@ class StyleVAR(nn.Module):
         cuda_graphs: bool = False,
         prefix: Sequence[torch.Tensor] | None = None,
         num_scales: int | None = None,
+        regions: StyleRegions | None = None,
     ) -> GenerationOutput:
         """Sample target tokens scale by scale and decode them.
 
@@ -359,7 +430,8 @@ class StyleVAR(nn.Module):
             seed: see :func:`stylevar.models.sampling.make_generators`: an int seeds one
                 generator for the batch (upstream's ``g_seed``), a list seeds each sample.
             top_k, top_p, temperature: sampling filters (0 = off; temperature 1 = off).
-            alpha, style_strength: see :meth:`resolve_alpha`.
+            alpha, style_strength: see :meth:`resolve_alpha`; ``alpha`` may also be a per-token (B, L)
+                tensor (a mask's alpha, :func:`scale_maps`), used as given (no ``style_strength``).
             legacy_kv_cache: reproduce the published sampler's duplicated KV cache token for token
                 (docs/upstream.md §3.6). Off: the cache matches the teacher-forced model exactly.
             return_logits: also return each scale's raw logits (before temperature and filters).
@@ -378,19 +450,29 @@ class StyleVAR(nn.Module):
                 estimate). They draw nothing from the generators.
             num_scales: stop after this many scales (a prefix only); ``images`` is then empty and
                 ``f_hat`` holds the partial sum.
+            regions: :class:`StyleRegions`: other styles for parts of the image (eager path only).
 
         Returns:
             :class:`GenerationOutput` with images in [0, 1].
         """
         B = cond.batch_size
         device = cond.style_feat.device
-        alphas = self.resolve_alpha(alpha, style_strength, B)
+        per_token = torch.is_tensor(alpha) and alpha.ndim == 2 and alpha.shape[1] == self.L
+        if per_token:
+            alphas = alpha.to(device=device, dtype=torch.float32).expand(B, self.L)
+        else:
+            alphas = self.resolve_alpha(alpha, style_strength, B)
         gens = make_generators(seed, B, device)
         amp = autocast_to(device, dtype)
+        W = None if regions is None else self._region_weights(regions).to(device)  # (B, L, 1 + R)
         with amp:
             lvl_pos = self._lvl_pos()
             cond_BD = cond.style_feat
-            style_BLC = self.word_embed(cond.style_cvae) + lvl_pos
+            if W is None:
+                style_BLC = self.word_embed(cond.style_cvae) + lvl_pos
+            else:  # each token's style tokens: the weighted sum of the styles' (main first)
+                cvaes = [cond.style_cvae, *regions.style_cvae.to(device).unbind(1)]
+                style_BLC = _mix(W.unsqueeze(-2), [self.word_embed(c) + lvl_pos for c in cvaes])
             content_BLC = self.word_embed(cond.content_cvae) + lvl_pos
             content_in = self.content_input(cond)
             if content_in is not None:  # the direct content pathway joins the target tokens' positions
@@ -398,20 +480,29 @@ class StyleVAR(nn.Module):
         if cuda_graphs:
             if legacy_kv_cache:
                 raise ValueError("cuda_graphs=True runs the correct KV cache only; legacy_kv_cache is eager")
+            if per_token or regions is not None:
+                raise ValueError("per-token alpha (a mask) and regional styles run eagerly: drop cuda_graphs")
             runner = self.static_runner(B, device, dtype)
             runner.bind(cond_BD, style_BLC, content_BLC, alphas)
             step = runner.step
         else:
             caches = [KVCache(self.L, legacy=legacy_kv_cache) for _ in self.blocks]
+            feats = [cond_BD] if W is None else [cond_BD, *regions.style_feat.to(device).unbind(1)]
             with amp:  # the condition is fixed: AdaLN parameters once per call, not once per scale
-                adas = [block.adaln(cond_BD) for block in self.blocks]
-            head_ada = self.head_nm.adaln(cond_BD.float())
+                adas = [[block.adaln(f) for f in feats] for block in self.blocks]
+            head_adas = [self.head_nm.adaln(f.float()) for f in feats]
 
             def step(si: int, x: torch.Tensor) -> torch.Tensor:
                 bg, ed = self.begin_ends[si]
-                a = alphas[:, si].view(B, 1, 1)
+                a = alphas[:, bg:ed].unsqueeze(-1) if per_token else alphas[:, si].view(B, 1, 1)
                 guides_ln = self._guides_ln(style_BLC[:, bg:ed], content_BLC[:, bg:ed])
-                for block, cache, ada in zip(self.blocks, caches, adas):
+                if W is None:
+                    block_adas, head_ada = [ada[0] for ada in adas], head_adas[0]
+                else:  # per-token AdaLN: (B, l, k, C), each token's weighted sum over the styles
+                    w = W[:, bg:ed, None, None, :]
+                    block_adas = [_mix(w, [r.to(w.dtype) for r in ada]) for ada in adas]
+                    head_ada = _mix(w, head_adas)
+                for block, cache, ada in zip(self.blocks, caches, block_adas):
                     x = block(x, guides_ln, cond_BD, a, attn_bias=None, cache=cache, ada=ada)
                 return self._logits(x, cond_BD, head_ada)
 
