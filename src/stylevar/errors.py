@@ -13,6 +13,10 @@ class ImageError(StyleVARError):
     """An input image that is missing, unreadable, too small or too large."""
 
 
+class VideoError(ImageError):
+    """A video that cannot be read or written (one line naming the file)."""
+
+
 class CheckpointError(StyleVARError):
     """A checkpoint that is missing, unreadable, of the wrong kind or not allowed to load."""
 

@@ -38,15 +38,14 @@ from .images import (
     pil_from_tensor_input,
     pil_to_unit_tensor,
     tensor_to_pil,
-    to_mask,
-    to_model_input,
     to_rgb,
 )
 from .io import Checkpoint, load_pretrained, save_pretrained
-from .models import ALPHA_CONTENT_END, VQVAE, Conditioning, StyleRegions, StyleVAR, scale_maps
+from .models import VQVAE, Conditioning, StyleVAR
 from .models.ops import parse_dtype
 from .pairs import Blend, Pair, image_seed
-from .stream import EncodedImages, Job, PairResult, as_pair, image_key, read_input
+from .regional import Regional, load_regional
+from .stream import EncodedImages, Job, PairResult, as_pair, image_key
 
 BAD_FILE_POLICIES = ("fail", "skip")
 
@@ -446,35 +445,8 @@ class StyleVARPipeline:
             except ValueError as e:
                 raise ConfigError(str(e)) from None
         base = secrets.randbelow(2**31) if seed is None else int(seed)
-        if (mask is not None or regions) and cuda_graphs:
-            raise ConfigError("a mask or regions run the eager sampler: drop cuda_graphs")
-        # read now, so a bad mask or region file fails before any work
-        mask_map = None if mask is None else to_mask(read_input(mask, "mask"), self.resolution, fit)
-        region_inputs = []
-        for item in regions or ():
-            if not isinstance(item, (tuple, list)) or len(item) != 2:
-                raise ConfigError("regions must be (mask, style) pairs")
-            region_inputs.append(
-                (
-                    to_mask(read_input(item[0], "region mask"), self.resolution, fit),
-                    to_model_input(read_input(item[1], "region style"), self.resolution, fit),
-                )
-            )
-        region_enc: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # by encoder batch size
-
-        def region_features(rows: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-            """The region styles' (features (R, C), VQ features (R, L, Cvae)), encoded once, each in a batch
-            of ``rows`` (the size the pairs' styles are encoded at: the same bytes)."""
-            if not region_inputs:
-                return None
-            if rows not in region_enc:
-                feats, cvaes = [], []
-                for _, x in region_inputs:
-                    f, c = self._encode(x.unsqueeze(0).expand(rows, -1, -1, -1), "style")
-                    feats.append(f[0])
-                    cvaes.append(c[0])
-                region_enc[rows] = (torch.stack(feats), torch.stack(cvaes))
-            return region_enc[rows]
+        # a bad mask or region file fails before any work
+        regional = load_regional(mask, regions, self.resolution, fit, cuda_graphs)
 
         considered = 0  # images of the run so far, skipped ones included
 
@@ -500,14 +472,9 @@ class StyleVARPipeline:
         pad_to = 0  # batches are padded to this many rows (0: as they are)
 
         def run(batch: list[Job]) -> list[PairResult]:
-            regional = None
-            if region_inputs:
-                feat, cvae = region_features(max(1, pad_to))
-                masks = torch.stack([m for m, _ in region_inputs])
-                regional = self.model.regions_from_features(feat, cvae, masks, max(len(batch), pad_to))
             results = self._run_batch(
                 batch, encoded, full, defaults, alpha, fit, keep_size, legacy_kv_cache, dtype,
-                cuda_graphs, output_type, preserve_color, upscale, pad_to, mask_map, regional,
+                cuda_graphs, output_type, preserve_color, upscale, pad_to, regional,
             )  # fmt: skip
             if bar is not None:
                 bar.update(len(batch))
@@ -574,11 +541,10 @@ class StyleVARPipeline:
         preserve_color: str,
         upscale: str,
         pad_to: int = 0,
-        mask: torch.Tensor | None = None,
-        regions: StyleRegions | None = None,
+        regional: Regional | None = None,
     ) -> list[PairResult]:
-        """Sample and decode one batch of jobs whose inputs are encoded (``mask``: (R, R) style-strength
-        map; ``regions``: the regional styles, see :meth:`iter_batches`).
+        """Sample and decode one batch of jobs whose inputs are encoded (``regional``: the call's mask and
+        region styles, see :meth:`iter_batches`).
 
         With ``pad_to``, a shorter batch is padded with copies of its last job (their images are
         dropped): every image of the run is then computed in a batch of the same size, and CPU and
@@ -608,15 +574,9 @@ class StyleVARPipeline:
                 ]
             )
             strength = 0.0
-        if mask is not None:  # per-token alpha: white keeps the model's alpha, black the content end
-            per_scale = self.model.resolve_alpha(alphas, strength, len(batch))
-            tok = per_scale[:, self.model.lvl_1L[0].to(per_scale.device)]  # (B, L)
-            m = scale_maps(mask.unsqueeze(0).to(tok.device), self.model.patch_nums)
-            alphas, strength = m * tok + (1 - m) * ALPHA_CONTENT_END, 0.0
-        out = self.model.generate(
-            self.vae,
+        out = self.generate_batch(
             cond,
-            seed=[sd for _, _, _, sd in batch],
+            [sd for _, _, _, sd in batch],
             top_k=top_k,
             top_p=top_p,
             temperature=temperature,
@@ -625,7 +585,8 @@ class StyleVARPipeline:
             legacy_kv_cache=legacy_kv_cache,
             dtype=dtype,
             cuda_graphs=cuda_graphs,
-            regions=regions,
+            regional=regional,
+            encoder_rows=max(1, pad_to),
         )
         results = []
         for (i, pair, k, sd), img in zip(batch[:n], out.images[:n]):
@@ -641,6 +602,47 @@ class StyleVARPipeline:
                 )
             )
         return results
+
+    # ------------------------------------------------------------------ one batch, regional style
+    def generate_batch(
+        self,
+        cond: Conditioning,
+        seeds: Sequence[int],
+        *,
+        top_k: int,
+        top_p: float,
+        temperature: float,
+        alpha: Any = None,
+        style_strength: float = 0.0,
+        legacy_kv_cache: bool = False,
+        dtype: torch.dtype | None = None,
+        cuda_graphs: bool = False,
+        regional: Regional | None = None,
+        encoder_rows: int = 1,
+        token_hook: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+    ):
+        """``StyleVAR.generate`` for one batch of encoded pairs, with the call's mask (per-token alpha:
+        white keeps the model's alpha, black the content end) and region styles (encoded once, each in
+        a batch of ``encoder_rows``, the size the pairs' styles are encoded at: the same bytes)."""
+        regions = None
+        if regional is not None:
+            alpha, style_strength = regional.alpha(self.model, alpha, style_strength, cond.batch_size)
+            regions = regional.regions(self.model, self._encode, encoder_rows, cond.batch_size)
+        return self.model.generate(
+            self.vae,
+            cond,
+            seed=list(seeds),
+            top_k=top_k,
+            top_p=top_p,
+            temperature=temperature,
+            alpha=alpha,
+            style_strength=style_strength,
+            legacy_kv_cache=legacy_kv_cache,
+            dtype=dtype,
+            cuda_graphs=cuda_graphs,
+            regions=regions,
+            token_hook=token_hook,
+        )
 
     @staticmethod
     def _postprocess(

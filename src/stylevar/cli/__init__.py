@@ -1,6 +1,7 @@
 """The ``stylevar`` command line. Subcommands are thin: flags -> config -> library call.
 
     stylevar stylize CONTENT STYLE -o OUT       stylize files or folders (every content x style pair)
+    stylevar video IN STYLE -o OUT              a stylized video (mp4, webm, mov, mkv, gif), flicker-free
     stylevar convert UPSTREAM.pth -o DIR        upstream .pth files -> config.json + safetensors
     stylevar merge-lora LORA --base SFT -o OUT  GRPO LoRA adapters merged into plain weights
     stylevar info CHECKPOINT                    print a checkpoint's configuration
@@ -26,11 +27,11 @@ from collections.abc import Sequence
 from .. import __version__
 from .._malloc import release_memory_promptly
 from ..errors import StyleVARError
-from . import app, checkpoints, demo, evaluate, grpo, plot, sft, stylize, tokenizer
+from . import app, checkpoints, demo, evaluate, grpo, plot, sft, stylize, tokenizer, video
 from .common import Parser
 
 #: subcommand modules in the order ``--help`` lists them
-COMMANDS = (stylize, checkpoints, demo, tokenizer, plot, sft, grpo, evaluate, app)
+COMMANDS = (stylize, video, checkpoints, demo, tokenizer, plot, sft, grpo, evaluate, app)
 
 #: commands that train: they keep glibc's own allocator policy. Sending every allocation of 1 MiB or
 #: more to mmap (release_memory_promptly) keeps inference's peak low, but a training step allocates

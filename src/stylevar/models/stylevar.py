@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -242,9 +242,17 @@ class StyleVAR(nn.Module):
 
     def encode_content(self, vae: VQVAE, content_img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Content images [-1, 1] (B, 3, R, R) -> (start-token feature (B, C), VQ features (B, L, Cvae))."""
+        return self.encode_content_tokens(vae, content_img)[:2]
+
+    def encode_content_tokens(
+        self, vae: VQVAE, content_img: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """:meth:`encode_content` and the content's VQ tokens per scale ((B, pn*pn) each): what changed
+        between two video frames, scale by scale."""
         with torch.no_grad():
-            cvae = vae.quantize.idx_to_condition(vae.img_to_idx(content_img))
-        return self._image_feat(self.content_encoder, content_img), cvae
+            idx = vae.img_to_idx(content_img)
+            cvae = vae.quantize.idx_to_condition(idx)
+        return self._image_feat(self.content_encoder, content_img), cvae, idx
 
     def conditioning(self, vae: VQVAE, style_img: torch.Tensor, content_img: torch.Tensor) -> Conditioning:
         """Style and content images in [-1, 1], (B, 3, R, R) each -> :class:`Conditioning`."""
@@ -421,6 +429,7 @@ class StyleVAR(nn.Module):
         prefix: Sequence[torch.Tensor] | None = None,
         num_scales: int | None = None,
         regions: StyleRegions | None = None,
+        token_hook: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
     ) -> GenerationOutput:
         """Sample target tokens scale by scale and decode them.
 
@@ -451,6 +460,8 @@ class StyleVAR(nn.Module):
             num_scales: stop after this many scales (a prefix only); ``images`` is then empty and
                 ``f_hat`` holds the partial sum.
             regions: :class:`StyleRegions`: other styles for parts of the image (eager path only).
+            token_hook: ``hook(scale index, sampled tokens (B, pn*pn)) -> tokens`` after each scale's
+                sampling (not for ``prefix`` scales), e.g. to keep a previous video frame's tokens.
 
         Returns:
             :class:`GenerationOutput` with images in [0, 1].
@@ -539,6 +550,8 @@ class StyleVAR(nn.Module):
                         idx_Bl = sample_tokens(
                             logits, top_k=top_k, top_p=top_p, temperature=temperature, generator=gens
                         )
+                        if token_hook is not None:
+                            idx_Bl = token_hook(si, idx_Bl)
                     tokens.append(idx_Bl)
                     f_hat, next_map = vae.quantize.next_input(si, f_hat, vae.quantize.idx_to_h(idx_Bl, pn))
                 if si != SN - 1:
