@@ -15,6 +15,12 @@ loop and decoding (upstream's eval timed the same span).
     python benchmarks/bench_generate.py                                  # CPU, batch 1 and 4
     python benchmarks/bench_generate.py --device cuda --dtype bf16 --batch-sizes 1 64 256
     python benchmarks/bench_generate.py --paths ours                     # skip the slow reference
+    python benchmarks/bench_generate.py --paths ours --dtypes fp32 int8 --batch-sizes 1   # int8 vs fp32
+
+Per dtype, a per-phase table of one batch-1 call of ours: conditioning (VQ-VAE tokenisation of both
+images and both ResNet-18s), each scale's pass (its 20 blocks and the head, sampling, and the
+quantizer's input for the next scale), decoding; milliseconds, GFLOP (counted in fp32: int8's products
+are the same arithmetic) and achieved GFLOP/s. int8 quantizes the model in place, so it runs last.
 
 Prints Markdown tables (and ``--json PATH`` writes the numbers).
 """
@@ -22,6 +28,7 @@ Prints Markdown tables (and ``--json PATH`` writes the numbers).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
@@ -37,8 +44,16 @@ from stylevar.models.ops import autocast_to, parse_dtype
 from stylevar.models.reference import reference_generate
 
 
-def build(device: torch.device) -> tuple[StyleVAR, VQVAE]:
-    scfg, vcfg = d20_configs()
+def build(device: torch.device, size: str = "d20") -> tuple[StyleVAR, VQVAE]:
+    if size == "tiny":  # the plumbing only (gpu_check.sh --smoke): a 64-px, depth-2 model
+        from stylevar.config import StyleVARConfig, VQVAEConfig
+
+        pns = (1, 2, 3, 4)
+        vcfg = VQVAEConfig(vocab_size=64, z_channels=4, ch=32, share_quant_resi=4, patch_nums=pns)
+        scfg = StyleVARConfig(depth=2, embed_dim=64, num_heads=2, vocab_size=64, z_channels=4,
+                              patch_nums=pns, style_enc_dim=64)  # fmt: skip
+    else:
+        scfg, vcfg = d20_configs()
     with torch.device("meta"):
         model, vae = StyleVAR(scfg), VQVAE(vcfg)
     model.to_empty(device=device)
@@ -119,6 +134,41 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, seconds: float = 3.0) 
     return best
 
 
+def phases(model, vae, style, content, dtype, flops_only: bool = False) -> list[dict]:
+    """One call of ours split into phases: wall time and counted FLOPs of each (see the module doc)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    rows: list[dict] = []
+    ctx = FlopCounterMode(display=False) if flops_only else None
+    marks: list[tuple[float, float]] = []
+
+    def now() -> tuple[float, float]:
+        sync(style.device)
+        return time.perf_counter(), (ctx.get_total_flops() if ctx is not None else 0.0)
+
+    def hook(si, tokens):
+        marks.append(now())
+        return tokens
+
+    with torch.no_grad(), ctx if ctx is not None else contextlib.nullcontext():
+        t0 = now()
+        cond = model.conditioning(vae, style, content)
+        t1 = now()
+        rows.append({"phase": "conditioning", "s": t1[0] - t0[0], "flop": t1[1] - t0[1]})
+        gen = model.generate(vae, cond, seed=0, top_k=900, top_p=0.96, dtype=dtype, decode=False,
+                             token_hook=hook)  # fmt: skip
+        prev = t1
+        for si, m in enumerate(marks):
+            pn = model.patch_nums[si]
+            rows.append({"phase": f"scale {si + 1} ({pn}x{pn})", "s": m[0] - prev[0], "flop": m[1] - prev[1]})
+            prev = m
+        with autocast_to(style.device, dtype):
+            vae.fhat_to_img(gen.f_hat)
+        t2 = now()
+        rows.append({"phase": "decode", "s": t2[0] - prev[0], "flop": t2[1] - prev[1]})
+    return rows
+
+
 def run_once(model, vae, style, content, path: str, dtype, cuda_graphs: bool = False):
     with torch.no_grad():
         cond = model.conditioning(vae, style, content)
@@ -183,7 +233,14 @@ def measure(model, vae, img, B, path, dtype, device, runs, warmup, cuda_graphs=F
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    ap.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16", "int8"], help="one dtype")
+    ap.add_argument(
+        "--dtypes", nargs="+", default=None, choices=["fp32", "bf16", "fp16", "int8"],
+        help="several dtypes in one run (int8 last: it quantizes the model in place)",
+    )  # fmt: skip
+    ap.add_argument("--no-phases", action="store_true", help="skip the per-phase tables")
+    ap.add_argument("--model", choices=("d20", "tiny"), default="d20", help="tiny: plumbing checks only")
+    ap.add_argument("--matmul-seconds", type=float, default=3.0, help="time spent measuring the GEMM rate")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
     ap.add_argument(
         "--paths", nargs="+", default=["ours", "straightforward"], choices=["ours", "straightforward"]
@@ -198,44 +255,59 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    dtype = parse_dtype(args.dtype)
-    mm_dtype = dtype or torch.float32
+    dtypes = args.dtypes or [args.dtype or "fp32"]
+    dtypes = sorted(dict.fromkeys(dtypes), key=lambda d: d == "int8")  # int8 last: it quantizes in place
+    mm_dtype = parse_dtype(dtypes[0] if dtypes[0] != "int8" else "fp32") or torch.float32
     t0 = time.perf_counter()
-    model, vae = build(device)
+    model, vae = build(device, args.model)
     build_s = time.perf_counter() - t0
     R = vae.config.resolution
     weights_mib = (
         sum(t.numel() * t.element_size() for m in (model, vae) for t in m.state_dict().values()) / 2**20
     )
     baseline_rss = rss_peak_mib() if device.type == "cpu" else None
-    rate = matmul_rate(device, mm_dtype)
+    rate = matmul_rate(device, mm_dtype, args.matmul_seconds)
     gen = torch.Generator().manual_seed(1)
     img = (torch.rand(max(args.batch_sizes), 3, R, R, generator=gen) * 2 - 1).to(device)
     flops = {p: count_flops(model, vae, img[:1], img[:1], p) for p in args.paths}
+    phase_flops = (
+        None if args.no_phases else phases(model, vae, img[:1], img[:1].flip(0), None, flops_only=True)
+    )
     rows = []
-    for path in args.paths:
-        for B in args.batch_sizes:
-            r = measure(
-                model,
-                vae,
-                img,
-                B,
-                path,
-                dtype,
-                device,
-                args.runs,
-                args.warmup,
-                args.cuda_graphs and path == "ours",
-            )
-            r["gflop_per_sample"] = flops[path]["total"] / 1e9
-            r["achieved_gflops"] = flops[path]["total"] * B / r["median_s_per_batch"] / 1e9
-            rows.append(r)
-            print(f"  measured {path} batch {B}: {r['s_per_sample']:.3f} s/sample", flush=True)
+    phase_rows: dict[str, list[dict]] = {}
+    for dname in dtypes:
+        dtype = None
+        if dname == "int8":
+            from stylevar.models.quantized import quantize_int8_
+
+            released = quantize_int8_(model)
+            print(f"  int8: {released / 2**20:.0f} MiB of fp32 weights released", flush=True)
+        else:
+            dtype = parse_dtype(dname)
+        for path in args.paths:
+            if path != "ours" and dname == "int8":
+                continue  # the reference path reads the fp32 weights int8 released
+            for B in args.batch_sizes:
+                r = measure(
+                    model, vae, img, B, path, dtype, device, args.runs, args.warmup,
+                    args.cuda_graphs and path == "ours",
+                )  # fmt: skip
+                r["dtype"] = dname
+                r["gflop_per_sample"] = flops[path]["total"] / 1e9
+                r["achieved_gflops"] = flops[path]["total"] * B / r["median_s_per_batch"] / 1e9
+                rows.append(r)
+                print(f"  measured {dname} {path} batch {B}: {r['s_per_sample']:.3f} s/sample", flush=True)
+        if phase_flops is not None and "ours" in args.paths:
+            runs = [phases(model, vae, img[:1], img[:1].flip(0), dtype) for _ in range(args.runs)]
+            phase_rows[dname] = [
+                {"phase": f["phase"], "flop": f["flop"], "s": statistics.median(r[k]["s"] for r in runs)}
+                for k, f in enumerate(phase_flops)
+            ]
 
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     floor_s = flops.get("ours", next(iter(flops.values())))["total"] / rate
     print(
-        f"\nStyleVAR d20 + VQ-VAE ch160, {args.dtype}{', CUDA graphs' if args.cuda_graphs else ''}, {R}x{R}, random weights, top-k 900, top-p 0.96"
+        f"\nStyleVAR d20 + VQ-VAE ch160, {', '.join(dtypes)}{', CUDA graphs' if args.cuda_graphs else ''}, {R}x{R}, random weights, top-k 900, top-p 0.96"
     )
     print(
         f"device: {device} ({dev_name}), torch {torch.__version__}, CPU threads {torch.get_num_threads()}; "
@@ -256,16 +328,26 @@ def main() -> None:
     print(f"floor (ours' FLOPs / matmul rate): {floor_s:.3f} s per sample\n")
     mem = "peak GPU alloc (MiB)" if device.type == "cuda" else "peak RSS (MiB)"
     print(
-        f"| path | batch | s / batch (median of {args.runs}) | s / sample | x floor | images / s | GFLOP/s | {mem} | x weights |"
+        f"| path | dtype | batch | s / batch (median of {args.runs}) | s / sample | x floor | images / s | GFLOP/s | {mem} | x weights |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         peak = r["peak_mib"]
         print(
-            f"| {r['path']} | {r['batch']} | {r['median_s_per_batch']:.3f} | {r['s_per_sample']:.3f} | "
+            f"| {r['path']} | {r['dtype']} | {r['batch']} | {r['median_s_per_batch']:.3f} | {r['s_per_sample']:.3f} | "
             f"{r['s_per_sample'] / floor_s:.2f} | {r['images_per_s']:.2f} | {r['achieved_gflops']:.0f} | "
             f"{'n/a' if peak is None else f'{peak:.0f}'} | {'n/a' if peak is None else f'{peak / weights_mib:.2f}'} |"
         )
+    for dname, prs in phase_rows.items():
+        total = sum(p["s"] for p in prs)
+        print(f"\nPer phase, ours, {dname}, batch 1 (median of {args.runs} calls; {total:.3f} s in all):\n")
+        print("| phase | ms | share | GFLOP | GFLOP/s |")
+        print("|---|---:|---:|---:|---:|")
+        for p in prs:
+            rate_p = p["flop"] / p["s"] / 1e9 if p["s"] > 0 else float("nan")
+            print(
+                f"| {p['phase']} | {p['s'] * 1e3:.1f} | {p['s'] / total:.1%} | {p['flop'] / 1e9:.2f} | {rate_p:.0f} |"
+            )
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -274,7 +356,8 @@ def main() -> None:
                     "device_name": dev_name,
                     "torch": torch.__version__,
                     "threads": torch.get_num_threads(),
-                    "dtype": args.dtype,
+                    "dtypes": dtypes,
+                    "phases": phase_rows,
                     "weights_mib": weights_mib,
                     "matmul_gflops": rate / 1e9,
                     "floor_s_per_sample": floor_s,

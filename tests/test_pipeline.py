@@ -113,3 +113,22 @@ def test_pipeline_on_cuda(tiny, pics):
     assert len(out) == 4 and all(im.size == (64, 64) for im in out)
     diffs = [np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() for a, b in zip(out, again)]
     assert max(diffs) <= 1  # same seeds, same images, whatever the batch size
+
+
+def test_int8_pipeline(tiny, pics, tmp_path):
+    """dtype="int8" quantizes the pipeline's transformer once (CPU) and stays int8; the CLI takes it too."""
+    from stylevar.cli import main
+    from stylevar.io import save_pretrained
+
+    pipe = StyleVARPipeline(*copy.deepcopy(tiny), device="cpu")
+    fp32 = pipe(pics[1], pics[1], seed=2, top_k=8, output_type="pt")[0]
+    q = pipe(pics[1], pics[1], seed=2, top_k=8, output_type="pt", dtype="int8")[0]
+    assert pipe.model.int8 and q.shape == fp32.shape and (q - fp32).abs().mean() < 0.2
+    with pytest.raises(ConfigError, match="int8 now"):
+        pipe(pics[1], pics[1], seed=2, dtype="bf16")
+    ckpt = tmp_path / "ckpt"
+    save_pretrained(ckpt, *copy.deepcopy(tiny))
+    out = tmp_path / "o.png"
+    argv = ["stylize", str(pics[1]), str(pics[1]), "-o", str(out), "--checkpoint", str(ckpt), "--dtype", "int8",
+            "--device", "cpu", "-q", "--seed", "2", "--top-k", "8"]  # fmt: skip
+    assert main(argv) == 0 and Image.open(out).size == (64, 64)

@@ -42,7 +42,7 @@ from .images import (
 )
 from .io import Checkpoint, load_pretrained, save_pretrained
 from .models import VQVAE, Conditioning, StyleVAR
-from .models.ops import parse_dtype
+from .models.quantized import run_dtype
 from .pairs import Blend, Pair, image_seed
 from .regional import Regional, load_regional
 from .stream import EncodedImages, Job, PairResult, as_pair, image_key
@@ -159,6 +159,10 @@ class StyleVARPipeline:
         if not out:
             raise ImageError(f"no {role} images given")
         return out
+
+    def prepare_dtype(self, dtype: torch.dtype | str | None) -> torch.dtype | None:
+        """The autocast dtype of ``dtype`` for ``generate`` (``"int8"``: see :func:`~stylevar.models.quantized.run_dtype`)."""
+        return run_dtype(self.model, self.device, dtype)
 
     @torch.no_grad()
     def _encode(self, batch: torch.Tensor, role: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -438,7 +442,7 @@ class StyleVARPipeline:
             raise ConfigError(f"upscale must be one of {UPSAMPLERS}, got {upscale!r}")
         if on_bad_file not in BAD_FILE_POLICIES:
             raise ConfigError(f"on_bad_file must be one of {BAD_FILE_POLICIES}, got {on_bad_file!r}")
-        dtype = parse_dtype(dtype)
+        dtype = self.prepare_dtype(dtype)
         if alpha is not None:
             try:
                 self.model.resolve_alpha(alpha)

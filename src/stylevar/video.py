@@ -268,7 +268,6 @@ def stylize_video(
     pipeline's. ``keep_scales`` (default: every scale), ``keep_criterion`` and ``change_threshold``: see
     :class:`TokenKeeper`. ``on_frames(inputs, outputs)`` sees each batch (benchmarks measure flicker)."""
     from .controls import blend_weights
-    from .models.ops import parse_dtype
 
     av = _av()
     out = Path(out).expanduser()
@@ -289,7 +288,7 @@ def stylize_video(
     top_p = s.top_p if top_p is None else top_p
     temperature = s.temperature if temperature is None else temperature
     strength = s.style_strength if style_strength is None else style_strength
-    dtype = parse_dtype(dtype)
+    dtype = pipe.prepare_dtype(dtype)
     R = pipe.resolution
 
     # the style (a blend of several: their encodings' weighted sum), the mask and regions: once

@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 from ..config import parse_numbers
 
-DTYPE_CHOICES = ("fp32", "bf16", "fp16", "float32", "bfloat16", "float16")
+DTYPE_CHOICES = ("fp32", "bf16", "fp16", "int8", "float32", "bfloat16", "float16")
 
 
 # ---------------------------------------------------------------------------------------- the parser

@@ -155,7 +155,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--top-p", type=float, default=None, help="default: the checkpoint's (0.96)")
     g.add_argument("--temperature", type=float, default=None)
     g.add_argument("--style-strength", type=float, default=None)
-    g.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    g.add_argument("--dtype", choices=("fp32", "bf16", "fp16", "int8"), default="fp32")
     g.add_argument("--cuda-graphs", action="store_true")
     g.add_argument("--legacy-kv-cache", action="store_true", help="the published sampler, token for token")
 

@@ -156,8 +156,8 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--dtype",
         choices=DTYPE_CHOICES,
         default="fp32",
-        help="fp32 (default, exact) or bf16/fp16 products and attention under autocast (fast on GPUs; "
-        "logits, sampling and the quantizer stay fp32)",
+        help="fp32 (default, exact), bf16/fp16 products and attention under autocast (fast on GPUs; "
+        "logits, sampling and the quantizer stay fp32), or int8 weights for the transformer (CPU)",
     )
     p.add_argument(
         "--cuda-graphs",

@@ -19,8 +19,6 @@ from typing import Protocol
 
 import torch
 
-from ..models.ops import parse_dtype
-
 
 class Method(Protocol):
     name: str
@@ -56,7 +54,7 @@ class StyleVARMethod:
         self.top_p = s.top_p if top_p is None else top_p
         self.temperature = s.temperature if temperature is None else temperature
         self.style_strength = s.style_strength if style_strength is None else style_strength
-        self.dtype = parse_dtype(dtype)
+        self.dtype = pipeline.prepare_dtype(dtype)  # "int8" quantizes the pipeline's transformer
         self.cuda_graphs = cuda_graphs
         self.legacy_kv_cache = legacy_kv_cache
 

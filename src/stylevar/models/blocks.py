@@ -19,6 +19,7 @@ projection, the q rows of the target projection) are kept for that reason only.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -110,6 +111,10 @@ class KVCache:
 class BlendedCrossAttention(nn.Module):
     """Queries from a guide (style or content tokens), keys/values from the target's own tokens."""
 
+    #: int8 copies of the query and key/value weights (:mod:`stylevar.models.quantized`), or None
+    q_int8: Any = None
+    kv_int8: Any = None
+
     def __init__(self, C: int, num_heads: int, l2_norm: bool = True):
         super().__init__()
         self.C, self.num_heads, self.head_dim = C, num_heads, C // num_heads
@@ -133,7 +138,7 @@ class BlendedCrossAttention(nn.Module):
     def keys_values(self, x_n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Modulated target tokens (B, L, C) -> keys, values (B, H, L, head_dim)."""
         B, L, C = x_n.shape
-        weight = self.mat_qkv_target.weight[C:]
+        weight = self.kv_int8 if self.kv_int8 is not None else self.mat_qkv_target.weight[C:]
         bias = torch.cat((self.zero_k_bias_target, self.v_bias_target))
         k, v = linear(x_n, weight, bias).view(B, L, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if self.l2_norm:
@@ -143,7 +148,8 @@ class BlendedCrossAttention(nn.Module):
     def queries(self, g_n: torch.Tensor) -> torch.Tensor:
         """Modulated guide tokens (B, G, C) -> queries (B, H, G, head_dim), normalised and scaled."""
         B, G, C = g_n.shape
-        q = linear(g_n, self.mat_qkv_guide.weight[:C], self.q_bias_guide)
+        w = self.q_int8 if self.q_int8 is not None else self.mat_qkv_guide.weight[:C]
+        q = linear(g_n, w, self.q_bias_guide)
         q = q.view(B, G, self.num_heads, self.head_dim).transpose(1, 2)
         if self.l2_norm:
             q = F.normalize(q, dim=-1).mul(self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,8 +23,11 @@ from ..errors import ConfigError
 SKINNY_ROWS = 16
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``, with the faster kernel for few fp32 rows on the CPU."""
+def linear(x: torch.Tensor, weight: Any, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``, with the faster kernel for few fp32 rows on the CPU; ``weight`` may be
+    a :class:`~stylevar.models.quantized.Int8Weight` (its bias is prepacked with it: ``bias`` is ignored)."""
+    if not isinstance(weight, torch.Tensor):
+        return weight(x)
     C = x.shape[-1]
     rows = x.numel() // C if C else 0
     if 0 < rows <= SKINNY_ROWS and x.device.type == "cpu" and x.dtype == torch.float32 == weight.dtype:
@@ -36,10 +40,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters and state-dict keys) whose forward uses :func:`linear`."""
+    """``nn.Linear`` (same parameters and state-dict keys) whose forward uses :func:`linear` (with its int8
+    copy once :func:`stylevar.models.quantized.quantize_int8_` made one)."""
+
+    int8: Any = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
+        return linear(x, self.weight if self.int8 is None else self.int8, self.bias)
 
 
 _GELU_K = 2 * math.sqrt(2 / math.pi)

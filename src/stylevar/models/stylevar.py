@@ -121,6 +121,9 @@ class GenerationOutput:
 
 
 class StyleVAR(nn.Module):
+    #: True once :func:`stylevar.models.quantized.quantize_int8_` replaced the blocks' weights (inference only)
+    int8: bool = False
+
     def __init__(self, config: StyleVARConfig | None = None):
         super().__init__()
         self.config = cfg = config or StyleVARConfig()
@@ -468,6 +471,8 @@ class StyleVAR(nn.Module):
         """
         B = cond.batch_size
         device = cond.style_feat.device
+        if self.int8 and dtype not in (None, torch.float32):
+            raise ValueError("an int8 model runs its other layers in fp32: leave dtype unset")
         per_token = torch.is_tensor(alpha) and alpha.ndim == 2 and alpha.shape[1] == self.L
         if per_token:
             alphas = alpha.to(device=device, dtype=torch.float32).expand(B, self.L)
