@@ -109,6 +109,9 @@ def test_request_handler_masks(tiny, pics, tmp_path):
         stylize_request(pipe, str(pics[0]), str(pics[1]), mask=str(bad))
 
 
+SERVER_PID: dict[str, int] = {}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -127,7 +130,7 @@ def server(ours_dir, server_log):
     port = _free_port()
     log = server_log
     cmd = [sys.executable, "-m", "stylevar", "app", "--checkpoint", str(ours_dir), "--device", "cpu",
-           "--port", str(port), "--max-pixels", "200000", "--max-upload-mb", "2"]  # fmt: skip
+           "--port", str(port), "--max-pixels", "200000", "--max-upload-mb", "2", "--queue-size", "4"]  # fmt: skip
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "NO_PROXY": "127.0.0.1,localhost"}
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
@@ -142,6 +145,7 @@ def server(ours_dir, server_log):
                 if proc.poll() is not None or time.time() > deadline:
                     raise RuntimeError(f"the app did not start:\n{log.read_text()[-3000:]}") from None
                 time.sleep(0.5)
+        SERVER_PID[url] = proc.pid
         yield url
     finally:
         proc.terminate()
@@ -237,3 +241,140 @@ def test_the_server_says_where_it_is_in_its_own_words(server, server_log):
     text = server_log.read_text()
     assert f"stylevar app on {server.rstrip('/')} (device cpu; Ctrl-C stops it)" in text, text
     assert "share=True" not in text and "launch()" not in text, text
+
+
+# ---------------------------------------------------------------------------------------------------
+# the app as a service: bad uploads, load, cancellation, health (a real server, gradio_client)
+
+
+def _client(url):
+    from gradio_client import Client
+
+    os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+    return Client(url, verbose=False)
+
+
+def _args(content, style, *, samples=1, full_res=False):
+    from gradio_client import handle_file
+
+    style_arg = None if style is None else handle_file(str(style))
+    return (
+        handle_file(str(content)),
+        style_arg,
+        None,
+        0.5,
+        0,
+        "none",
+        full_res,
+        samples,
+        3,
+        "",
+        None,
+        None,
+        None,
+    )
+
+
+def _health(url) -> dict:
+    import json
+
+    return json.loads(urllib.request.urlopen(url + "health", timeout=10).read())
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+@pytest.mark.slow
+def test_bad_uploads_get_our_one_line_message_and_no_traceback(server, server_log, tmp_path):
+    """Every upload reaches stylevar's reader: a text file named .png, an empty file, a truncated PNG, an
+    8-px image, and a 400-MP decompression bomb each get one line on the page; the server keeps serving
+    and logs no traceback."""
+    from PIL import Image
+
+    good = EXAMPLES / "style.jpg"
+    text, empty, cut, tiny, bomb = (
+        tmp_path / n for n in ("text.png", "empty.png", "cut.png", "tiny.png", "bomb.png")
+    )
+    text.write_text("not an image")
+    empty.write_bytes(b"")
+    data = (EXAMPLES / "content.jpg").read_bytes()
+    Image.open(EXAMPLES / "content.jpg").save(cut)
+    cut.write_bytes(cut.read_bytes()[: len(cut.read_bytes()) // 3])
+    Image.new("RGB", (8, 8)).save(tiny)
+    Image.new("1", (20000, 20000)).save(bomb)  # 50 kB on disk, 400 MP decoded
+    assert len(data) > 0 and bomb.stat().st_size < 2 * 1024 * 1024
+    client = _client(server)
+    expected = {
+        text: "the content image is not a picture this app can read",
+        empty: "the content image is not a picture this app can read",
+        cut: "truncated or corrupt",
+        tiny: "smaller than 16 px",
+        bomb: "too large",
+    }
+    for path, needle in expected.items():
+        with pytest.raises(Exception) as e:
+            client.predict(*_args(path, good), api_name="/stylize")
+        msg = str(e.value)
+        assert needle in msg and "\n" not in msg.strip() and "Traceback" not in msg, (path.name, msg)
+    out = client.predict(*_args(EXAMPLES / "content.jpg", good), api_name="/stylize")  # still serving
+    assert len(out[0]) == 1
+    assert "Traceback" not in server_log.read_text()
+
+
+@pytest.mark.slow
+def test_load_cancellation_and_health(server):
+    """6 clients at once against --concurrency 1 --queue-size 4: the running one and the 4 waiting ones
+    complete with their images, the sixth is refused; waiting ones see their place in the queue. Stop
+    frees the worker at the next scale boundary and the next request starts at once. /health says it all;
+    the server's memory after the burst stays within 300 MiB of before it."""
+    h = _health(server)
+    assert h["status"] == "ok" and h["model_loaded"] and h["generating"] == 0
+    pid = SERVER_PID[server]
+    rss_before = _rss_mib(pid)
+    args = _args(EXAMPLES / "content.jpg", EXAMPLES / "style.jpg", samples=4, full_res=True)
+    clients = [_client(server) for _ in range(6)]
+    jobs = []
+    for c in clients:
+        jobs.append(c.submit(*args, api_name="/stylize"))
+        time.sleep(0.05)
+    ranks = []
+    deadline = time.time() + 10
+    while time.time() < deadline and not any(r is not None and r > 0 for r in ranks):
+        ranks = [j.status().rank for j in jobs]
+        time.sleep(0.1)
+    assert any(r is not None and r > 0 for r in ranks), ranks  # a queue position is reported
+    done, refused = [], []
+    for j in jobs:
+        try:
+            done.append(j.result(timeout=300))
+        except Exception as e:
+            refused.append(str(e))
+    assert len(done) == 5 and len(refused) == 1 and "Queue is full" in refused[0], refused
+    for gallery, info in done:
+        assert len(gallery) == 4 and info.startswith("seeds: 3, 4, 5, 6")
+    rss_after = _rss_mib(pid)
+    assert rss_after - rss_before < 300, (rss_before, rss_after)
+
+    # Stop (the client's cancel, what the page's Stop button sends) frees the worker at a scale boundary
+    before = _health(server)
+    long_job = clients[0].submit(*_args(EXAMPLES / "content.jpg", EXAMPLES / "style.jpg", samples=8, full_res=True),
+                                 api_name="/stylize")  # fmt: skip
+    deadline = time.time() + 30
+    while _health(server)["generating"] == 0:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    time.sleep(0.3)  # the handler has yielded: Gradio cancels iterators, not threads it has not seen
+    t0 = time.time()
+    assert long_job.cancel()
+    while _health(server)["generating"] != 0:
+        assert time.time() - t0 < 20
+        time.sleep(0.05)
+    h = _health(server)
+    assert h["cancelled"] == before["cancelled"] + 1, (before, h, time.time() - t0)
+    t1 = time.time()
+    out = clients[1].predict(*_args(EXAMPLES / "content.jpg", EXAMPLES / "style.jpg"), api_name="/stylize")
+    assert len(out[0]) == 1 and time.time() - t1 < 30

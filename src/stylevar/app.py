@@ -9,20 +9,26 @@ to blend in, colour preservation, full-resolution output, samples and seed; per-
 "Advanced"), press Stylize. Results appear in a gallery with their seeds (reuse one to get that image
 again) and download at full size. Every control is the pipeline's own (:mod:`stylevar.controls`).
 
-Serving: binds to 127.0.0.1 unless ``--host`` says otherwise; requests go through Gradio's queue
-(``--concurrency`` generations at a time, the rest wait their turn with their position shown);
-uploads over ``--max-upload-mb`` are refused by the server, images over ``--max-pixels`` with a
-message saying how large they are and what to do.
+Serving (README, "Web app"): binds to 127.0.0.1 unless ``--host`` says otherwise (then it warns that
+the page has no authentication; ``--auth USER:PASS`` adds Gradio's login); requests go through Gradio's
+queue (``--concurrency`` generations at a time, ``--queue-size`` waiting with their position and an
+estimate shown; more are refused with "Queue is full"); uploads over ``--max-upload-mb`` are refused by
+the server; every upload reaches stylevar's own image reader undecoded, so a bad, truncated, empty,
+huge or tiny file gets the same one-line message as the command line, on the page, and the server logs
+no traceback. Stop, or closing the page, stops the generation at the next scale boundary and frees the
+worker. ``GET /health`` answers whether the model is loaded and what the server is doing.
 """
 
 from __future__ import annotations
 
+import contextvars
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 from .config import parse_numbers
-from .errors import ConfigError, MissingDependencyError, StyleVARError
+from .errors import Cancelled, ConfigError, MissingDependencyError, StyleVARError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -64,6 +70,11 @@ def _read(path: str, role: str, max_pixels: int):
     try:
         with Image.open(path) as im:
             w, h = im.size
+    except Image.DecompressionBombError:
+        raise ImageError(
+            f"The {role} image is too large to open (a decompression bomb?); the limit here is "
+            f"{max_pixels / 1e6:.1f} MP. Downscale it and upload it again."
+        ) from None
     except Exception:
         raise ImageError(
             f"the {role} image is not a picture this app can read; upload a PNG, JPEG or WebP"
@@ -122,6 +133,7 @@ def stylize_request(
     *,
     max_pixels: int = 40_000_000,
     progress=None,
+    cancel: threading.Event | None = None,
 ) -> tuple[list[tuple[Any, str]], str]:
     """One press of the button: the results as (image, caption) pairs and a line naming the seeds.
 
@@ -172,6 +184,8 @@ def stylize_request(
         mask=mask_img,
         regions=regions,
     ):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("cancelled between batches")
         for img, s in zip(batch.images, batch.seeds):
             out.append((img, f"seed {s}"))
             seeds.append(s)
@@ -183,19 +197,128 @@ def stylize_request(
     ) + " (enter one as the seed to get that image again)"
 
 
+class ServerState:
+    """What the server is doing, for ``GET /health``: requests generating now, served, cancelled, failed."""
+
+    def __init__(self, pipe=None):
+        self.pipe = pipe
+        self.lock = threading.Lock()
+        self.counts = {"generating": 0, "served": 0, "cancelled": 0, "failed": 0}
+
+    def add(self, key: str, n: int = 1) -> None:
+        with self.lock:
+            self.counts[key] += n
+
+    def health(self) -> dict[str, Any]:
+        with self.lock:
+            counts = dict(self.counts)
+        pipe = self.pipe
+        return {
+            "status": "ok" if pipe is not None else "loading",
+            "model_loaded": pipe is not None,
+            "device": None if pipe is None else str(pipe.device),
+            "resolution": None if pipe is None else pipe.resolution,
+            **counts,
+        }
+
+
+def _components(gr):
+    """gr.Image / gr.ImageEditor whose uploads reach stylevar's reader (one-line errors, no tracebacks)."""
+
+    class UploadedImage(gr.Image):
+        """The upload's path, undecoded: :func:`_read` opens it and words every error."""
+
+        def get_block_name(self) -> str:
+            return "image"
+
+        def preprocess(self, payload):
+            return None if payload is None else payload.path
+
+    class MaskEditor(gr.ImageEditor):
+        def get_block_name(self) -> str:
+            return "imageeditor"
+
+        def preprocess(self, payload):
+            try:
+                return super().preprocess(payload)
+            except Exception:
+                raise gr.Error(
+                    "the mask is not a picture this app can read; upload a PNG, JPEG or WebP",
+                    print_exception=False,
+                ) from None
+
+    return UploadedImage, MaskEditor
+
+
+def run_cancellable(work, cancel: threading.Event, state: ServerState, poll: float = 0.2):
+    """Run ``work()`` in a thread (the caller's context, with :data:`stylevar.stream.CANCEL` set to
+    ``cancel``), yielding None every ``poll`` seconds while it runs, then its result. Closing this
+    generator (Gradio does on Stop and on a closed page) sets ``cancel``: the sampler stops at its next
+    scale boundary and the thread ends."""
+    from .stream import CANCEL
+
+    box: dict[str, Any] = {}
+
+    def target():
+        state.add("generating")
+        CANCEL.set(cancel)
+        try:
+            box["out"] = work()
+        except BaseException as e:  # handed to the generator
+            box["err"] = e
+        finally:
+            state.add("generating", -1)
+            err = box.get("err")
+            state.add("served" if err is None else "cancelled" if isinstance(err, Cancelled) else "failed")
+
+    t = threading.Thread(
+        target=contextvars.copy_context().run, args=(target,), daemon=True, name="stylevar-request"
+    )
+    t.start()
+    try:
+        yield None  # at once: Gradio can only cancel an iterator that has yielded once
+        while t.is_alive():
+            t.join(poll)
+            if t.is_alive():
+                yield None
+    finally:
+        if t.is_alive():
+            cancel.set()
+    if "err" in box:
+        raise box["err"]
+    yield box["out"]
+
+
 def build_app(
-    pipe, *, max_pixels: int = 40_000_000, examples: list[list[str]] | None = None, title: str = ""
+    pipe,
+    *,
+    max_pixels: int = 40_000_000,
+    examples: list[list[str]] | None = None,
+    title: str = "",
+    state: ServerState | None = None,
 ):
     """The Gradio Blocks page around ``pipe`` (a :class:`~stylevar.pipeline.StyleVARPipeline`)."""
     gr = _gradio()
     n_scales = len(pipe.model.patch_nums)
     examples = example_pairs() if examples is None else examples
+    state = state or ServerState(pipe)
+    UploadedImage, MaskEditor = _components(gr)
 
     def run(*values, progress=gr.Progress()):  # noqa: B008 (Gradio idiom); values: the inputs, in order
+        cancel = threading.Event()
         try:
-            return stylize_request(pipe, *values, max_pixels=max_pixels, progress=progress)
+            for out in run_cancellable(
+                lambda: stylize_request(
+                    pipe, *values, max_pixels=max_pixels, progress=progress, cancel=cancel
+                ),
+                cancel,
+                state,
+            ):
+                yield (gr.skip(), gr.skip()) if out is None else out
+        except Cancelled:
+            return
         except StyleVARError as e:
-            raise gr.Error(str(e)) from None
+            raise gr.Error(str(e), print_exception=False) from None
 
     with gr.Blocks(title=title or "StyleVAR") as demo:
         gr.Markdown(
@@ -204,11 +327,13 @@ def build_app(
             f"Images up to {max_pixels / 1e6:.1f} MP."
         )
         with gr.Row():
-            content = gr.Image(
+            content = UploadedImage(
                 type="filepath", label="Content", elem_id="content", sources=["upload", "clipboard"]
             )
-            style = gr.Image(type="filepath", label="Style", elem_id="style", sources=["upload", "clipboard"])
-            style2 = gr.Image(
+            style = UploadedImage(
+                type="filepath", label="Style", elem_id="style", sources=["upload", "clipboard"]
+            )
+            style2 = UploadedImage(
                 type="filepath",
                 label="Second style (optional)",
                 elem_id="style2",
@@ -239,19 +364,21 @@ def build_app(
             )
             with gr.Row():
                 brush = gr.Brush(colors=["#ffffff", "#808080", "#000000"], color_mode="fixed")
-                mask = gr.ImageEditor(
+                mask = MaskEditor(
                     type="pil", label="Style-strength mask", elem_id="mask", brush=brush, layers=False
                 )
-                region_mask = gr.ImageEditor(
+                region_mask = MaskEditor(
                     type="pil", label="Region mask", elem_id="region_mask", brush=brush, layers=False
                 )
-                region_style = gr.Image(
+                region_style = UploadedImage(
                     type="filepath",
                     label="Region style",
                     elem_id="region_style",
                     sources=["upload", "clipboard"],
                 )
-        go = gr.Button("Stylize", variant="primary", elem_id="stylize")
+        with gr.Row():
+            go = gr.Button("Stylize", variant="primary", elem_id="stylize")
+            stop = gr.Button("Stop", variant="stop", elem_id="stop")
         gallery = gr.Gallery(
             label="Results",
             elem_id="results",
@@ -265,7 +392,7 @@ def build_app(
         info = gr.Markdown(elem_id="seeds")
         if examples:
             gr.Examples(examples, inputs=[content, style], label="Examples")
-        go.click(
+        event = go.click(
             run,
             inputs=[
                 content,
@@ -283,7 +410,10 @@ def build_app(
                 region_style,
             ],  # fmt: skip
             outputs=[gallery, info],
+            show_progress="full",  # a waiting request shows its place in the queue and an estimate
+            api_name="stylize",
         )
+        stop.click(None, None, None, cancels=[event])  # the generation stops at its next scale boundary
     return demo
 
 
@@ -297,22 +427,49 @@ def serve(
     max_upload_mb: float = 20,
     max_pixels: float = 40e6,
     title: str = "",
+    auth: tuple[str, str] | None = None,
+    root_path: str | None = None,
 ) -> None:
     """Serve the page for ``pipe`` until interrupted (``stylevar app``): Gradio's queue runs
-    ``concurrency`` generations at a time and lets ``queue_size`` requests wait; uploads over
-    ``max_upload_mb`` are refused by the server, images over ``max_pixels`` by the handler."""
+    ``concurrency`` generations at a time and lets ``queue_size`` requests wait (more are refused);
+    uploads over ``max_upload_mb`` are refused by the server, images over ``max_pixels`` by the handler.
+    ``GET /health`` answers with :meth:`ServerState.health` (JSON); ``auth`` is Gradio's login;
+    ``root_path`` the public path prefix behind a reverse proxy."""
+    import sys
+
+    import uvicorn
+    from fastapi import FastAPI
+
     gr = _gradio()
-    demo = build_app(pipe, max_pixels=int(max_pixels), title=title)
+    state = ServerState(pipe)
+    demo = build_app(pipe, max_pixels=int(max_pixels), title=title, state=state)
     demo.queue(default_concurrency_limit=concurrency, max_size=queue_size)
-    print(f"stylevar app on http://{host}:{port} (device {pipe.device}; Ctrl-C stops it)", flush=True)
-    demo.launch(
+    app = FastAPI()
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return state.health()
+
+    app = gr.mount_gradio_app(
+        app,
+        demo,
+        path="/",
         server_name=host,
         server_port=port,
+        auth=auth,
+        root_path=root_path,
+        show_error=True,
         # bytes: Gradio's "Nmb" strings take whole numbers only, and the flag is a float
         max_file_size=int(max_upload_mb * 1024 * 1024),
-        show_error=True,
-        inbrowser=False,
         ssr_mode=False,  # plain Python server: no Node.js needed
-        quiet=True,  # our own line above says where the page is; Gradio's talks of launch(share=True)
         theme=gr.themes.Default(),
     )
+    if host not in ("127.0.0.1", "localhost", "::1") and auth is None:
+        print(
+            f"warning: --host {host} serves this page to the network with no authentication; add --auth "
+            "USER:PASS or put it behind a reverse proxy that authenticates (README, Web app)",
+            file=sys.stderr,
+            flush=True,
+        )
+    print(f"stylevar app on http://{host}:{port} (device {pipe.device}; Ctrl-C stops it)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

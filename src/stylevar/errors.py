@@ -17,6 +17,10 @@ class VideoError(ImageError):
     """A video that cannot be read or written (one line naming the file)."""
 
 
+class Cancelled(StyleVARError):
+    """A request stopped on purpose (the web page's Stop button or a closed page), at a scale boundary."""
+
+
 class CheckpointError(StyleVARError):
     """A checkpoint that is missing, unreadable, of the wrong kind or not allowed to load."""
 

@@ -45,7 +45,7 @@ from .models import VQVAE, Conditioning, StyleVAR
 from .models.quantized import run_dtype
 from .pairs import Blend, Pair, image_seed
 from .regional import Regional, load_regional
-from .stream import EncodedImages, Job, PairResult, as_pair, image_key
+from .stream import EncodedImages, Job, PairResult, as_pair, cancel_hook, image_key
 
 BAD_FILE_POLICIES = ("fail", "skip")
 
@@ -628,7 +628,7 @@ class StyleVARPipeline:
         """``StyleVAR.generate`` for one batch of encoded pairs, with the call's mask (per-token alpha:
         white keeps the model's alpha, black the content end) and region styles (encoded once, each in
         a batch of ``encoder_rows``, the size the pairs' styles are encoded at: the same bytes)."""
-        regions = None
+        regions, token_hook = None, cancel_hook(token_hook)  # a web request's Stop: at a scale boundary
         if regional is not None:
             alpha, style_strength = regional.alpha(self.model, alpha, style_strength, cond.batch_size)
             regions = regional.regions(self.model, self._encode, encoder_rows, cond.batch_size)

@@ -9,9 +9,11 @@ files could not be read. Nothing here grows with the number of pairs.
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +21,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .controls import blend_weights
-from .errors import ConfigError, ImageError
+from .errors import Cancelled, ConfigError, ImageError
 from .images import load_image, pil_from_tensor_input, to_model_input, to_rgb
 from .pairs import Blend, Pair
 
@@ -226,3 +228,23 @@ class EncodedImages:
                     cvae = (w.view(-1, 1, 1).to(c.dtype) * c).sum(0)
                     caches["style"].put(bk, (feat, cvae, st))
         return full
+
+
+#: the cancel flag of the current request (a web page's Stop button): the sampler checks it at every scale
+#: boundary (:func:`cancel_hook`); set it in the thread (context) that runs the request
+CANCEL: ContextVar[threading.Event | None] = ContextVar("stylevar_cancel", default=None)
+
+
+def cancel_hook(inner: Callable[[int, torch.Tensor], torch.Tensor] | None = None):
+    """A token hook that raises :class:`~stylevar.errors.Cancelled` once the current request's
+    :data:`CANCEL` flag is set (then ``inner``); ``inner`` itself when no flag is set for this context."""
+    flag = CANCEL.get()
+    if flag is None:
+        return inner
+
+    def hook(si: int, tokens: torch.Tensor) -> torch.Tensor:
+        if flag.is_set():
+            raise Cancelled(f"cancelled at scale {si + 1}")
+        return tokens if inner is None else inner(si, tokens)
+
+    return hook

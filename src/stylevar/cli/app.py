@@ -26,6 +26,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-upload-mb", type=float, default=20, help="largest upload in MB (default 20)")
     p.add_argument("--max-pixels", type=float, default=40e6, help="largest image in pixels (default 40e6)")
     p.add_argument("--title", default="", help="page title")
+    p.add_argument(
+        "--auth",
+        default=None,
+        metavar="USER:PASS",
+        help="a login for the page (Gradio's); without it, --host other than 127.0.0.1 warns",
+    )
+    p.add_argument("--root-path", default=None, help="the public path prefix behind a reverse proxy")
     add_checkpoint_args(p)
     p.set_defaults(func=run)
 
@@ -37,6 +44,12 @@ def run(args: argparse.Namespace) -> int:
     for flag in ("concurrency", "queue_size", "max_upload_mb", "max_pixels"):
         if getattr(args, flag) <= 0:
             raise ConfigError(f"--{flag.replace('_', '-')} must be > 0")
+    auth = None
+    if args.auth is not None:
+        user, sep, password = args.auth.partition(":")
+        if not (sep and user and password):
+            raise ConfigError("--auth must be USER:PASS")
+        auth = (user, password)
     serve(
         load_pipeline(args),
         host=args.host,
@@ -46,5 +59,7 @@ def run(args: argparse.Namespace) -> int:
         max_upload_mb=args.max_upload_mb,
         max_pixels=args.max_pixels,
         title=args.title,
+        auth=auth,
+        root_path=args.root_path,
     )
     return 0
