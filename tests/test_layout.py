@@ -190,3 +190,8 @@ def test_public_names_stay_where_users_find_them():
         from stylevar.training import GRPOTrainer, SFTConfig, SFTTrainer, TokenizerTrainer  # noqa: F401
     with pytest.raises(AttributeError):
         stylevar.no_such_name  # noqa: B018
+
+
+def test_no_generated_stub_files_in_the_package():
+    """Gradio writes a .pyi beside the source of every component subclass; the app must not make any."""
+    assert not list(SRC.rglob("*.pyi"))

@@ -223,31 +223,35 @@ class ServerState:
 
 
 def _components(gr):
-    """gr.Image / gr.ImageEditor whose uploads reach stylevar's reader (one-line errors, no tracebacks)."""
+    """gr.Image / gr.ImageEditor whose uploads reach stylevar's reader (one-line errors, no tracebacks).
 
-    class UploadedImage(gr.Image):
-        """The upload's path, undecoded: :func:`_read` opens it and words every error."""
+    The components are Gradio's own, with ``preprocess`` replaced on each instance: a subclass would make
+    Gradio write a ``.pyi`` stub beside this package's source."""
+    import types
 
-        def get_block_name(self) -> str:
-            return "image"
+    def image_preprocess(self, payload):  # the upload's path, undecoded: _read opens it, words every error
+        return None if payload is None else payload.path
 
-        def preprocess(self, payload):
-            return None if payload is None else payload.path
+    def editor_preprocess(self, payload):
+        try:
+            return gr.ImageEditor.preprocess(self, payload)
+        except Exception:
+            raise gr.Error(
+                "the mask is not a picture this app can read; upload a PNG, JPEG or WebP",
+                print_exception=False,
+            ) from None
 
-    class MaskEditor(gr.ImageEditor):
-        def get_block_name(self) -> str:
-            return "imageeditor"
+    def image(**kw):
+        c = gr.Image(**kw)
+        c.preprocess = types.MethodType(image_preprocess, c)
+        return c
 
-        def preprocess(self, payload):
-            try:
-                return super().preprocess(payload)
-            except Exception:
-                raise gr.Error(
-                    "the mask is not a picture this app can read; upload a PNG, JPEG or WebP",
-                    print_exception=False,
-                ) from None
+    def editor(**kw):
+        c = gr.ImageEditor(**kw)
+        c.preprocess = types.MethodType(editor_preprocess, c)
+        return c
 
-    return UploadedImage, MaskEditor
+    return image, editor
 
 
 def run_cancellable(work, cancel: threading.Event, state: ServerState, poll: float = 0.2):
