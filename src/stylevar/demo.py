@@ -67,6 +67,9 @@ class DemoConfig(Serialisable):
     sft_lr: float = 3e-3
     #: per-token SFT loss weight (h*w)^-p per scale (SFTConfig.scale_weight_power; 0 = plain mean)
     sft_scale_weight_power: float = 0.0
+    #: std of Gaussian noise on the style tokens' VQ features in SFT (SFTConfig.style_noise, StyleAR's
+    #: remedy for content leakage; the features' std is ~0.26 with the demo tokenizer)
+    sft_style_noise: float = 0.0
     # sampling of the held-out pairs: the most likely token at every scale (top-k 1); plain
     # sampling (top-k 0) scores lower on this small model (README, Demo)
     top_k: int = 1
@@ -265,6 +268,7 @@ def run_demo(
             cache_tokens=True,  # 3000 triplets of 600 contents/styles: each file tokenized once
             precision=precision["sft"],
             scale_weight_power=cfg.sft_scale_weight_power,
+            style_noise=cfg.sft_style_noise,
         ),
         val_set=held_set,
         device=device,
@@ -315,19 +319,41 @@ def figure_scores(
     return inter / union, mae
 
 
-def _truth(held_set, cfg: DemoConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """The held-out pairs' content figures (B, H, W) and style palettes (B, 4, 3), regenerated from their names."""
+def leakage_scores(
+    images: torch.Tensor, masks: torch.Tensor, palettes: torch.Tensor, style_masks: torch.Tensor
+) -> torch.Tensor:
+    """Content leakage on the synthetic task, where the truth is known, per image (B,): how much of the
+    style image's layout (its blobs) reappears in the output. Outside the content's figure the target is
+    plain background; there, the share of the style image's blob pixels that the output paints in the
+    figure's colours (as :func:`figure_scores` classifies them), minus the same share on the other
+    background pixels. 0: the output ignores where the style image's blobs are; 1: it copies them (the
+    style image itself scores 1)."""
+    dist = (images.float().unsqueeze(1) - palettes.float()[:, :, :, None, None]).abs().sum(2)
+    figure = dist[:, :2].amin(1) < dist[:, 2:].amin(1)
+    background = ~masks
+    blob, rest = style_masks & background, ~style_masks & background
+
+    def share(region: torch.Tensor) -> torch.Tensor:
+        return (figure & region).flatten(1).sum(1).float() / region.flatten(1).sum(1).clamp_min(1).float()
+
+    return share(blob) - share(rest)
+
+
+def _truth(held_set, cfg: DemoConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The held-out pairs' content figures (B, H, W), style palettes (B, 4, 3) and style-image blobs
+    (B, H, W), regenerated from their names."""
     import numpy as np
 
     from .data.synthetic import parse_ids, synthetic_triplet
 
-    masks, palettes = [], []
+    masks, palettes, blobs = [], [], []
     for t in held_set.triplets:
         ci, si = parse_ids(t.content, t.style)
         truth = synthetic_triplet(ci, si, seed=cfg.seed + 1, size=cfg.size, period=cfg.period)
         masks.append(truth.mask)
         palettes.append(truth.spec.palette())
-    return torch.from_numpy(np.stack(masks)), torch.from_numpy(np.stack(palettes))
+        blobs.append(truth.style_mask)
+    return tuple(torch.from_numpy(np.stack(x)) for x in (masks, palettes, blobs))
 
 
 #: the demo's goals (the README's Demo section says why these)
@@ -352,7 +378,7 @@ def evaluate_heldout(
 
     batch = next(iter(DataLoader(held_set, batch_size=len(held_set))))
     content, style, target = (batch[k].to(device) for k in ("content", "style", "target"))
-    masks, palettes = (t.to(device) for t in _truth(held_set, cfg))
+    masks, palettes, blobs = (t.to(device) for t in _truth(held_set, cfg))
     n = content.shape[0]
     other = torch.roll(torch.arange(n), 1)  # pair i borrows pair i-1's style (or content)
     seeds = [cfg.seed + i for i in range(n)]
@@ -380,6 +406,7 @@ def evaluate_heldout(
     for name, img in outputs.items():
         s, p, l1 = ssim(img, tgt), psnr(img, tgt).clamp_max(100), mean_abs_error(img, tgt)
         iou, mae = figure_scores(img, tgt, masks, palettes)
+        leak = leakage_scores(img, masks, palettes, blobs)
         table[name] = {
             "ssim": round(s.mean().item(), 4),
             "psnr": round(p.mean().item(), 3),
@@ -387,6 +414,7 @@ def evaluate_heldout(
             "figure_iou": round(iou.mean().item(), 4),
             "figure_mae": round(mae.mean().item(), 2),
             "figure_mae_rgb": [round(v, 2) for v in mae.mean(0).tolist()],
+            "leakage": round(leak.mean().item(), 4),
         }
     ours = table["stylevar"]
     checks = {

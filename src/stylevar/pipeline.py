@@ -28,16 +28,13 @@ import torch
 from PIL import Image, ImageOps
 
 from .config import SamplingConfig
-from .controls import COLOUR_MODES, UPSAMPLERS, blend_weights, guided_upsample, preserve_colour
+from .controls import COLOUR_MODES, UPSAMPLERS, blend_weights
 from .devices import resolve_device
 from .errors import ConfigError, ImageError
 from .images import (
     FITS,
-    crop_box,
     load_image,
     pil_from_tensor_input,
-    pil_to_unit_tensor,
-    tensor_to_pil,
     to_rgb,
 )
 from .io import Checkpoint, load_pretrained, save_pretrained
@@ -45,7 +42,7 @@ from .models import VQVAE, Conditioning, StyleVAR
 from .models.quantized import run_dtype
 from .pairs import Blend, Pair, image_seed
 from .regional import Regional, load_regional
-from .stream import EncodedImages, Job, PairResult, as_pair, cancel_hook, image_key
+from .stream import EncodedImages, Job, PairResult, as_pair, cancel_hook, image_key, postprocess
 
 BAD_FILE_POLICIES = ("fail", "skip")
 
@@ -230,6 +227,7 @@ class StyleVARPipeline:
         upscale: str = "lanczos",
         mask: ImageInput | None = None,
         regions: Sequence[tuple[ImageInput, ImageInput]] | None = None,
+        leakage: dict[str, Any] | None = None,
     ) -> Iterator[StylizeOutput]:
         """Like ``__call__`` (same arguments) but yields each batch's results as soon as it is done,
         so a caller can save them as it goes.
@@ -258,6 +256,9 @@ class StyleVARPipeline:
           AdaLN condition from that style instead of the pair's; soft edges blend; overlapping masks
           share (weights scaled to sum 1). A region covering the whole image with style B gives what
           stylizing with B gives. Both run the eager sampler (not with ``cuda_graphs``).
+        * ``leakage``: StyleAR's knobs against the style image's own objects showing up, ``{"style_mask":
+          salient region of the style image, "subtract": alpha, "style_noise": gamma}``
+          (:meth:`stylevar.regional.Regional.edit_styles`).
         """
         contents, styles = _as_list(content), _as_list(style)
         for role, items in (("content", contents), ("style", styles)):
@@ -290,6 +291,7 @@ class StyleVARPipeline:
             progress=progress,
             mask=mask,
             regions=regions,
+            leakage=leakage,
         ):
             yield StylizeOutput(
                 images=[r.image for r in results],
@@ -327,6 +329,7 @@ class StyleVARPipeline:
         pad_batches: bool | None = None,
         mask: ImageInput | None = None,
         regions: Sequence[tuple[ImageInput, ImageInput]] | None = None,
+        leakage: dict[str, Any] | None = None,
     ) -> Iterator[PairResult]:
         """Stylize any number of pairs, streaming: yields one :class:`PairResult` per image, in order.
 
@@ -386,6 +389,7 @@ class StyleVARPipeline:
             pad_batches=pad_batches,
             mask=mask,
             regions=regions,
+            leakage=leakage,
         ):
             yield from results
 
@@ -420,6 +424,7 @@ class StyleVARPipeline:
         pad_batches: bool | None = None,
         mask: ImageInput | None = None,
         regions: Sequence[tuple[ImageInput, ImageInput]] | None = None,
+        leakage: dict[str, Any] | None = None,
     ) -> Iterator[list[PairResult]]:
         """The loop behind every entry point: yields each batch's results (a bad pair: a list of its own)."""
         s = self.sampling
@@ -450,7 +455,7 @@ class StyleVARPipeline:
                 raise ConfigError(str(e)) from None
         base = secrets.randbelow(2**31) if seed is None else int(seed)
         # a bad mask or region file fails before any work
-        regional = load_regional(mask, regions, self.resolution, fit, cuda_graphs)
+        regional = load_regional(mask, regions, self.resolution, fit, cuda_graphs, **(leakage or {}))
 
         considered = 0  # images of the run so far, skipped ones included
 
@@ -559,11 +564,14 @@ class StyleVARPipeline:
         batch = batch + batch[-1:] * max(0, pad_to - n)
         c_enc = [encoded.content(p) for _, p, _, _ in batch]
         s_enc = [encoded.style(p) for _, p, _, _ in batch]
+        s_feat, s_cvae = torch.stack([e[0] for e in s_enc]), torch.stack([e[1] for e in s_enc])
+        if regional is not None and regional.edits_style:  # StyleAR's subtraction and noise
+            s_feat, s_cvae = regional.edit_styles(
+                s_feat, s_cvae, [encoded.style_input(p) for _, p, _, _ in batch], [sd for *_, sd in batch],
+                self._encode, max(1, pad_to),
+            )  # fmt: skip
         cond = Conditioning(
-            torch.stack([e[0] for e in s_enc]),
-            torch.stack([e[0] for e in c_enc]),
-            torch.stack([e[1] for e in s_enc]),
-            torch.stack([e[1] for e in c_enc]),
+            s_feat, torch.stack([e[0] for e in c_enc]), s_cvae, torch.stack([e[1] for e in c_enc])
         )
         first = batch[0][1]
         top_k, top_p, temperature = self._sampling_key(first, defaults)
@@ -602,7 +610,7 @@ class StyleVARPipeline:
                     k,
                     sd,
                     pair,
-                    self._postprocess(img, content, fit, keep_size, output_type, colour, upscale),
+                    postprocess(img, content, fit, keep_size, output_type, colour, upscale),
                 )
             )
         return results
@@ -647,38 +655,6 @@ class StyleVARPipeline:
             regions=regions,
             token_hook=token_hook,
         )
-
-    @staticmethod
-    def _postprocess(
-        img: torch.Tensor,
-        content: Image.Image,
-        fit: str,
-        keep_size: bool,
-        output_type: str,
-        preserve_color: str = "none",
-        upscale: str = "lanczos",
-    ) -> Any:
-        """A (3, R, R) result -> the output: at the content region's size with ``keep_size`` (LANCZOS or
-        guided upsampling), then colour preservation against the content region at that size."""
-        x = img.detach().float().cpu().clamp(0, 1).unsqueeze(0)
-        region = None
-        if keep_size or preserve_color != "none":
-            region = content.crop(crop_box(content.size, fit))
-        if keep_size and region.size != (x.shape[-1], x.shape[-2]):
-            if upscale == "guided":
-                x = guided_upsample(x, pil_to_unit_tensor(region))
-            else:
-                x = pil_to_unit_tensor(tensor_to_pil(x[0]).resize(region.size, Image.Resampling.LANCZOS))
-        if preserve_color != "none":
-            ref = (
-                region
-                if region.size == (x.shape[-1], x.shape[-2])
-                else region.resize((x.shape[-1], x.shape[-2]), Image.Resampling.LANCZOS)
-            )
-            x = preserve_colour(x, pil_to_unit_tensor(ref), preserve_color)
-        if output_type == "pt":
-            return x[0]
-        return tensor_to_pil(x[0])
 
 
 def _make_pairs(n_content: int, n_style: int, pairing: str) -> list[tuple[int, int]]:

@@ -24,6 +24,58 @@ class Regional:
     mask: torch.Tensor | None
     inputs: list[tuple[torch.Tensor, torch.Tensor]]
     encoded: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    #: StyleAR's answer to content leakage (:meth:`edit_styles`): the style image's salient region (R, R)
+    style_mask: torch.Tensor | None = None
+    subtract: float = 1.0  #: alpha: 1 keeps the style as it is, 0 subtracts its salient region's features
+    style_noise: float = 0.0  #: gamma: std of the noise on the style's VQ condition features
+    resolution: int = 256
+    fit: str = "crop"
+    salient: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    @property
+    def edits_style(self) -> bool:
+        return (self.style_mask is not None and self.subtract != 1.0) or self.style_noise > 0
+
+    def edit_styles(
+        self,
+        feat: torch.Tensor,
+        cvae: torch.Tensor,
+        styles: Sequence[Any],
+        seeds: Sequence[int],
+        encode: Callable[[torch.Tensor, str], tuple[torch.Tensor, torch.Tensor]],
+        rows: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's style features with StyleAR's subtraction and noise: s' = a*F + (1-a)*(F - F_S) + g*n
+        = F - (1-a)*F_S + g*n, with F each pathway's encoding of the style image (the ResNet AdaLN vector
+        and the VQ condition features) and F_S what its salient region adds: E(region on mid grey) -
+        E(mid grey), so an empty region subtracts exactly nothing (README, "Content leakage"). The noise n
+        (seeded by each image's seed) goes on the VQ features, where SFT's ``style_noise`` puts it."""
+        from .pairs import Blend
+
+        feat, cvae = feat.clone(), cvae.clone()
+        for i, (style, seed) in enumerate(zip(styles, seeds)):
+            if self.style_mask is not None and self.subtract != 1.0:
+                if isinstance(style, Blend):
+                    raise ConfigError(
+                        "subtracting a style's salient region works on one style image, not a blend"
+                    )
+                key = (id(style), str(style)) if not isinstance(style, (str, bytes)) else ("path", style)
+                if key not in self.salient:
+                    x = to_model_input(read_input(style, "style"), self.resolution, self.fit)
+                    m = self.style_mask.to(x.device)
+                    only = x * m  # the salient region on mid grey (0 in [-1, 1]), and mid grey alone
+                    f, c = encode(
+                        torch.stack((only, torch.zeros_like(only))).repeat_interleave(rows, 0), "style"
+                    )
+                    self.salient[key] = (f[0] - f[rows], c[0] - c[rows])  # what the region adds to grey
+                f_s, c_s = self.salient[key]
+                feat[i] = feat[i] - (1 - self.subtract) * f_s.to(feat.dtype)
+                cvae[i] = cvae[i] - (1 - self.subtract) * c_s.to(cvae.dtype)
+            if self.style_noise > 0:
+                g = torch.Generator(device="cpu").manual_seed(int(seed) + 7_777_777)
+                n = torch.randn(cvae[i].shape, generator=g).to(cvae.device, cvae.dtype)
+                cvae[i] = cvae[i] + self.style_noise * n
+        return feat, cvae
 
     def alpha(self, model: StyleVAR, alpha: Any, style_strength: float, batch_size: int) -> tuple[Any, float]:
         """(alpha, style_strength) for ``generate``: with a mask, a per-token (B, L) alpha (white keeps the
@@ -59,13 +111,26 @@ class Regional:
 
 
 def load_regional(
-    mask: Any, regions: Sequence[tuple[Any, Any]] | None, resolution: int, fit: str, cuda_graphs: bool = False
+    mask: Any,
+    regions: Sequence[tuple[Any, Any]] | None,
+    resolution: int,
+    fit: str,
+    cuda_graphs: bool = False,
+    *,
+    style_mask: Any = None,
+    subtract: float = 1.0,
+    style_noise: float = 0.0,
 ) -> Regional | None:
-    """A call's mask and region styles, read and resized now (a bad file fails before any work); None
-    without either."""
-    if mask is None and not regions:
+    """A call's mask and region styles, and StyleAR's leakage knobs (the style image's salient region,
+    ``subtract`` alpha, ``style_noise`` gamma), read and resized now (a bad file fails before any work);
+    None without any."""
+    if not 0.0 <= subtract <= 1.0 or style_noise < 0:
+        raise ConfigError("subtract (alpha) must lie in [0, 1] and style_noise (gamma) be >= 0")
+    if subtract != 1.0 and style_mask is None:
+        raise ConfigError("subtract needs the style image's salient region: give style_mask (--style-mask)")
+    if mask is None and not regions and style_mask is None and style_noise == 0:
         return None
-    if cuda_graphs:
+    if cuda_graphs and (mask is not None or regions):
         raise ConfigError("a mask or regions run the eager sampler: drop cuda_graphs")
     mask_map = None if mask is None else to_mask(read_input(mask, "mask"), resolution, fit)
     inputs = []
@@ -78,4 +143,6 @@ def load_regional(
                 to_model_input(read_input(item[1], "region style"), resolution, fit),
             )
         )
-    return Regional(mask_map, inputs)
+    smask = None if style_mask is None else to_mask(read_input(style_mask, "style mask"), resolution, fit)
+    return Regional(mask_map, inputs, style_mask=smask, subtract=subtract, style_noise=style_noise,
+                    resolution=resolution, fit=fit)  # fmt: skip

@@ -20,9 +20,17 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps
 
-from .controls import blend_weights
+from .controls import blend_weights, guided_upsample, preserve_colour
 from .errors import Cancelled, ConfigError, ImageError
-from .images import load_image, pil_from_tensor_input, to_model_input, to_rgb
+from .images import (
+    crop_box,
+    load_image,
+    pil_from_tensor_input,
+    pil_to_unit_tensor,
+    tensor_to_pil,
+    to_model_input,
+    to_rgb,
+)
 from .pairs import Blend, Pair
 
 Job = tuple[int, Pair, int, int]  #: (pair index, pair, sample, seed)
@@ -146,6 +154,10 @@ class EncodedImages:
     def style(self, pair: Pair) -> tuple[torch.Tensor, torch.Tensor]:
         return self.caches["style"].get(style_key(pair.style))[:2]
 
+    def style_input(self, pair: Pair) -> Any:
+        """The input a pair's style encoding was made from (a path, an image, a Blend)."""
+        return self.caches["style"].get(style_key(pair.style))[2]
+
     def prepare(
         self, win: list[Job], *, keep_size: bool, preserve_color: str, batch_size: int, pad_to: int = 0
     ) -> dict[tuple, Image.Image]:
@@ -248,3 +260,35 @@ def cancel_hook(inner: Callable[[int, torch.Tensor], torch.Tensor] | None = None
         return tokens if inner is None else inner(si, tokens)
 
     return hook
+
+
+def postprocess(
+    img: torch.Tensor,
+    content: Image.Image,
+    fit: str,
+    keep_size: bool,
+    output_type: str,
+    preserve_color: str = "none",
+    upscale: str = "lanczos",
+) -> Any:
+    """A (3, R, R) result -> the output: at the content region's size with ``keep_size`` (LANCZOS or
+    guided upsampling), then colour preservation against the content region at that size."""
+    x = img.detach().float().cpu().clamp(0, 1).unsqueeze(0)
+    region = None
+    if keep_size or preserve_color != "none":
+        region = content.crop(crop_box(content.size, fit))
+    if keep_size and region.size != (x.shape[-1], x.shape[-2]):
+        if upscale == "guided":
+            x = guided_upsample(x, pil_to_unit_tensor(region))
+        else:
+            x = pil_to_unit_tensor(tensor_to_pil(x[0]).resize(region.size, Image.Resampling.LANCZOS))
+    if preserve_color != "none":
+        ref = (
+            region
+            if region.size == (x.shape[-1], x.shape[-2])
+            else region.resize((x.shape[-1], x.shape[-2]), Image.Resampling.LANCZOS)
+        )
+        x = preserve_colour(x, pil_to_unit_tensor(ref), preserve_color)
+    if output_type == "pt":
+        return x[0]
+    return tensor_to_pil(x[0])

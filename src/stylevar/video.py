@@ -39,7 +39,7 @@ from .images import to_model_input
 from .models import Conditioning
 from .pipeline import ImageInput, StyleVARPipeline
 from .regional import load_regional
-from .stream import read_input
+from .stream import postprocess, read_input
 
 #: output container by file extension: (PyAV format, video codec, audio codec or None)
 CONTAINERS = {
@@ -412,8 +412,7 @@ def _stylize_frames(
             style_strength=strength, dtype=dtype, regional=regional, token_hook=keeper.hook(x, c_idx),
         )  # fmt: skip
     return [
-        pipe._postprocess(img, f, fit, True, "pil", preserve_color, upscale)
-        for img, f in zip(out.images, frames)
+        postprocess(img, f, fit, True, "pil", preserve_color, upscale) for img, f in zip(out.images, frames)
     ]
 
 

@@ -139,6 +139,26 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="another style inside a mask (white: that style, soft edges blend; repeatable)",
     )
     p.add_argument(
+        "--style-mask",
+        default=None,
+        metavar="MASK.png",
+        help="the style image's salient region (its objects), for --subtract (StyleAR's content-leakage remedy)",
+    )
+    p.add_argument(
+        "--subtract",
+        type=float,
+        default=1.0,
+        metavar="ALPHA",
+        help="keep this share of the style's salient-region features: 1 (default) keeps all, 0 subtracts them",
+    )
+    p.add_argument(
+        "--style-noise",
+        type=float,
+        default=0.0,
+        metavar="GAMMA",
+        help="std of noise on the style's VQ condition features (StyleAR; default 0)",
+    )
+    p.add_argument(
         "--format",
         choices=("png", "jpg", "webp"),
         default="png",
@@ -377,6 +397,14 @@ def run(args: argparse.Namespace) -> int:
         on_bad_file=args.on_bad_file,
     )
     regions = [_region_arg(r) for r in args.region]
+    if args.style_mask is not None or args.subtract != 1.0 or args.style_noise:
+        if args.style_mask is not None and not Path(args.style_mask).expanduser().is_file():
+            raise ImageError(f"--style-mask image not found: {Path(args.style_mask).expanduser()}")
+        settings["leakage"] = {
+            "style_mask": None if args.style_mask is None else str(Path(args.style_mask).expanduser()),
+            "subtract": args.subtract,
+            "style_noise": args.style_noise,
+        }
     if args.mask is not None:
         if not Path(args.mask).expanduser().is_file():
             raise ImageError(f"--mask image not found: {Path(args.mask).expanduser()}")

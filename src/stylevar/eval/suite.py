@@ -14,6 +14,8 @@ clip            CLIP ViT-B/32 image-embedding cosine                   higher   
 histogram       RGB colour-histogram Hellinger distance (8³ bins)      lower     style image
 lpips_alex      LPIPS v0.1, AlexNet trunk (ArtFID's content distance)   lower     content image
 cfsd            StyleID's content feature structural distance          lower     content image
+leakage         edge-map correlation with the style image (StyleAR)   lower     style image
+structure       edge-map correlation with the content image            higher    content image
 ==============  =====================================================  ========  ==================
 
 Per set (outputs vs their style images, one style image per output):
@@ -61,6 +63,8 @@ METRICS: dict[str, MetricInfo] = {
     "histogram": MetricInfo("Colour hist.", "lower", "style"),
     "lpips_alex": MetricInfo("LPIPS-Alex", "lower", "content"),
     "cfsd": MetricInfo("CFSD", "lower", "content"),
+    "leakage": MetricInfo("Leakage", "lower", "style"),
+    "structure": MetricInfo("Structure", "higher", "content"),
     "fid": MetricInfo("FID", "lower", "style set", per_image=False),
     "fid_art": MetricInfo("FID (art)", "lower", "style set", per_image=False),
     "artfid": MetricInfo("ArtFID", "lower", "content + style set", per_image=False),
@@ -71,7 +75,7 @@ SET_FEATURES = {"fid": "fid", "fid_art": "art", "artfid": "art"}
 PAPER_METRICS = ("style_loss", "content_loss", "lpips", "ssim", "dreamsim", "clip")
 ALL_METRICS = tuple(METRICS)
 #: the metrics that need no optional package (``stylevar[rewards]``): VGG-19 and Inception are torchvision
-TORCHVISION_METRICS = ("style_loss", "content_loss", "ssim", "histogram", "cfsd")
+TORCHVISION_METRICS = ("style_loss", "content_loss", "ssim", "histogram", "cfsd", "leakage", "structure")
 
 
 def parse_metrics(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -195,6 +199,10 @@ class MetricSuite:
             r["clip"] = self.clip(out, ref)
         if has("histogram"):
             r["histogram"] = M.colour_histogram_distance(out, style)
+        if has("leakage"):
+            r["leakage"] = M.edge_correlation(out, style)
+        if has("structure"):
+            r["structure"] = M.edge_correlation(out, content)
         return {k: [float(x) for x in v.detach().float().cpu()] for k, v in r.items()}
 
     @torch.no_grad()

@@ -20,7 +20,14 @@ from .common import EXTRA_HINT, Frozen, resolve_cache_dir
 from .dreamsim_distance import DreamSimDistance
 from .inception import ArtInceptionFeatures, FIDInceptionFeatures, InceptionFeatures
 from .lpips_distance import LPIPSDistance
-from .metrics import colour_histogram_distance, frechet_distance, mean_abs_error, psnr, ssim
+from .metrics import (
+    colour_histogram_distance,
+    edge_correlation,
+    frechet_distance,
+    mean_abs_error,
+    psnr,
+    ssim,
+)
 from .vgg import (
     StyleContentLoss,
     VGGFeatures,
@@ -51,6 +58,7 @@ __all__ = [
     "VGGPerceptualLoss",
     "colour_histogram_distance",
     "content_loss",
+    "edge_correlation",
     "frechet_distance",
     "gram_matrix",
     "gram_style_loss",

@@ -164,3 +164,37 @@ def mean_abs_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean absolute pixel error, (B,), in units of the [0, 1] range."""
     _check(a, b)
     return (a.double() - b.double()).abs().flatten(1).mean(1).float()
+
+
+def edge_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Structure shared by two images, (B,) in [-1, 1]: the Pearson correlation of their luma's Sobel
+    gradient magnitudes (1: the same edges in the same places, 0: unrelated layouts). ``b`` is resized to
+    ``a``'s size (bilinear, antialiased) when they differ; ``b`` may have batch size 1.
+
+    Against the content image it says how much of the content's structure an output keeps; against the
+    style image, how much of the *style image's* layout leaked into it (StyleAR's content leakage), the
+    measure ``stylevar evaluate --metrics leakage`` reports for real images.
+    """
+    for name, x in (("first", a), ("second", b)):
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"{name} images: expected a (B, 3, H, W) tensor in [0, 1], got {tuple(x.shape)}")
+    if b.shape[0] not in (1, a.shape[0]):
+        raise ValueError(f"expected batch sizes B and B (or 1), got {a.shape[0]} and {b.shape[0]}")
+    b = b.to(a.device)
+    if b.shape[-2:] != a.shape[-2:]:
+        b = F.interpolate(b.float(), size=a.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
+
+    def edges(x: torch.Tensor) -> torch.Tensor:
+        luma = (x.double() * x.new_tensor([0.299, 0.587, 0.114], dtype=torch.float64).view(1, 3, 1, 1)).sum(
+            1, True
+        )
+        k = torch.tensor(
+            [[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=torch.float64, device=x.device
+        )
+        g = F.conv2d(F.pad(luma, (1, 1, 1, 1), mode="replicate"), torch.stack([k, k.t()]).unsqueeze(1))
+        return g.pow(2).sum(1).sqrt().flatten(1)  # (B, H*W)
+
+    ea, eb = edges(a), edges(b).expand(a.shape[0], -1)
+    ea, eb = ea - ea.mean(1, keepdim=True), eb - eb.mean(1, keepdim=True)
+    den = (ea.pow(2).sum(1) * eb.pow(2).sum(1)).sqrt()
+    return torch.where(den > 0, (ea * eb).sum(1) / den.clamp_min(1e-30), torch.zeros_like(den)).float()
