@@ -6,7 +6,7 @@
     stylevar merge-lora LORA --base SFT -o OUT  GRPO LoRA adapters merged into plain weights
     stylevar info CHECKPOINT                    print a checkpoint's configuration
     stylevar make-synthetic / demo              procedural triplets; the whole pipeline on a CPU
-    stylevar train-tokenizer / sft / grpo       the three trainers (torchrun for several processes)
+    stylevar train-tokenizer / sft / grpo / dpo the trainers (torchrun for several processes)
     stylevar plot RUN_DIR                       a run's curves
     stylevar evaluate --model M --omnistyle D   the paper's Table 2 (metrics, baselines, timing, reports)
     stylevar app [--checkpoint C]               a web page with every control (Gradio)
@@ -27,17 +27,17 @@ from collections.abc import Sequence
 from .. import __version__
 from .._malloc import release_memory_promptly
 from ..errors import StyleVARError
-from . import app, checkpoints, demo, evaluate, grpo, plot, sft, stylize, tokenizer, video
+from . import app, checkpoints, demo, dpo, evaluate, grpo, plot, sft, stylize, tokenizer, video
 from .common import Parser
 
 #: subcommand modules in the order ``--help`` lists them
-COMMANDS = (stylize, video, checkpoints, demo, tokenizer, plot, sft, grpo, evaluate, app)
+COMMANDS = (stylize, video, checkpoints, demo, tokenizer, plot, sft, grpo, dpo, evaluate, app)
 
 #: commands that train: they keep glibc's own allocator policy. Sending every allocation of 1 MiB or
 #: more to mmap (release_memory_promptly) keeps inference's peak low, but a training step allocates
 #: and frees the same activations every step, and paying page faults for each made the demo's
 #: tokenizer steps 1.57x slower (0.48 s instead of 0.31 s, README Demo)
-TRAINING_COMMANDS = frozenset({"demo", "train-tokenizer", "sft", "grpo"})
+TRAINING_COMMANDS = frozenset({"demo", "train-tokenizer", "sft", "grpo", "dpo"})
 
 
 def build_parser() -> Parser:

@@ -20,8 +20,9 @@ from .common import (
 )
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    return build_parser(
+        sub,
         "grpo",
         help="reinforcement fine-tuning (GRPO + LoRA) of a StyleVAR against a perceptual reward",
         description="GRPO from an SFT checkpoint (--init) on triplets: G rollouts per (content, style), a reward "
@@ -29,6 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "iterative reference merges; options for VAR RL Done Right's middle return (--vmr) and mask "
         "propagation. Under torchrun each process rolls out its own conditions.",
     )
+
+
+def build_parser(sub: argparse._SubParsersAction, name: str, *, help: str, description: str):
+    """The GRPO command's parser under ``name`` (``stylevar dpo`` shares every flag)."""
+    p = sub.add_parser(name, help=help, description=description)
     g = add_triplet_data_args(p)
     g.add_argument(
         "--val",
@@ -73,6 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoints/last.pt")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+    return p
 
 
 def job_from_args(args: argparse.Namespace):

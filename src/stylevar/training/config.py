@@ -179,6 +179,13 @@ class GRPOConfig(Serialisable):
     betas: tuple[float, float] = option((0.9, 0.95), "AdamW betas", flag=False)
     grad_clip: float = option(1.0, "max gradient norm (0 = off)")
     # --- objective
+    objective: str = option(
+        "grpo",
+        "grpo, or dpo: each condition's best and worst rollout by reward as a preference pair, DPO's loss "
+        "against the LoRA-off reference (stylevar dpo)",
+        choices=("grpo", "dpo"),
+    )
+    dpo_beta: float = option(0.1, "DPO: beta of the preference logit (sequence log-ratios)")
     beta: float = option(0.1, "KL coefficient")
     kl_direction: str = option(
         "ref/policy",
@@ -260,6 +267,9 @@ class GRPOConfig(Serialisable):
             (0.0 <= self.mp_mix <= 1.0, "mp_mix must lie in [0, 1]"),
             (0.0 <= self.ema_decay < 1.0, "ema_decay must lie in [0, 1)"),
             (self.lr > 0 and self.beta >= 0 and self.clip_eps > 0, "lr and clip_eps must be > 0, beta >= 0"),
+            (self.objective in ("grpo", "dpo"), "objective must be grpo or dpo"),
+            (not (self.objective == "dpo" and self.vmr), "DPO ranks whole rollouts: leave --vmr out"),
+            (self.dpo_beta > 0, "dpo_beta must be > 0"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -75,11 +75,13 @@ from ..models.lora import (
 from ..models.ops import autocast_to, no_autocast
 from .config import MP_MODES, GRPOConfig
 from .grpo_loss import (
+    dpo_loss,
     group_advantages,
     grpo_loss,
     keep_mask,
     pack_mask,
     panw_weights,
+    preference_pairs,
     relevance_token_weights,
     scale_entropy,
     scale_mask,
@@ -333,6 +335,10 @@ class GRPOTrainer(Trainer):
         )
         take = self._snapshot if cfg.restore_peak else None
         self.controller.observe(stats[0].item(), take)
+        if cfg.objective == "dpo":
+            return self._dpo_update(
+                step, phase, tokens, cond_g, rewards, tw, stats, ro.images.shape[0], t_roll, t_rew
+            )
         # 4. optimisation passes ------------------------------------------------------------------
         t0 = time.perf_counter()
         flat = torch.cat(tokens, dim=1)
@@ -436,6 +442,84 @@ class GRPOTrainer(Trainer):
         for si, e in enumerate(entropy.tolist()):
             rec[f"entropy/scale{si}"] = e
         return rec
+
+    def _dpo_update(
+        self, step, phase, tokens, cond_g, rewards, tw, stats, n_rollouts, t_roll, t_rew
+    ) -> dict:  # fmt: skip
+        """DPO's update (``objective="dpo"``): each condition's best and worst rollout by reward form a
+        preference pair; sequence log-probs (token log-probs weighted like GRPO's, PANW summing to the
+        number of tokens) under the policy and the LoRA-off reference; the DPO loss; one optimizer step.
+        The loss couples a pair's two rollouts, so it is computed from no-grad sequence log-probs and its
+        gradient applied through d(loss)/d(log-prob) per rollout, micro-batch by micro-batch: exactly
+        DPO's gradient at these weights, with the memory of one micro-batch."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        G = cfg.group_size
+        chosen, rejected = preference_pairs(rewards.view(-1, G).to(self.device))
+        sel = torch.cat((chosen, rejected)).tolist()
+        P = len(chosen)
+        flat = torch.cat(tokens, dim=1)
+        L = flat.shape[1]
+        w = (tw / tw.sum()) * L  # a sequence's log-prob: its tokens', PANW-weighted, summing to L weights
+
+        def seq_logp(rows: list[int], reference: bool = False) -> torch.Tensor:
+            idx = torch.tensor(rows, device=self.device)
+            logits = self._forward_logits(
+                [t[rows] for t in tokens], cond_g.index_select(idx), reference=reference
+            )
+            keep = (
+                keep_mask(logits, cfg.top_k, cfg.top_p, cfg.temperature)
+                if cfg.logprob_dist == "sampled"
+                else None
+            )
+            lp = token_logprobs(
+                logits, flat[rows], dist=cfg.logprob_dist, temperature=cfg.temperature, keep=keep
+            )
+            return (w * lp).sum(1)
+
+        mbs = [sel[a : a + cfg.micro_batch] for a in range(0, len(sel), cfg.micro_batch)]
+        pol = torch.zeros(len(rewards), device=self.device)
+        ref = torch.zeros_like(pol)
+        stats_dpo = {"dpo_loss": 0.0, "dpo_margin": 0.0, "dpo_acc": 0.0}
+        gnorm = 0.0
+        self.optimizer.zero_grad(set_to_none=True)
+        if P:
+            with torch.no_grad():
+                for rows in mbs:
+                    pol[rows] = seq_logp(rows)
+                    ref[rows] = seq_logp(rows, reference=True)
+            s = pol.detach().clone().requires_grad_(True)
+            loss, stats_dpo = dpo_loss(s[chosen], s[rejected], ref[chosen], ref[rejected], cfg.dpo_beta)
+            (coef,) = torch.autograd.grad(loss, s)  # d loss / d sequence log-prob, per rollout
+            for rows in mbs:
+                (coef[rows] * seq_logp(rows)).sum().backward()
+        if P or self.world > 1:  # every process joins the gradient all-reduce, with or without pairs
+            gnorm = self._reduce_and_step()
+        t_upd = time.perf_counter() - t0
+        log_ratio = ((pol - ref)[sel].abs().mean() / L) if P else torch.zeros((), device=self.device)
+        kl_raw = self._all_mean(log_ratio.reshape(1))
+        decision = self.controller.decide(kl_raw.item())
+        if decision is not None:
+            self._merge(decision)
+        return {
+            "step": step + 1,
+            "phase": phase,
+            "reward_mean": stats[0].item(),
+            "reward_std": stats[1].item(),
+            "reward_min": stats[2].item(),
+            "reward_max": stats[3].item(),
+            "reward_ema": self.controller.ema,
+            "pairs": P,
+            **stats_dpo,
+            "kl_raw": kl_raw.item(),
+            "grad_norm": gnorm,
+            "merge": decision or "",
+            "merges": len(self.controller.merges),
+            "rollouts": n_rollouts * self.world,
+            "rollout_s": t_roll,
+            "reward_s": t_rew,
+            "update_s": t_upd,
+        }
 
     def _reduce_and_step(self) -> float:
         if self.world > 1:

@@ -256,6 +256,37 @@ def grpo_loss(
     )
 
 
+# ------------------------------------------------------------------------------------ DPO
+def preference_pairs(rewards_BG: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) rollout indices (flat, condition-major) of each condition's best and worst
+    rollout; conditions whose rollouts all scored the same give no pair."""
+    B, G = rewards_BG.shape
+    base = torch.arange(B, device=rewards_BG.device) * G
+    valid = rewards_BG.max(1).values > rewards_BG.min(1).values
+    return (base + rewards_BG.argmax(1))[valid], (base + rewards_BG.argmin(1))[valid]
+
+
+def dpo_loss(
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """DPO (Rafailov et al. 2023) over P preference pairs of sequence log-probs, each (P,):
+    mean_p -log sigmoid(beta * ((chosen - ref_chosen) - (rejected - ref_rejected))). Returns the loss and
+    its statistics (the reward margin, the share of pairs already ranked right)."""
+    z = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
+    loss = F.softplus(-z).mean()
+    with torch.no_grad():
+        stats = {
+            "dpo_loss": loss.item(),
+            "dpo_margin": (z / beta).mean().item(),
+            "dpo_acc": (z > 0).float().mean().item(),
+        }
+    return loss, stats
+
+
 # ------------------------------------------------------------------------------------ VAR RL Done Right
 def relevance_token_weights(
     relevance_NHW: torch.Tensor, patch_nums: Sequence[int], mix: float = 1.0, eps: float = 1e-8
