@@ -298,6 +298,13 @@ def run_demo(
     return metrics
 
 
+def figure_pixels(images: torch.Tensor, palettes: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) bool: the pixels of ``images`` nearer (L1 in RGB) to one of the style's two figure colours
+    than to both of its background colours (``palettes`` (B, 4, 3), :meth:`StyleSpec.palette` order)."""
+    dist = (images.float().unsqueeze(1) - palettes.float()[:, :, :, None, None]).abs().sum(2)  # (B, 4, H, W)
+    return dist[:, :2].amin(1) < dist[:, 2:].amin(1)
+
+
 def figure_scores(
     images: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor, palettes: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -310,8 +317,7 @@ def figure_scores(
     colours; IoU compares that figure with ``masks``. MAE is the mean absolute error against the
     target inside ``masks``, per channel, in levels of 255.
     """
-    dist = (images.float().unsqueeze(1) - palettes.float()[:, :, :, None, None]).abs().sum(2)  # (B, 4, H, W)
-    figure = dist[:, :2].amin(1) < dist[:, 2:].amin(1)
+    figure = figure_pixels(images, palettes)
     inter = (figure & masks).flatten(1).sum(1).float()
     union = (figure | masks).flatten(1).sum(1).float().clamp_min(1)
     m = masks.unsqueeze(1).float()
@@ -328,8 +334,7 @@ def leakage_scores(
     figure's colours (as :func:`figure_scores` classifies them), minus the same share on the other
     background pixels. 0: the output ignores where the style image's blobs are; 1: it copies them (the
     style image itself scores 1)."""
-    dist = (images.float().unsqueeze(1) - palettes.float()[:, :, :, None, None]).abs().sum(2)
-    figure = dist[:, :2].amin(1) < dist[:, 2:].amin(1)
+    figure = figure_pixels(images, palettes)
     background = ~masks
     blob, rest = style_masks & background, ~style_masks & background
 
