@@ -39,6 +39,7 @@ import torch
 
 from stylevar._malloc import release_memory_promptly
 from stylevar.config import d20_configs
+from stylevar.devices import bf16_decoder_, decode_dtype
 from stylevar.models import VQVAE, StyleVAR
 from stylevar.models.ops import autocast_to, parse_dtype
 from stylevar.models.reference import reference_generate
@@ -162,7 +163,7 @@ def phases(model, vae, style, content, dtype, flops_only: bool = False) -> list[
             pn = model.patch_nums[si]
             rows.append({"phase": f"scale {si + 1} ({pn}x{pn})", "s": m[0] - prev[0], "flop": m[1] - prev[1]})
             prev = m
-        with autocast_to(style.device, dtype):
+        with autocast_to(style.device, decode_dtype(model, style.device) or dtype):
             vae.fhat_to_img(gen.f_hat)
         t2 = now()
         rows.append({"phase": "decode", "s": t2[0] - prev[0], "flop": t2[1] - prev[1]})
@@ -174,8 +175,9 @@ def run_once(model, vae, style, content, path: str, dtype, cuda_graphs: bool = F
         cond = model.conditioning(vae, style, content)
         if path == "ours":
             return model.generate(
-                vae, cond, seed=0, top_k=900, top_p=0.96, dtype=dtype, cuda_graphs=cuda_graphs
-            )
+                vae, cond, seed=0, top_k=900, top_p=0.96, dtype=dtype, cuda_graphs=cuda_graphs,
+                decode_dtype=decode_dtype(model, style.device),
+            )  # fmt: skip
         with autocast_to(style.device, dtype):
             return reference_generate(model, vae, cond, seed=0, top_k=900, top_p=0.96, legacy_kv_cache=True)
 
@@ -281,6 +283,8 @@ def main() -> None:
             from stylevar.models.quantized import quantize_int8_
 
             released = quantize_int8_(model)
+            if bf16_decoder_(vae, model, device):  # as the pipeline does for int8 on an AMX CPU
+                released += sum(p.numel() * 2 for p in vae.decoder.parameters())
             print(f"  int8: {released / 2**20:.0f} MiB of fp32 weights released", flush=True)
         else:
             dtype = parse_dtype(dname)

@@ -29,7 +29,7 @@ from PIL import Image, ImageOps
 
 from .config import SamplingConfig
 from .controls import COLOUR_MODES, UPSAMPLERS, blend_weights
-from .devices import resolve_device
+from .devices import bf16_decoder_, decode_dtype, resolve_device
 from .errors import ConfigError, ImageError
 from .images import (
     FITS,
@@ -159,7 +159,9 @@ class StyleVARPipeline:
 
     def prepare_dtype(self, dtype: torch.dtype | str | None) -> torch.dtype | None:
         """The autocast dtype of ``dtype`` for ``generate`` (``"int8"``: see :func:`~stylevar.models.quantized.run_dtype`)."""
-        return run_dtype(self.model, self.device, dtype)
+        out = run_dtype(self.model, self.device, dtype)
+        bf16_decoder_(self.vae, self.model, self.device)  # int8 on an AMX CPU: the decoder's weights in bf16
+        return out
 
     @torch.no_grad()
     def _encode(self, batch: torch.Tensor, role: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -654,6 +656,7 @@ class StyleVARPipeline:
             cuda_graphs=cuda_graphs,
             regions=regions,
             token_hook=token_hook,
+            decode_dtype=decode_dtype(self.model, self.device),
         )
 
 

@@ -19,6 +19,8 @@ from typing import Protocol
 
 import torch
 
+from ..devices import decode_dtype
+
 
 class Method(Protocol):
     name: str
@@ -81,6 +83,7 @@ class StyleVARMethod:
             legacy_kv_cache=self.legacy_kv_cache,
             dtype=self.dtype,
             cuda_graphs=self.cuda_graphs,
+            decode_dtype=decode_dtype(model, dev),
         )
         return out.images.clamp_(0, 1)
 

@@ -433,6 +433,7 @@ class StyleVAR(nn.Module):
         num_scales: int | None = None,
         regions: StyleRegions | None = None,
         token_hook: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+        decode_dtype: torch.dtype | None = None,
     ) -> GenerationOutput:
         """Sample target tokens scale by scale and decode them.
 
@@ -465,6 +466,8 @@ class StyleVAR(nn.Module):
             regions: :class:`StyleRegions`: other styles for parts of the image (eager path only).
             token_hook: ``hook(scale index, sampled tokens (B, pn*pn)) -> tokens`` after each scale's
                 sampling (not for ``prefix`` scales), e.g. to keep a previous video frame's tokens.
+            decode_dtype: autocast dtype of the VQ-VAE decoding alone (default: ``dtype``); int8 runs
+                decode in bf16 where the CPU has AMX (:func:`stylevar.models.quantized.decode_dtype`).
 
         Returns:
             :class:`GenerationOutput` with images in [0, 1].
@@ -565,7 +568,7 @@ class StyleVAR(nn.Module):
                     x = self.word_embed(next_BlC) + lvl_pos[:, nb:ne]
         step = caches = adas = None  # release the KV caches (139 MB per d20 sample) before decoding
         if decode and SN == len(self.patch_nums):
-            with amp:
+            with amp if decode_dtype is None else autocast_to(device, decode_dtype):
                 images = vae.fhat_to_img(f_hat).float().add_(1).mul_(0.5)
         else:
             images = f_hat.new_empty(0)
