@@ -130,7 +130,17 @@ class InceptionFeatures(Frozen):
         return self.model(self.preprocess(images)).float()
 
 
-class FIDInceptionFeatures(Frozen):
+class _Trunk(Frozen):
+    """An Inception-v3 trunk with its weights: loaded strictly (heads dropped), frozen, on ``device``."""
+
+    def _install(self, model: nn.Module, sd: Mapping[str, torch.Tensor], what: str, device) -> None:
+        load_strict(model, _trunk(sd), what)
+        self.model = model
+        self._freeze()
+        self.to(device)
+
+
+class FIDInceptionFeatures(_Trunk):
     """The FID Inception of ``pytorch-fid`` (the TensorFlow FID network ported to PyTorch): 2048-d pool
     features, (N, 2048) float32, of [0, 1] images. FID = :func:`~stylevar.perceptual.metrics.frechet_distance`
     of two such feature sets, the number published as "FID" for image generators.
@@ -159,7 +169,9 @@ class FIDInceptionFeatures(Frozen):
         download: bool = False,
     ):
         super().__init__()
-        fid = require("pytorch_fid.inception", "FID (pytorch-fid's Inception)", 'pip install "stylevar[eval]"')
+        fid = require(
+            "pytorch_fid.inception", "FID (pytorch-fid's Inception)", 'pip install "stylevar[eval]"'
+        )
 
         def fetch():
             return torch.hub.load_state_dict_from_url(FID_URL, progress=False, weights_only=True)
@@ -185,10 +197,7 @@ class FIDInceptionFeatures(Frozen):
                 "Mixed_7c": lambda: fid.FIDInceptionE_2(2048),
             }
         )
-        load_strict(model, _trunk(sd), "the weights do not fit pytorch-fid's FID Inception")
-        self.model = model
-        self._freeze()
-        self.to(device)
+        self._install(model, sd, "the weights do not fit pytorch-fid's FID Inception", device)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         x = check_images(images).to(next(self.model.parameters()).device)
@@ -217,7 +226,7 @@ def art_inception_dirs() -> list[Path]:
     return dirs
 
 
-class ArtInceptionFeatures(Frozen):
+class ArtInceptionFeatures(_Trunk):
     """ArtFID's Inception (Wright & Ommer 2022; the ``art-fid`` package, also vendored by StyleID):
     2048-d pool features, (N, 2048) float32, of [0, 1] images.
 
@@ -257,11 +266,7 @@ class ArtInceptionFeatures(Frozen):
             what="ArtFID (art_inception)",
             download=fetch if download else None,
         )
-        model = _inception_trunk()
-        load_strict(model, _trunk(sd), "the weights do not fit ArtFID's Inception")
-        self.model = model
-        self._freeze()
-        self.to(device)
+        self._install(_inception_trunk(), sd, "the weights do not fit ArtFID's Inception", device)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 2048) float32 pool features of [0, 1] images at their own size (at least 75x75)."""

@@ -411,17 +411,9 @@ class GRPOTrainer(Trainer):
         kl_raw = self._all_mean(
             torch.stack([torch.where(kept_all, kl_raw_all, 0).sum() / kept_all.sum().clamp_min(1)])
         )
-        decision = self.controller.decide(kl_raw.item())
-        if decision is not None:
-            self._merge(decision)
+        decision = self._merge_if_due(kl_raw)
         rec = {
-            "step": step + 1,
-            "phase": phase,
-            "reward_mean": stats[0].item(),
-            "reward_std": stats[1].item(),
-            "reward_min": stats[2].item(),
-            "reward_max": stats[3].item(),
-            "reward_ema": self.controller.ema,
+            **self._reward_record(step, phase, stats),
             "adv_mean": adv.mean().item(),
             "adv_abs_mean": adv.abs().mean().item(),
             "kl_raw": kl_raw.item(),
@@ -498,17 +490,9 @@ class GRPOTrainer(Trainer):
         t_upd = time.perf_counter() - t0
         log_ratio = ((pol - ref)[sel].abs().mean() / L) if P else torch.zeros((), device=self.device)
         kl_raw = self._all_mean(log_ratio.reshape(1))
-        decision = self.controller.decide(kl_raw.item())
-        if decision is not None:
-            self._merge(decision)
+        decision = self._merge_if_due(kl_raw)
         return {
-            "step": step + 1,
-            "phase": phase,
-            "reward_mean": stats[0].item(),
-            "reward_std": stats[1].item(),
-            "reward_min": stats[2].item(),
-            "reward_max": stats[3].item(),
-            "reward_ema": self.controller.ema,
+            **self._reward_record(step, phase, stats),
             "pairs": P,
             **stats_dpo,
             "kl_raw": kl_raw.item(),
@@ -519,6 +503,25 @@ class GRPOTrainer(Trainer):
             "rollout_s": t_roll,
             "reward_s": t_rew,
             "update_s": t_upd,
+        }
+
+    def _merge_if_due(self, kl_raw: torch.Tensor) -> str | None:
+        """The reference controller's decision for this step's raw KL, carried out (a merge), or None."""
+        decision = self.controller.decide(kl_raw.item())
+        if decision is not None:
+            self._merge(decision)
+        return decision
+
+    def _reward_record(self, step: int, phase: str, stats: torch.Tensor) -> dict:
+        """The log fields every objective shares: the step and the rollouts' reward statistics."""
+        return {
+            "step": step + 1,
+            "phase": phase,
+            "reward_mean": stats[0].item(),
+            "reward_std": stats[1].item(),
+            "reward_min": stats[2].item(),
+            "reward_max": stats[3].item(),
+            "reward_ema": self.controller.ema,
         }
 
     def _reduce_and_step(self) -> float:
