@@ -68,7 +68,38 @@ def _inception_trunk(blocks: Mapping[str, nn.Module] | None = None) -> nn.Module
     return model.to_empty(device="cpu")
 
 
-class InceptionFeatures(Frozen):
+class _Trunk(Frozen):
+    """An Inception-v3 trunk with its weights: loaded strictly (heads dropped), frozen, on ``device``."""
+
+    def _install(self, model: nn.Module, sd: Mapping[str, torch.Tensor], what: str, device) -> None:
+        load_strict(model, _trunk(sd), what)
+        self.model = model
+        self._freeze()
+        self.to(device)
+
+
+class _Inception299(_Trunk):
+    """A trunk fed as the TF/torchvision FID networks are: bilinear resize to 299x299 (no antialiasing,
+    skipped at 299) and ``2x - 1``."""
+
+    SIZE = 299
+    DIM = 2048
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, 299, 299) network input in [-1, 1] from [0, 1] images."""
+        x = check_images(images).to(next(self.model.parameters()).device)
+        if x.shape[-2:] != (self.SIZE, self.SIZE):
+            x = F.interpolate(
+                x, size=(self.SIZE, self.SIZE), mode="bilinear", align_corners=False, antialias=False
+            )
+        return x * 2 - 1
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 2048) float32 pool features (after ``avgpool``, before dropout and ``fc``)."""
+        return self.model(self.preprocess(images)).float()
+
+
+class InceptionFeatures(_Inception299):
     """torchvision Inception-v3 (IMAGENET1K_V1, ``inception_v3_google-0cc3c7bd.pth``): the 2048-d
     average-pooled ``Mixed_7c`` features, (N, 2048) float32, of [0, 1] images; feed two sets of them to
     :func:`stylevar.perceptual.metrics.frechet_distance` for a Fréchet Inception Distance.
@@ -94,9 +125,6 @@ class InceptionFeatures(Frozen):
         download: fetch the torchvision weights into torch hub's cache when they are not there.
     """
 
-    SIZE = 299
-    DIM = 2048
-
     def __init__(
         self,
         weights: PathLike | Mapping[str, torch.Tensor] | None = None,
@@ -109,38 +137,12 @@ class InceptionFeatures(Frozen):
 
         enum = Inception_V3_Weights.IMAGENET1K_V1
         sd = torchvision_state_dict(enum, weights, download=download, what="Inception-v3 features (FID)")
-        sd = {k: v for k, v in sd.items() if not k.startswith(("fc.", "AuxLogits."))}
-        model = _inception_trunk()
-        load_strict(model, sd, "the Inception-v3 weights do not fit torchvision's Inception3")
-        self.model = model
-        self._freeze()
-        self.to(device)
-
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, 299, 299) network input in [-1, 1] from [0, 1] images."""
-        x = check_images(images).to(next(self.model.parameters()).device)
-        if x.shape[-2:] != (self.SIZE, self.SIZE):
-            x = F.interpolate(
-                x, size=(self.SIZE, self.SIZE), mode="bilinear", align_corners=False, antialias=False
-            )
-        return x * 2 - 1
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 2048) float32 pool features (after ``avgpool``, before dropout and ``fc``)."""
-        return self.model(self.preprocess(images)).float()
+        self._install(
+            _inception_trunk(), sd, "the Inception-v3 weights do not fit torchvision's Inception3", device
+        )
 
 
-class _Trunk(Frozen):
-    """An Inception-v3 trunk with its weights: loaded strictly (heads dropped), frozen, on ``device``."""
-
-    def _install(self, model: nn.Module, sd: Mapping[str, torch.Tensor], what: str, device) -> None:
-        load_strict(model, _trunk(sd), what)
-        self.model = model
-        self._freeze()
-        self.to(device)
-
-
-class FIDInceptionFeatures(_Trunk):
+class FIDInceptionFeatures(_Inception299):
     """The FID Inception of ``pytorch-fid`` (the TensorFlow FID network ported to PyTorch): 2048-d pool
     features, (N, 2048) float32, of [0, 1] images. FID = :func:`~stylevar.perceptual.metrics.frechet_distance`
     of two such feature sets, the number published as "FID" for image generators.
@@ -157,9 +159,6 @@ class FIDInceptionFeatures(_Trunk):
             None: torch hub's checkpoint cache, where ``pytorch-fid`` itself keeps it.
         download: fetch it there from pytorch-fid's GitHub release when it is missing.
     """
-
-    SIZE = 299
-    DIM = 2048
 
     def __init__(
         self,
@@ -198,16 +197,6 @@ class FIDInceptionFeatures(_Trunk):
             }
         )
         self._install(model, sd, "the weights do not fit pytorch-fid's FID Inception", device)
-
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        x = check_images(images).to(next(self.model.parameters()).device)
-        if x.shape[-2:] != (self.SIZE, self.SIZE):
-            x = F.interpolate(x, size=(self.SIZE, self.SIZE), mode="bilinear", align_corners=False)
-        return 2 * x - 1
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 2048) float32 pool features."""
-        return self.model(self.preprocess(images)).float()
 
 
 def art_inception_dirs() -> list[Path]:
