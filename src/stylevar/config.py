@@ -178,6 +178,8 @@ class VQVAEConfig(Serialisable):
 
 
 ENCODER_INPUTS = ("raw", "imagenet")
+#: the style image's encoders (:attr:`StyleVARConfig.style_encoder`)
+STYLE_ENCODERS = ("resnet", "clip_resampler")
 
 
 @dataclass(frozen=True)
@@ -209,9 +211,26 @@ class StyleVARConfig(Serialisable):
     #: same place and scale, so the content's layout reaches every block's residual stream, not only
     #: the attention queries and the start token (docs/architecture.md, "The content pathway")
     content_residual: bool = False
+    #: the style image's encoder: ``resnet`` (ResNet-18 -> one vector for AdaLN; the released models) or
+    #: ``clip_resampler`` (StyleAR's: a CLIP ViT's patch features -> a perceiver resampler -> ``style_tokens``
+    #: tokens that every block attends to and whose mean feeds AdaLN; docs/architecture.md, "Style encoders")
+    style_encoder: str = "resnet"
+    #: ``clip_resampler``: the CLIP vision tower's sizes (fields of transformers' ``CLIPVisionConfig``:
+    #: hidden_size, num_hidden_layers, image_size, patch_size, ...); empty: its defaults (ViT-B/32, 224 px)
+    clip_vision: dict | None = None
+    clip_layer: int = -2  #: ``clip_resampler``: which hidden state feeds the resampler (-2: the penultimate)
+    style_tokens: int = 16  #: ``clip_resampler``: M, the resampler's output tokens
+    resampler_depth: int = 4  #: ``clip_resampler``: perceiver layers
+    resampler_dim: int = 0  #: ``clip_resampler``: the resampler's width; 0 means embed_dim
 
     def __post_init__(self) -> None:
         _set(self, "patch_nums", _check_patch_nums(self.patch_nums))
+        if self.style_encoder not in STYLE_ENCODERS:
+            raise ConfigError(f"style_encoder must be one of {STYLE_ENCODERS}, not {self.style_encoder!r}")
+        if self.style_encoder == "clip_resampler":
+            _set(self, "clip_vision", dict(self.clip_vision or {}))
+            if self.style_tokens < 1 or self.resampler_depth < 1:
+                raise ConfigError("style_tokens and resampler_depth must be >= 1")
         if self.encoder_input not in ENCODER_INPUTS:
             raise ConfigError(f"encoder_input must be one of {ENCODER_INPUTS}, not {self.encoder_input!r}")
         if self.depth < 1:
@@ -226,6 +245,8 @@ class StyleVARConfig(Serialisable):
             raise ConfigError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.drop_path_rate < 0:
             _set(self, "drop_path_rate", 0.1 * self.depth / 24)
+        if self.resampler_dim <= 0:
+            _set(self, "resampler_dim", self.embed_dim)
         _set(self, "alpha", alpha_for_scales(self.alpha, len(self.patch_nums)))
         if any(not 0.0 <= a <= 1.0 for a in self.alpha):
             raise ConfigError(f"alpha values must lie in [0, 1], got {list(self.alpha)}")

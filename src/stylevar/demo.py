@@ -23,7 +23,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,17 @@ class DemoConfig(Serialisable):
     num_heads: int = 4
     style_enc_dim: int = 64  #: narrow ResNet-18 encoders (full width: 22 M parameters for 32 px images)
     content_residual: bool = True  #: the direct content pathway (StyleVARConfig.content_residual)
+    #: the style encoder (StyleVARConfig.style_encoder): ``resnet`` or StyleAR's ``clip_resampler``, here a
+    #: small CLIP ViT trained from scratch with the rest (``demo_clip``; README, "Two style encoders")
+    style_encoder: str = "resnet"
+    demo_clip: dict = field(
+        default_factory=lambda: dict(
+            hidden_size=64, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4, patch_size=4
+        )
+    )
+    style_tokens: int = 16  #: clip_resampler: the resampler's tokens
+    resampler_depth: int = 2  #: clip_resampler: perceiver layers
+    resampler_dim: int = 64  #: clip_resampler: the resampler's width
     sft_steps: int = 900
     sft_batch: int = 32
     sft_lr: float = 3e-3
@@ -104,6 +115,18 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         return precision
     return "bf16" if has_fast_bf16(device) else "fp32"
+
+
+def _style_encoder_fields(cfg: DemoConfig) -> dict[str, Any]:
+    if cfg.style_encoder == "resnet":
+        return {}
+    return dict(
+        style_encoder=cfg.style_encoder,
+        clip_vision={**cfg.demo_clip, "image_size": cfg.size},
+        style_tokens=cfg.style_tokens,
+        resampler_depth=cfg.resampler_depth,
+        resampler_dim=cfg.resampler_dim,
+    )
 
 
 def _vqvae_config(cfg: DemoConfig):
@@ -242,6 +265,7 @@ def run_demo(
             patch_nums=cfg.patch_nums,
             style_enc_dim=cfg.style_enc_dim,
             content_residual=cfg.content_residual,
+            **_style_encoder_fields(cfg),
         )
     )
     model.init_weights()

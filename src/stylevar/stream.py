@@ -236,7 +236,7 @@ class EncodedImages:
                     w = torch.tensor(blend_weights(st.weights, len(parts)), device=parts[0][0].device)
                     f = torch.stack([p[0] for p in parts])
                     c = torch.stack([p[1] for p in parts])
-                    feat = (w.view(-1, 1).to(f.dtype) * f).sum(0)
+                    feat = (w.view(-1, *[1] * (f.ndim - 1)).to(f.dtype) * f).sum(0)
                     cvae = (w.view(-1, 1, 1).to(c.dtype) * c).sum(0)
                     caches["style"].put(bk, (feat, cvae, st))
         return full

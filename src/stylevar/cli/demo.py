@@ -47,6 +47,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=("auto", "fp32", "bf16"),
         help="StyleVAR's training precision (default fp32: bf16 does not speed up the small transformer)",
     )
+    p.add_argument(
+        "--style-encoder",
+        default="resnet",
+        choices=("resnet", "clip_resampler"),
+        help="the style encoder: resnet (default, the released models' ResNet-18) or clip_resampler "
+        "(StyleAR's CLIP ViT + perceiver resampler, here small and trained from scratch)",
+    )
     p.add_argument("--quick", action="store_true", help="a one-minute smoke run (does not learn much)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
     p.add_argument(
@@ -99,6 +106,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
     if args.sft_steps is not None:
         cfg.sft_steps = args.sft_steps
     cfg.tokenizer_precision, cfg.sft_precision = args.tokenizer_precision, args.sft_precision
+    cfg.style_encoder = args.style_encoder
     m = run_demo(
         args.output,
         cfg,

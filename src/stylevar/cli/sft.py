@@ -68,6 +68,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--resnet-weights", metavar="PATH", help="ImageNet ResNet-18 file for both encoders (new models)"
     )
     g.add_argument(
+        "--style-encoder",
+        choices=("resnet", "clip_resampler"),
+        help="new models (--init-var, --depth): the style image's encoder; resnet (default, the released "
+        "models') or clip_resampler (StyleAR's CLIP ViT + perceiver resampler: M tokens the blocks attend to)",
+    )
+    g.add_argument(
+        "--clip",
+        metavar="FOLDER|HUB_ID",
+        help="clip_resampler: a CLIP model folder (or a Hub id in the Hugging Face cache) for the vision tower; "
+        "without it the tower starts random",
+    )
+    g.add_argument(
+        "--freeze-clip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the CLIP tower's weights fixed (default: fixed when --clip gives pretrained ones)",
+    )
+    g.add_argument("--style-tokens", type=int, metavar="M", help="clip_resampler: style tokens (default 16)")
+    g.add_argument(
         "--encoder-dim",
         type=int,
         metavar="N",
@@ -133,6 +152,10 @@ def job_from_args(args: argparse.Namespace):
         resnet_weights=args.resnet_weights,
         encoder_dim=args.encoder_dim,
         content_residual=args.content_residual,
+        style_encoder=args.style_encoder,
+        clip=args.clip,
+        freeze_clip=args.freeze_clip,
+        style_tokens=args.style_tokens,
         variant=args.variant,
         alpha=args.alpha,
         patch_nums=args.patch_nums,

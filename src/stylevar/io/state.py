@@ -105,6 +105,11 @@ def wrong_kind(path: Any, kind: str, sd: Mapping[str, torch.Tensor], expected: s
 # ---------------------------------------------------------------------------- config inference
 def infer_stylevar_config(sd: Mapping[str, torch.Tensor], alpha: Any = "paper") -> StyleVARConfig:
     """Rebuild a :class:`StyleVARConfig` from the tensor shapes of a StyleVAR (or vanilla VAR) state dict."""
+    if any(k.startswith("style_encoder.clip.") for k in sd):
+        raise CheckpointError(
+            "a clip_resampler StyleVAR's configuration cannot be read off its tensors: load the checkpoint "
+            "folder with its config.json (save_pretrained writes one)"
+        )
     try:
         depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k)))
         C = sd["pos_start"].shape[-1]
@@ -191,6 +196,9 @@ def build_stylevar(
     with torch.device("meta"):
         model = StyleVAR(cfg)
     load_strict(model, sd, f"{path} does not fit the model", assign=True)
+    materialize = getattr(model.style_encoder, "materialize_buffers_", None)
+    if materialize is not None:  # a clip_resampler model: its tower's non-persistent buffers
+        materialize()
     with torch.device("cpu"):
         ref = StyleVAR._lvl_buffers(cfg.patch_nums)
     if not torch.equal(model.lvl_1L.cpu().long(), ref[0]):

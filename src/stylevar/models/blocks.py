@@ -164,15 +164,58 @@ class BlendedCrossAttention(nn.Module):
         return o.transpose(1, 2).reshape(B, G, self.C)
 
 
+class StyleTokenAttention(nn.Module):
+    """Target tokens attend to the style tokens of a ``clip_resampler`` model (StyleAR's style cross-attention).
+
+    Keys and values come from the LayerNorm'ed style tokens and depend on the style image only, so
+    sampling computes them once per call (:meth:`keys_values`); queries from the block's normalised target
+    stream. Only models with ``style_encoder="clip_resampler"`` have it (the released state dicts do not).
+    """
+
+    def __init__(self, C: int, num_heads: int):
+        super().__init__()
+        self.C, self.num_heads, self.head_dim = C, num_heads, C // num_heads
+        self.q = Linear(C, C)
+        self.kv = Linear(C, 2 * C)
+        self.proj = Linear(C, C)
+
+    def keys_values(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Style tokens (B, M, C) -> keys, values (B, H, M, head_dim)."""
+        B, M, C = tokens.shape
+        t = F.layer_norm(tokens, (C,))
+        k, v = self.kv(t).view(B, M, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def forward(self, x_n: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Normalised target tokens (B, l, C) and :meth:`keys_values` -> the attention's output (B, l, C)."""
+        B, n, C = x_n.shape
+        q = self.q(x_n).view(B, n, self.num_heads, self.head_dim).transpose(1, 2)
+        k, v = kv
+        o = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype))
+        return self.proj(o.transpose(1, 2).reshape(B, n, C))
+
+
+StyleKV = tuple[torch.Tensor, torch.Tensor]
+
+
 class BlendedBlock(nn.Module):
     """x <- x + alpha * Attn(style, x) + (1 - alpha) * Attn(content, x), then an FFN; AdaLN on the style feature."""
 
     def __init__(
-        self, C: int, num_heads: int, mlp_hidden: int, norm_eps: float, drop_path: float, l2_norm: bool
+        self,
+        C: int,
+        num_heads: int,
+        mlp_hidden: int,
+        norm_eps: float,
+        drop_path: float,
+        l2_norm: bool,
+        style_tokens: bool = False,
     ):
         super().__init__()
         self.C = C
         self.attn = BlendedCrossAttention(C, num_heads, l2_norm)
+        #: cross-attention to the style tokens (``clip_resampler`` models only)
+        self.style_attn = StyleTokenAttention(C, num_heads) if style_tokens else None
         self.ffn = FFN(C, mlp_hidden)
         self.ln_wo_grad = nn.LayerNorm(C, eps=norm_eps, elementwise_affine=False)
         self.ada_lin = nn.Sequential(nn.SiLU(), Linear(C, 6 * C))
@@ -203,6 +246,8 @@ class BlendedBlock(nn.Module):
         attn_bias: torch.Tensor | None = None,
         cache: KVCache | None = None,
         ada: torch.Tensor | None = None,
+        style_kv: StyleKV | list[StyleKV] | None = None,
+        style_w: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One block.
 
@@ -214,6 +259,8 @@ class BlendedBlock(nn.Module):
             attn_bias: (1, 1, 2l, L) additive mask for teacher forcing, ``None`` with a cache.
             cache: the block's :class:`KVCache` during sampling.
             ada: ``self.adaln(cond_BD)`` when already computed (sampling computes it once, not per scale).
+            style_kv: ``style_attn.keys_values(style tokens)`` (``clip_resampler`` models); with regional
+                styles a list (main style first) and ``style_w`` (B, l, 1 + R), each token's weights.
         """
         n = x_BLC.shape[1]
         ada = self.adaln(cond_BD) if ada is None else ada
@@ -232,6 +279,18 @@ class BlendedBlock(nn.Module):
             o_s, o_c = o[:, :n], o[:, n:]
         blended = o_s * alpha + o_c * (1 - alpha)
         x_BLC = x_BLC + self.drop_path(self.attn.proj(blended).mul_(g1))
+        if self.style_attn is not None:
+            if style_kv is None:
+                raise ValueError("this block attends to style tokens: pass style_kv")
+            t_n = self.ln_wo_grad(x_BLC)
+            if isinstance(style_kv, list):  # regional styles: each token's weighted sum over the styles
+                assert style_w is not None
+                s = style_w[..., 0:1] * self.style_attn(t_n, style_kv[0])
+                for r in range(1, len(style_kv)):
+                    s = s + style_w[..., r : r + 1] * self.style_attn(t_n, style_kv[r])
+            else:
+                s = self.style_attn(t_n, style_kv)
+            x_BLC = x_BLC + self.drop_path(s)
         h = self.ffn(self.ln_wo_grad(x_BLC).mul(scale2.add(1)).add_(shift2))
         return x_BLC + self.drop_path(h.mul(g2))
 

@@ -84,6 +84,8 @@ def load_encoder_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) 
     from ..errors import ConfigError
 
     dim = model.config.style_enc_dim
+    if model.config.style_encoder != "resnet":
+        raise ConfigError("ImageNet ResNet-18 weights need the ResNet style encoder (style_encoder='resnet')")
     if dim != 512:
         raise ConfigError(
             f"ImageNet ResNet-18 weights need full-width encoders (style_enc_dim 512), this model has {dim}; "

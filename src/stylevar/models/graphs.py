@@ -63,6 +63,8 @@ class StaticRunner:
         self.alpha = [torch.zeros(B, 1, 1, device=device) for _ in ns]
         self.x_in = [torch.zeros(B, n, C, device=device) for n in ns]
         self.caches = [KVCache(model.L) for _ in self.blocks]
+        #: the style tokens' keys and values per block (``clip_resampler`` models), written by :meth:`bind`
+        self.style_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.logits: list[torch.Tensor | None] = [None] * len(ns)
         self.graphs: list[torch.cuda.CUDAGraph] = []
         self._ready = False
@@ -98,10 +100,12 @@ class StaticRunner:
             cache.length = bg  # static offsets: scale si writes keys [bg, ed) and reads [0, ed)
         x = self.x_in[si]
         with self._autocast():
-            for block, cache, ada in zip(self.blocks, self.caches, self.ada):
+            kvs = self.style_kv or [None] * len(self.caches)
+            for block, cache, ada, kv in zip(self.blocks, self.caches, self.ada, kvs):
                 x = block(
-                    x, self.guides[si], self.cond_BD, self.alpha[si], attn_bias=None, cache=cache, ada=ada
-                )
+                    x, self.guides[si], self.cond_BD, self.alpha[si], attn_bias=None, cache=cache, ada=ada,
+                    style_kv=kv,
+                )  # fmt: skip
         return self.model._logits(x, self.cond_BD, self.head_ada)
 
     @torch.no_grad()
@@ -136,8 +140,10 @@ class StaticRunner:
         style_BLC: torch.Tensor,
         content_BLC: torch.Tensor,
         alphas: torch.Tensor,
+        style_tokens: torch.Tensor | None = None,
     ) -> None:
-        """Write one batch's conditions into the static buffers."""
+        """Write one batch's conditions into the static buffers (``style_tokens``: a ``clip_resampler``
+        model's (B, M, C))."""
         m = self.model
         if adapter_switches(m.blocks) != self._switches:  # adapters switched on/off since the capture
             self._reset()
@@ -145,6 +151,14 @@ class StaticRunner:
         with self._autocast():
             for buf, block in zip(self.ada, self.blocks):
                 buf.copy_(block.adaln(cond_BD))
+            if style_tokens is not None:
+                kvs = [block.style_attn.keys_values(style_tokens) for block in self.blocks]
+                if self.style_kv is None:  # first bind: allocate (fixed shapes for this batch size)
+                    self.style_kv = [(k.clone(), v.clone()) for k, v in kvs]
+                else:
+                    for (kb, vb), (k, v) in zip(self.style_kv, kvs):
+                        kb.copy_(k)
+                        vb.copy_(v)
         self.head_ada.copy_(m.head_nm.adaln(cond_BD.float()))
         for si, (bg, ed) in enumerate(m.begin_ends):
             self.guides[si].copy_(m._guides_ln(style_BLC[:, bg:ed], content_BLC[:, bg:ed]))

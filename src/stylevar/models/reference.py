@@ -91,6 +91,8 @@ def reference_generate(
     decode: bool = True,
 ) -> GenerationOutput:
     """:meth:`StyleVAR.generate` computed the published way (see the module docstring)."""
+    if model.has_style_tokens:
+        raise ValueError("the published sampler has no style tokens: a clip_resampler model samples with generate")
     B = cond.batch_size
     device = cond.style_feat.device
     alphas = model.resolve_alpha(alpha, style_strength, B)

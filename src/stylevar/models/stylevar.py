@@ -5,7 +5,9 @@ tokens of scale k and s_k, c_k the style/content images' cumulative VQ features 
 
 * The content image's ResNet-18 feature (through ``feat_emb``) is the start token.
 * The style image's ResNet-18 feature (through the same ``feat_emb``) conditions AdaLN in every
-  block and in the head.
+  block and in the head. With ``style_encoder="clip_resampler"`` (not in the published model) the
+  style image becomes M tokens (:mod:`stylevar.models.style_encoders`) that every block attends to
+  and whose mean conditions AdaLN.
 * In every block, style and content tokens of scale k query the target's own history (keys and
   values of scales <= k) and the two results are blended with alpha_k.
 
@@ -25,11 +27,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import StyleVARConfig
-from .blocks import AdaLNBeforeHead, BlendedBlock, KVCache
-from .encoders import ResNetEncoder
+from .blocks import AdaLNBeforeHead, BlendedBlock, KVCache, StyleKV
 from .graphs import StaticRunner
 from .ops import Linear, autocast_to, linear, no_autocast
 from .sampling import Seed, make_generators, sample_tokens
+from .style_encoders import build_style_encoder
 from .vqvae import VQVAE
 
 AlphaLike = Sequence[float] | torch.Tensor | None
@@ -47,7 +49,9 @@ class Conditioning:
     sampled tokens, so compute it once and reuse it (several samples, many seeds, GRPO groups).
     """
 
-    style_feat: torch.Tensor  #: (B, C) ``feat_emb(ResNet(style))``: AdaLN condition
+    #: (B, C) ``feat_emb(ResNet(style))``, the AdaLN condition; or, for a ``clip_resampler`` model, the
+    #: style tokens (B, M, C), which the blocks attend to and whose mean is the AdaLN condition
+    style_feat: torch.Tensor
     content_feat: torch.Tensor  #: (B, C) ``feat_emb(ResNet(content))``: start token
     style_cvae: torch.Tensor  #: (B, L, Cvae) cumulative VQ features of the style image per scale
     content_cvae: torch.Tensor  #: (B, L, Cvae) same for the content image
@@ -85,7 +89,7 @@ class StyleRegions:
     :meth:`StyleVAR.style_regions`.
     """
 
-    style_feat: torch.Tensor  #: (B, R, C) ``feat_emb(ResNet(style_r))``
+    style_feat: torch.Tensor  #: (B, R, C) ``feat_emb(ResNet(style_r))`` (or (B, R, M, C) style tokens)
     style_cvae: torch.Tensor  #: (B, R, L, Cvae) the region styles' cumulative VQ features
     weights: torch.Tensor  #: (B, L, R) each region's weight per token, in [0, 1], summing to at most 1
 
@@ -139,8 +143,12 @@ class StyleVAR(nn.Module):
         init_std = math.sqrt(1 / C / 3)
 
         # 1. image encoders: content -> start token, style -> AdaLN condition (shared projection)
-        self.style_encoder = ResNetEncoder(cfg.style_enc_dim)
+        from .encoders import ResNetEncoder
+
+        self.style_encoder = build_style_encoder(cfg)
         self.content_encoder = ResNetEncoder(cfg.style_enc_dim)
+        #: the style is M tokens the blocks attend to (``clip_resampler``), not one vector
+        self.has_style_tokens = cfg.style_encoder != "resnet"
         self.feat_emb = nn.Linear(cfg.style_enc_dim, C)
 
         # 2. token and position embeddings (shared by target, style and content tokens)
@@ -158,7 +166,15 @@ class StyleVAR(nn.Module):
             cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)
         ]  # linspace(0, rate, depth)
         self.blocks = nn.ModuleList(
-            BlendedBlock(C, cfg.num_heads, cfg.mlp_hidden, cfg.norm_eps, dpr[i], cfg.attn_l2_norm)
+            BlendedBlock(
+                C,
+                cfg.num_heads,
+                cfg.mlp_hidden,
+                cfg.norm_eps,
+                dpr[i],
+                cfg.attn_l2_norm,
+                self.has_style_tokens,
+            )
             for i in range(cfg.depth)
         )
 
@@ -213,6 +229,8 @@ class StyleVAR(nn.Module):
         for b in self.blocks:
             b.attn.proj.weight.div_(math.sqrt(2 * depth))
             b.ffn.fc2.weight.div_(math.sqrt(2 * depth))
+            if b.style_attn is not None:
+                b.style_attn.proj.weight.div_(math.sqrt(2 * depth))
             b.ada_lin[-1].weight[2 * self.C :].mul_(init_adaln)
             b.ada_lin[-1].weight[: 2 * self.C].mul_(init_adaln_gamma)
             b.ada_lin[-1].bias.zero_()
@@ -237,11 +255,27 @@ class StyleVAR(nn.Module):
         with no_autocast(img.device):
             return self.feat_emb(encoder(x))
 
+    def _style_feat(self, img: torch.Tensor) -> torch.Tensor:
+        """Style images in [-1, 1] -> :attr:`Conditioning.style_feat` ((B, C), or (B, M, C) tokens), fp32."""
+        if not self.has_style_tokens:
+            return self._image_feat(self.style_encoder, img)
+        with no_autocast(img.device):
+            return self.style_encoder(img.float())
+
+    @staticmethod
+    def style_condition(style_feat: torch.Tensor) -> torch.Tensor:
+        """The AdaLN condition (B, C) of :attr:`Conditioning.style_feat`: itself, or its style tokens' mean."""
+        return style_feat.mean(-2) if style_feat.ndim == 3 else style_feat
+
+    def _style_kv(self, block: nn.Module, style_feat: torch.Tensor) -> StyleKV | None:
+        return block.style_attn.keys_values(style_feat) if self.has_style_tokens else None
+
     def encode_style(self, vae: VQVAE, style_img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Style images [-1, 1] (B, 3, R, R) -> (AdaLN feature (B, C), VQ features (B, L, Cvae))."""
+        """Style images [-1, 1] (B, 3, R, R) -> (AdaLN feature (B, C) or style tokens (B, M, C),
+        VQ features (B, L, Cvae))."""
         with torch.no_grad():
             cvae = vae.quantize.idx_to_condition(vae.img_to_idx(style_img))
-        return self._image_feat(self.style_encoder, style_img), cvae
+        return self._style_feat(style_img), cvae
 
     def encode_content(self, vae: VQVAE, content_img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Content images [-1, 1] (B, 3, R, R) -> (start-token feature (B, C), VQ features (B, L, Cvae))."""
@@ -270,7 +304,7 @@ class StyleVAR(nn.Module):
     ) -> Conditioning:
         """:class:`Conditioning` from images [-1, 1] and already computed VQ features (B, L, Cvae)."""
         return Conditioning(
-            self._image_feat(self.style_encoder, style_img),
+            self._style_feat(style_img),
             self._image_feat(self.content_encoder, content_img),
             style_cvae.float(),
             content_cvae.float(),
@@ -297,7 +331,7 @@ class StyleVAR(nn.Module):
         w = torch.where(total > 1, w / total.clamp_min(1e-12), w)
         B = batch_size or 1
         return StyleRegions(
-            feat.float().unsqueeze(0).expand(B, -1, -1),
+            feat.float().unsqueeze(0).expand(B, *feat.shape),
             cvae.float().unsqueeze(0).expand(B, -1, -1, -1),
             w.unsqueeze(0).expand(B, -1, -1),
         )
@@ -407,9 +441,10 @@ class StyleVAR(nn.Module):
         else:
             alpha_tok = self.resolve_alpha(alpha, batch_size=B)[:, self.lvl_1L[0]].unsqueeze(-1)
         mask = torch.cat((self.attn_bias_for_masking, self.attn_bias_for_masking), dim=2).to(x.dtype)
-        cond_BD = cond.style_feat
+        cond_BD = self.style_condition(cond.style_feat)
         for block in self.blocks:
-            x = block(x, guides_ln, cond_BD, alpha_tok, attn_bias=mask)
+            style_kv = self._style_kv(block, cond.style_feat)
+            x = block(x, guides_ln, cond_BD, alpha_tok, attn_bias=mask, style_kv=style_kv)
         return self._logits(x, cond_BD)
 
     @torch.no_grad()
@@ -486,7 +521,7 @@ class StyleVAR(nn.Module):
         W = None if regions is None else self._region_weights(regions).to(device)  # (B, L, 1 + R)
         with amp:
             lvl_pos = self._lvl_pos()
-            cond_BD = cond.style_feat
+            cond_BD = self.style_condition(cond.style_feat)
             if W is None:
                 style_BLC = self.word_embed(cond.style_cvae) + lvl_pos
             else:  # each token's style tokens: the weighted sum of the styles' (main first)
@@ -502,27 +537,50 @@ class StyleVAR(nn.Module):
             if per_token or regions is not None:
                 raise ValueError("per-token alpha (a mask) and regional styles run eagerly: drop cuda_graphs")
             runner = self.static_runner(B, device, dtype)
-            runner.bind(cond_BD, style_BLC, content_BLC, alphas)
+            runner.bind(
+                cond_BD, style_BLC, content_BLC, alphas, cond.style_feat if self.has_style_tokens else None
+            )
             step = runner.step
         else:
             caches = [KVCache(self.L, legacy=legacy_kv_cache) for _ in self.blocks]
-            feats = [cond_BD] if W is None else [cond_BD, *regions.style_feat.to(device).unbind(1)]
-            with amp:  # the condition is fixed: AdaLN parameters once per call, not once per scale
+            styles = (
+                [cond.style_feat]
+                if W is None
+                else [cond.style_feat, *regions.style_feat.to(device).unbind(1)]
+            )
+            feats = [self.style_condition(f) for f in styles]
+            with (
+                amp
+            ):  # the condition is fixed: AdaLN parameters (and style keys) once per call, not per scale
                 adas = [[block.adaln(f) for f in feats] for block in self.blocks]
+                kvs = [[self._style_kv(block, f) for f in styles] for block in self.blocks]
             head_adas = [self.head_nm.adaln(f.float()) for f in feats]
 
             def step(si: int, x: torch.Tensor) -> torch.Tensor:
                 bg, ed = self.begin_ends[si]
                 a = alphas[:, bg:ed].unsqueeze(-1) if per_token else alphas[:, si].view(B, 1, 1)
                 guides_ln = self._guides_ln(style_BLC[:, bg:ed], content_BLC[:, bg:ed])
+                style_w = None
                 if W is None:
                     block_adas, head_ada = [ada[0] for ada in adas], head_adas[0]
+                    block_kvs = [kv[0] for kv in kvs]
                 else:  # per-token AdaLN: (B, l, k, C), each token's weighted sum over the styles
                     w = W[:, bg:ed, None, None, :]
                     block_adas = [_mix(w, [r.to(w.dtype) for r in ada]) for ada in adas]
                     head_ada = _mix(w, head_adas)
-                for block, cache, ada in zip(self.blocks, caches, block_adas):
-                    x = block(x, guides_ln, cond_BD, a, attn_bias=None, cache=cache, ada=ada)
+                    block_kvs, style_w = kvs, W[:, bg:ed]
+                for block, cache, ada, kv in zip(self.blocks, caches, block_adas, block_kvs):
+                    x = block(
+                        x,
+                        guides_ln,
+                        cond_BD,
+                        a,
+                        attn_bias=None,
+                        cache=cache,
+                        ada=ada,
+                        style_kv=kv,
+                        style_w=style_w,
+                    )
                 return self._logits(x, cond_BD, head_ada)
 
         side = self.patch_nums[-1]
@@ -566,7 +624,7 @@ class StyleVAR(nn.Module):
                     nb, ne = self.begin_ends[si + 1]
                     next_BlC = next_map.reshape(B, self.Cvae, -1).transpose(1, 2)
                     x = self.word_embed(next_BlC) + lvl_pos[:, nb:ne]
-        step = caches = adas = None  # release the KV caches (139 MB per d20 sample) before decoding
+        step = caches = adas = kvs = None  # release the KV caches (139 MB per d20 sample) before decoding
         if decode and SN == len(self.patch_nums):
             with amp if decode_dtype is None else autocast_to(device, decode_dtype):
                 images = vae.fhat_to_img(f_hat).float().add_(1).mul_(0.5)

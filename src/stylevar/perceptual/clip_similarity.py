@@ -12,10 +12,9 @@ from torch.nn import functional as F
 
 from ..errors import CheckpointError, MissingWeightsError
 from ..io.safe import why
+from ..models.style_encoders import CLIP_MEAN, CLIP_STD
 from .common import Frozen, PathLike, check_images, image_pair, require
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 
 
@@ -28,6 +27,13 @@ def _hub_offline() -> bool:
 
 def _looks_like_path(src: str) -> bool:
     return src.startswith(("/", ".", "~")) or src.count("/") > 1 or "\\" in src
+
+
+def load_clip_model(src: PathLike, cache_dir: PathLike | None = None, local_files_only: bool | None = None):
+    """A transformers CLIP model (``CLIPModel`` or ``CLIPVisionModelWithProjection``) from a folder, or a Hub
+    id in the Hugging Face cache (fetched only where the Hub is reachable and not disabled); one-line errors."""
+    transformers = require("transformers", "CLIP")
+    return _load_clip(transformers, str(src), cache_dir, local_files_only).float()
 
 
 def _load_clip(transformers, src: str, cache_dir, local_files_only: bool | None):

@@ -134,6 +134,14 @@ class SFTStart:
     content_residual: bool = (
         False  #: new models: the direct content pathway (StyleVARConfig.content_residual)
     )
+    #: new models: the style encoder, ``resnet`` (default) or ``clip_resampler`` (StyleVARConfig.style_encoder)
+    style_encoder: str | None = None
+    #: ``clip_resampler``: a CLIP model folder or Hub id (in the Hugging Face cache): the tower's sizes and
+    #: vision weights; without it the tower (transformers' default ViT-B/32 sizes) starts random
+    clip: str | None = None
+    #: keep the CLIP tower's weights fixed (StyleAR trains the resampler only); None: fixed iff ``clip`` given
+    freeze_clip: bool | None = None
+    style_tokens: int | None = None  #: ``clip_resampler``: M (default 16)
     variant: str | None = None  #: with ``init`` and a Hub id: which release (grpo, sft)
     alpha: Any = None  #: per-scale alpha: a preset or values (default: sft for new models)
     patch_nums: tuple[int, ...] | None = None  #: token scales of a ``depth`` model (default: the VQ-VAE's)
@@ -201,6 +209,17 @@ def check_start(start: SFTStart) -> None:
         raise ConfigError(
             "--content-residual builds new models (--init-var, --depth); --init keeps its layout"
         )
+    if (start.style_encoder is not None or start.clip or start.style_tokens) and start.init:
+        raise ConfigError(
+            "--style-encoder, --clip and --style-tokens build new models (--init-var, --depth); --init keeps its encoder"
+        )
+    clip_model = (start.style_encoder or "resnet") == "clip_resampler"
+    if (start.clip or start.style_tokens) and not clip_model:
+        raise ConfigError("--clip and --style-tokens belong to --style-encoder clip_resampler")
+    if start.resnet_weights and clip_model:
+        raise ConfigError(
+            "--resnet-weights fills both ResNet encoders; with --style-encoder clip_resampler give --clip instead"
+        )
     if start.resnet_weights and start.init:
         raise ConfigError(
             "--resnet-weights initialises new models (--init-var, --depth); --init keeps its encoders"
@@ -222,6 +241,7 @@ def build_sft_model(start: SFTStart, seed: int) -> tuple[StyleVAR, VQVAE, str]:
     enc: dict[str, Any] = {} if start.encoder_dim is None else {"style_enc_dim": start.encoder_dim}
     if start.content_residual:
         enc["content_residual"] = True
+    clip = _style_encoder_options(start, enc)
     if start.init_var:
         path = Path(start.init_var).expanduser()
         sd = extract_state_dict(read_file(path, allow_pickle=start.trust_checkpoint), path)
@@ -237,7 +257,11 @@ def build_sft_model(start: SFTStart, seed: int) -> tuple[StyleVAR, VQVAE, str]:
         model = StyleVAR(cfg)
         model.init_weights()
         report = init_from_var(model, sd, resnet_weights=start.resnet_weights)
-        return model, vae, f"initialised from VAR {path.name}: {report.summary()}"
+        return (
+            model,
+            vae,
+            f"initialised from VAR {path.name}: {report.summary()}" + _set_clip(model, start, clip),
+        )
     if start.init:
         vae_path = Path(start.vae).expanduser() if start.vae else None
         ckpt = load_pretrained(
@@ -251,7 +275,7 @@ def build_sft_model(start: SFTStart, seed: int) -> tuple[StyleVAR, VQVAE, str]:
         if vae_path is not None and vae_path.is_dir():
             vae = load_vqvae(vae_path, patch_nums=model.config.patch_nums)
             _check_pair(model.config, vae, vae_path)
-        return model, vae, f"continuing from {start.init}"
+        return model, vae, f"continuing from {start.init}" + _set_clip(model, start, None)
     assert start.depth is not None
     vae = load_vqvae(
         _need_vae(start, "--depth"), patch_nums=start.patch_nums, allow_pickle=start.trust_checkpoint
@@ -270,7 +294,41 @@ def build_sft_model(start: SFTStart, seed: int) -> tuple[StyleVAR, VQVAE, str]:
     if start.resnet_weights:
         load_encoder_weights(model, load_resnet18_weights(Path(start.resnet_weights)))
     n = sum(p.numel() for p in model.parameters())
-    return model, vae, f"new depth-{start.depth} model ({n / 1e6:.1f}M parameters), random init"
+    how = f"new depth-{start.depth} model ({n / 1e6:.1f}M parameters), random init"
+    return model, vae, how + _set_clip(model, start, clip)
+
+
+def _style_encoder_options(start: SFTStart, enc: dict[str, Any]) -> Any:
+    """Put a new model's style-encoder fields into ``enc``; returns the loaded CLIP model (or None)."""
+    if (start.style_encoder or "resnet") == "resnet":
+        return None
+    from ..models.style_encoders import clip_fields
+
+    enc["style_encoder"] = start.style_encoder
+    if start.style_tokens:
+        enc["style_tokens"] = start.style_tokens
+    if not start.clip:
+        return None
+    from ..perceptual import load_clip_model
+
+    clip = load_clip_model(start.clip)
+    enc["clip_vision"] = clip_fields(clip.config)
+    return clip
+
+
+def _set_clip(model: StyleVAR, start: SFTStart, clip: Any) -> str:
+    """Load the CLIP weights (``clip``) into a new clip_resampler model and freeze its tower as asked; a note."""
+    if not model.has_style_tokens:
+        return ""
+    from ..models.style_encoders import load_clip_vision
+
+    note = ""
+    if clip is not None:
+        load_clip_vision(model, clip)
+        note = f"; CLIP vision tower from {start.clip}"
+    freeze = start.freeze_clip if start.freeze_clip is not None else clip is not None
+    model.style_encoder.clip.requires_grad_(not freeze)
+    return note + ("; CLIP tower frozen" if freeze else "; CLIP tower trained")
 
 
 def run_sft(job: SFTJob, say: Say = _quiet) -> SFTRun:

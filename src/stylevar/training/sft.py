@@ -57,9 +57,12 @@ class TeacherForced(torch.nn.Module):
     """Conditioning + teacher-forced forward in one call, so DDP/FSDP see every parameter used inside
     ``forward`` (FSDP gathers the encoders' and embeddings' parameters only there)."""
 
-    def __init__(self, model: StyleVAR):
+    def __init__(self, model: StyleVAR, style_noise: float = 0.0):
         super().__init__()
         self.model = model
+        #: in training, Gaussian noise of this std on a ``clip_resampler`` model's style tokens (StyleAR's
+        #: s + gamma * n; the VQ features get theirs in :meth:`SFTTrainer._inputs`)
+        self.style_noise = style_noise
 
     def forward(
         self,
@@ -72,6 +75,8 @@ class TeacherForced(torch.nn.Module):
     ) -> torch.Tensor:
         """Images in [-1, 1] (B, 3, R, R), VQ features (B, L, Cvae), teacher input, alpha (B, SN) -> logits (B, L, V)."""
         cond = self.model.conditioning_from_features(style, content, style_cvae, content_cvae)
+        if self.model.training and self.style_noise > 0 and self.model.has_style_tokens:
+            cond.style_feat = cond.style_feat + self.style_noise * torch.randn_like(cond.style_feat)
         return self.model(x_wo_first, cond, alpha)
 
 
@@ -112,7 +117,7 @@ class SFTTrainer(Trainer):
         for block in model.blocks:  # dead upstream parameters (kept for strict loading): never trained
             block.attn.q_bias_target.requires_grad_(False)
             block.attn.v_bias_guide.requires_grad_(False)
-        self._fwd = TeacherForced(model)
+        self._fwd = TeacherForced(model, cfg.style_noise)
         self.net: torch.nn.Module = self._fwd
         self.fsdp = cfg.parallel == "fsdp" and dist.is_available() and dist.is_initialized()
         if cfg.parallel == "fsdp" and not self.fsdp:
