@@ -31,10 +31,17 @@ class Regional:
     resolution: int = 256
     fit: str = "crop"
     salient: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    #: finds each style image's salient region where no ``style_mask`` is given: images (N, 3, R, R) in
+    #: [0, 1] -> (N, R, R), e.g. :class:`stylevar.perceptual.SalientRegion` (SAM)
+    segmenter: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    @property
+    def has_region(self) -> bool:
+        return self.style_mask is not None or self.segmenter is not None
 
     @property
     def edits_style(self) -> bool:
-        return (self.style_mask is not None and self.subtract != 1.0) or self.style_noise > 0
+        return (self.has_region and self.subtract != 1.0) or self.style_noise > 0
 
     def edit_styles(
         self,
@@ -49,12 +56,13 @@ class Regional:
         = F - (1-a)*F_S + g*n, with F each pathway's encoding of the style image (the ResNet AdaLN vector
         and the VQ condition features) and F_S what its salient region adds: E(region on mid grey) -
         E(mid grey), so an empty region subtracts exactly nothing (README, "Content leakage"). The noise n
-        (seeded by each image's seed) goes on the VQ features, where SFT's ``style_noise`` puts it."""
+        (seeded by each image's seed) goes on the VQ features, where SFT's ``style_noise`` puts it, and on the
+        style tokens of a ``clip_resampler`` model (StyleAR's place for it)."""
         from .pairs import Blend
 
         feat, cvae = feat.clone(), cvae.clone()
         for i, (style, seed) in enumerate(zip(styles, seeds)):
-            if self.style_mask is not None and self.subtract != 1.0:
+            if self.has_region and self.subtract != 1.0:
                 if isinstance(style, Blend):
                     raise ConfigError(
                         "subtracting a style's salient region works on one style image, not a blend"
@@ -62,7 +70,10 @@ class Regional:
                 key = (id(style), str(style)) if not isinstance(style, (str, bytes)) else ("path", style)
                 if key not in self.salient:
                     x = to_model_input(read_input(style, "style"), self.resolution, self.fit)
-                    m = self.style_mask.to(x.device)
+                    if self.style_mask is not None:
+                        m = self.style_mask.to(x.device)
+                    else:  # this style image's own salient region, from the segmentation model
+                        m = self.segmenter(x.add(1).mul(0.5)[None])[0].to(x.device, x.dtype)
                     only = x * m  # the salient region on mid grey (0 in [-1, 1]), and mid grey alone
                     f, c = encode(
                         torch.stack((only, torch.zeros_like(only))).repeat_interleave(rows, 0), "style"
@@ -75,6 +86,10 @@ class Regional:
                 g = torch.Generator(device="cpu").manual_seed(int(seed) + 7_777_777)
                 n = torch.randn(cvae[i].shape, generator=g).to(cvae.device, cvae.dtype)
                 cvae[i] = cvae[i] + self.style_noise * n
+                # a clip_resampler model's style tokens: StyleAR's s + gamma * n on them too
+                if feat.ndim == 3:
+                    n = torch.randn(feat[i].shape, generator=g).to(feat.device, feat.dtype)
+                    feat[i] = feat[i] + self.style_noise * n
         return feat, cvae
 
     def alpha(self, model: StyleVAR, alpha: Any, style_strength: float, batch_size: int) -> tuple[Any, float]:
@@ -120,16 +135,27 @@ def load_regional(
     style_mask: Any = None,
     subtract: float = 1.0,
     style_noise: float = 0.0,
+    segmenter: Any = None,
 ) -> Regional | None:
-    """A call's mask and region styles, and StyleAR's leakage knobs (the style image's salient region,
-    ``subtract`` alpha, ``style_noise`` gamma), read and resized now (a bad file fails before any work);
-    None without any."""
+    """A call's mask and region styles, and StyleAR's leakage knobs (the style image's salient region as a
+    ``style_mask`` or found by a ``segmenter`` -- a SAM folder / Hub id or a callable, see
+    :class:`Regional` --, ``subtract`` alpha, ``style_noise`` gamma), read and resized now (a bad file fails
+    before any work); None without any."""
+    if style_mask is not None and segmenter is not None:
+        raise ConfigError("give the style image's salient region once: style_mask or a segmenter, not both")
     if not 0.0 <= subtract <= 1.0 or style_noise < 0:
         raise ConfigError("subtract (alpha) must lie in [0, 1] and style_noise (gamma) be >= 0")
-    if subtract != 1.0 and style_mask is None:
-        raise ConfigError("subtract needs the style image's salient region: give style_mask (--style-mask)")
-    if mask is None and not regions and style_mask is None and style_noise == 0:
+    if subtract != 1.0 and style_mask is None and segmenter is None:
+        raise ConfigError(
+            "subtract needs the style image's salient region: give style_mask (--style-mask) or a SAM model "
+            "(--style-segmenter)"
+        )
+    if mask is None and not regions and style_mask is None and segmenter is None and style_noise == 0:
         return None
+    if segmenter is not None and not callable(segmenter):
+        from .perceptual.salient import SalientRegion
+
+        segmenter = SalientRegion(segmenter)
     if cuda_graphs and (mask is not None or regions):
         raise ConfigError("a mask or regions run the eager sampler: drop cuda_graphs")
     mask_map = None if mask is None else to_mask(read_input(mask, "mask"), resolution, fit)
@@ -145,4 +171,4 @@ def load_regional(
         )
     smask = None if style_mask is None else to_mask(read_input(style_mask, "style mask"), resolution, fit)
     return Regional(mask_map, inputs, style_mask=smask, subtract=subtract, style_noise=style_noise,
-                    resolution=resolution, fit=fit)  # fmt: skip
+                    resolution=resolution, fit=fit, segmenter=segmenter)  # fmt: skip

@@ -145,6 +145,13 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="the style image's salient region (its objects), for --subtract (StyleAR's content-leakage remedy)",
     )
     p.add_argument(
+        "--style-segmenter",
+        default=None,
+        metavar="SAM_FOLDER|HUB_ID",
+        help="find each style image's salient region with SAM (a transformers SamModel folder, or a Hub id in "
+        "the Hugging Face cache) instead of --style-mask",
+    )
+    p.add_argument(
         "--subtract",
         type=float,
         default=1.0,
@@ -397,7 +404,7 @@ def run(args: argparse.Namespace) -> int:
         on_bad_file=args.on_bad_file,
     )
     regions = [_region_arg(r) for r in args.region]
-    if args.style_mask is not None or args.subtract != 1.0 or args.style_noise:
+    if args.style_mask is not None or args.style_segmenter or args.subtract != 1.0 or args.style_noise:
         if args.style_mask is not None and not Path(args.style_mask).expanduser().is_file():
             raise ImageError(f"--style-mask image not found: {Path(args.style_mask).expanduser()}")
         settings["leakage"] = {
@@ -405,6 +412,8 @@ def run(args: argparse.Namespace) -> int:
             "subtract": args.subtract,
             "style_noise": args.style_noise,
         }
+        if args.style_segmenter:
+            settings["leakage"]["segmenter"] = args.style_segmenter
     if args.mask is not None:
         if not Path(args.mask).expanduser().is_file():
             raise ImageError(f"--mask image not found: {Path(args.mask).expanduser()}")

@@ -15,7 +15,7 @@ Images are (N, 3, H, W) tensors in [0, 1] everywhere (the tokenizer's :class:`VG
 
 from ..config import IMAGENET_MEAN, IMAGENET_STD
 from .cfsd import CFSD, patch_similarity_kl
-from .clip_similarity import CLIP_MEAN, CLIP_STD, DEFAULT_CLIP_MODEL, ClipSimilarity
+from .clip_similarity import CLIP_MEAN, CLIP_STD, DEFAULT_CLIP_MODEL, ClipSimilarity, load_clip_model
 from .common import EXTRA_HINT, Frozen, resolve_cache_dir
 from .dreamsim_distance import DreamSimDistance
 from .inception import ArtInceptionFeatures, FIDInceptionFeatures, InceptionFeatures
@@ -28,6 +28,7 @@ from .metrics import (
     psnr,
     ssim,
 )
+from .salient import SalientRegion, select_salient
 from .vgg import (
     StyleContentLoss,
     VGGFeatures,
@@ -49,6 +50,9 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ClipSimilarity",
+    "load_clip_model",
+    "SalientRegion",
+    "select_salient",
     "DreamSimDistance",
     "Frozen",
     "InceptionFeatures",
