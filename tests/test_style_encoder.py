@@ -256,3 +256,14 @@ def test_int8_runs_a_clip_resampler_model(clip_model):
     assert (q - ref).abs().max() < 0.05 * ref.abs().max()
     assert (q.argmax(-1) == ref.argmax(-1)).float().mean() > 0.9
     assert model.generate(vae, cond, seed=[1, 2]).images.shape[0] == 2
+
+
+def test_grpo_steps_a_clip_resampler_model(tmp_path):
+    """GRPO's rollouts, rewards and LoRA update run on a clip_resampler model (the style tokens ride along in
+    Conditioning through rollouts, groups and the reference policy)."""
+    from test_grpo import make_trainer
+
+    tr = make_trainer(tiny_models(tag="clip-grpo", **CLIP_KW), tmp_path, max_steps=1)
+    rec = tr.train_step(next(iter(tr._batches(0, 0))))
+    assert rec["rollouts"] == 8 and rec["grad_norm"] > 0
+    assert tr.train_step(next(iter(tr._batches(0, 1))))["kl_raw"] > 0
