@@ -54,6 +54,12 @@ def main() -> None:
     ap.add_argument("--encoders", nargs="+", default=["resnet", "clip_resampler"])
     ap.add_argument("--sft-steps", type=int, default=None, help="default: the demo's")
     ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument(
+        "--reuse-tokenizer",
+        default=None,
+        metavar="DEMO_DIR",
+        help="a finished demo's tokenizer (same settings)",
+    )
     args = ap.parse_args()
 
     from stylevar.demo import DemoConfig, run_demo
@@ -67,7 +73,7 @@ def main() -> None:
             cfg = DemoConfig(style_encoder=enc)
             if args.sft_steps is not None:
                 cfg.sft_steps = args.sft_steps
-            m = run_demo(run, cfg, progress=False)
+            m = run_demo(run, cfg, progress=False, reuse_tokenizer=args.reuse_tokenizer)
         row = _row(enc, m)
         row["style_encoder_params"] = _encoder_params(run)
         rows.append(row)

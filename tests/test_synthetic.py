@@ -172,6 +172,17 @@ def test_demo_runs_end_to_end_and_writes_its_metrics(tmp_path):
     }
     with pytest.raises(ConfigError, match="already holds a finished demo"):
         run_demo(tmp_path / "demo", cfg, progress=False, say=lambda *_: None)
+    # a tokenizer reused from a run with the same settings: the same tokenizer, the same demo, no training
+    reused = run_demo(
+        tmp_path / "reused", cfg, progress=False, say=lambda *_: None, reuse_tokenizer=tmp_path / "demo"
+    )
+    assert reused["against_target"] == m["against_target"] and "tokenizer_s" not in reused["timings"]
+    assert not (tmp_path / "reused" / "tokenizer" / "metrics.jsonl").exists()
+    other = DemoConfig(**{**cfg.to_dict(), "tokenizer_steps": 3})
+    with pytest.raises(ConfigError, match="tokenizer_steps"):
+        run_demo(
+            tmp_path / "other", other, progress=False, say=lambda *_: None, reuse_tokenizer=tmp_path / "demo"
+        )
     assert (
         main(
             [

@@ -117,6 +117,81 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if has_fast_bf16(device) else "fp32"
 
 
+#: the DemoConfig fields that decide the data and the tokenizer (a reused tokenizer must share them)
+_TOKENIZER_FIELDS = (
+    "size", "period", "num_contents", "num_styles", "num_triplets", "num_heldout", "vocab_size", "z_channels",
+    "patch_nums", "norm_groups", "tokenizer_steps", "tokenizer_batch", "tokenizer_lr", "tokenizer_precision",
+    "seed",
+)  # fmt: skip
+
+
+def _train_tokenizer(cfg: DemoConfig, train_root: Path, out: Path, precision: dict, device, progress, say):
+    from .data import ImageFolderDataset
+    from .training.config import TokenizerConfig
+    from .training.tokenizer import TokenizerTrainer
+
+    _stage(
+        f"2/4 tokenizer: {cfg.tokenizer_steps} steps of {cfg.tokenizer_batch} images ({precision['tokenizer']})",
+        say,
+    )
+    from .models import VQVAE
+
+    torch.manual_seed(cfg.seed)
+    vae = VQVAE(_vqvae_config(cfg))
+    images = ImageFolderDataset(
+        [train_root / "target", train_root / "content", train_root / "style"], cfg.size, seed=cfg.seed
+    )
+    tok = TokenizerTrainer(
+        vae,
+        images,
+        out / "tokenizer",
+        TokenizerConfig(
+            max_steps=cfg.tokenizer_steps,
+            batch=cfg.tokenizer_batch,
+            lr=cfg.tokenizer_lr,
+            betas=(0.9, 0.99),
+            recon_loss="l1+l2",
+            dead_code_steps=25,
+            warmup_steps=20,
+            seed=cfg.seed,
+            save_every=0,
+            log_every=25,
+            num_workers=0,
+            precision=precision["tokenizer"],
+        ),
+        device=device,
+    )
+    tok.fit(progress=progress)
+    return tok.vae.eval().requires_grad_(False)
+
+
+def _reused_tokenizer(earlier: Path, cfg: DemoConfig, out: Path, precision: dict, timings: dict, say):
+    import json
+
+    from .io import load_vqvae
+
+    try:
+        before = json.loads((earlier / "metrics.json").read_text())
+    except (OSError, ValueError):
+        raise ConfigError(
+            f"{earlier} is not a finished demo (no readable metrics.json) to reuse a tokenizer from"
+        ) from None
+    now = cfg.to_dict()
+    diff = [k for k in _TOKENIZER_FIELDS if before["config"].get(k) != now[k]]
+    if before.get("precision", {}).get("tokenizer") != precision["tokenizer"]:
+        diff.append("the tokenizer's resolved precision")
+    if diff:
+        raise ConfigError(
+            f"{earlier}'s tokenizer was trained with other settings ({', '.join(diff)}): train it anew"
+        )
+    _stage(f"2/4 tokenizer: reused from {earlier}", say)
+    shutil.copytree(earlier / "tokenizer" / "final", out / "tokenizer" / "final", dirs_exist_ok=True)
+    timings["tokenizer_reused_s"] = before["timings"].get(
+        "tokenizer_s", before["timings"].get("tokenizer_reused_s")
+    )
+    return load_vqvae(out / "tokenizer" / "final").eval().requires_grad_(False)
+
+
 def _style_encoder_fields(cfg: DemoConfig) -> dict[str, Any]:
     if cfg.style_encoder == "resnet":
         return {}
@@ -159,20 +234,25 @@ def run_demo(
     progress: bool = True,
     keep_checkpoints: bool = False,
     say=print,
+    reuse_tokenizer: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Run the demo into ``out_dir`` (created; an existing demo there is refused). Returns the metrics.
+
+    ``reuse_tokenizer``: an earlier demo folder whose data and tokenizer settings are this config's (the
+    tokenizer run is deterministic, so it would train the same one): its ``tokenizer/final`` is copied
+    instead of trained again, to measure SFT levers sooner; its tokenizer time is reported as
+    ``tokenizer_reused_s``.
 
     Writes ``data/{train,heldout}``, ``tokenizer/`` and ``sft/`` (run folders with
     ``metrics.jsonl`` and ``final/``: the trained StyleVAR is ``sft/final``), ``grid.png`` and
     ``metrics.json``. The runs' training checkpoints (``*/checkpoints``: resumable state with the
     optimizer, most of the bytes) are deleted at the end unless ``keep_checkpoints``.
     """
-    from .data import ImageFolderDataset, TripletDataset, TripletTransform, scan
+    from .data import TripletDataset, TripletTransform, scan
     from .data.synthetic import make_synthetic
     from .models import StyleVAR
-    from .training.config import SFTConfig, TokenizerConfig
+    from .training.config import SFTConfig
     from .training.sft import SFTTrainer
-    from .training.tokenizer import TokenizerTrainer
 
     cfg = config or DemoConfig()
     out = Path(out_dir).expanduser()
@@ -213,40 +293,11 @@ def run_demo(
 
     # 2. tokenizer --------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    _stage(
-        f"2/4 tokenizer: {cfg.tokenizer_steps} steps of {cfg.tokenizer_batch} images ({precision['tokenizer']})",
-        say,
-    )
-    from .models import VQVAE
-
-    torch.manual_seed(cfg.seed)
-    vae = VQVAE(_vqvae_config(cfg))
-    images = ImageFolderDataset(
-        [train_root / "target", train_root / "content", train_root / "style"], cfg.size, seed=cfg.seed
-    )
-    tok = TokenizerTrainer(
-        vae,
-        images,
-        out / "tokenizer",
-        TokenizerConfig(
-            max_steps=cfg.tokenizer_steps,
-            batch=cfg.tokenizer_batch,
-            lr=cfg.tokenizer_lr,
-            betas=(0.9, 0.99),
-            recon_loss="l1+l2",
-            dead_code_steps=25,
-            warmup_steps=20,
-            seed=cfg.seed,
-            save_every=0,
-            log_every=25,
-            num_workers=0,
-            precision=precision["tokenizer"],
-        ),
-        device=device,
-    )
-    tok.fit(progress=progress)
-    vae = tok.vae.eval().requires_grad_(False)
-    timings["tokenizer_s"] = time.perf_counter() - t0
+    if reuse_tokenizer is not None:
+        vae = _reused_tokenizer(Path(reuse_tokenizer).expanduser(), cfg, out, precision, timings, say)
+    else:
+        vae = _train_tokenizer(cfg, train_root, out, precision, device, progress, say)
+        timings["tokenizer_s"] = time.perf_counter() - t0
 
     # 3. SFT --------------------------------------------------------------------------------------
     t0 = time.perf_counter()

@@ -55,6 +55,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(StyleAR's CLIP ViT + perceiver resampler, here small and trained from scratch)",
     )
     p.add_argument("--quick", action="store_true", help="a one-minute smoke run (does not learn much)")
+    p.add_argument(
+        "--reuse-tokenizer",
+        metavar="DEMO_DIR",
+        help="copy the tokenizer of an earlier demo run with the same data and tokenizer settings instead of "
+        "training it again (to try SFT settings sooner; the timing then leaves the tokenizer out)",
+    )
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
     p.add_argument(
         "--keep-checkpoints",
@@ -113,6 +119,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
         device=resolve_device(args.device),
         progress=not args.quiet,
         keep_checkpoints=args.keep_checkpoints,
+        reuse_tokenizer=args.reuse_tokenizer,
     )
     t = m["against_target"]
     print(f"\nheld-out pairs: {m['heldout_pairs']} (new contents and new styles), against the target:")
