@@ -1,7 +1,8 @@
 """The two style encoders on the demo benchmark at equal steps: ResNet-18 (the released models') and
 StyleAR's CLIP ViT + perceiver resampler (``style_encoder="clip_resampler"``).
 
-    python benchmarks/bench_style_encoder.py runs/encoders            # both, ~20 minutes on 2 cores
+    python benchmarks/bench_style_encoder.py runs/enc-3e-3 --sft-lr 3e-3   # both encoders, ~25 min on 2 cores
+    python benchmarks/bench_style_encoder.py runs/enc-1e-3 --reuse-tokenizer runs/enc-3e-3/resnet  # the demo's lr
     python benchmarks/bench_style_encoder.py runs/encoders --json docs/style_encoders.json
 
 Each encoder trains the whole demo (``stylevar.demo.run_demo``: the same data, tokenizer budget, SFT
@@ -53,7 +54,12 @@ def main() -> None:
     ap.add_argument("out", help="a folder for the runs (OUT/resnet, OUT/clip_resampler)")
     ap.add_argument("--encoders", nargs="+", default=["resnet", "clip_resampler"])
     ap.add_argument("--sft-steps", type=int, default=None, help="default: the demo's")
+    ap.add_argument("--sft-lr", type=float, default=None, help="default: the demo's (1e-3)")
     ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument(
+        "--figure", default=None, help="a PNG: held-out pairs, each encoder's output beside the target"
+    )
+    ap.add_argument("--pairs", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5], help="the figure's pairs")
     ap.add_argument(
         "--reuse-tokenizer",
         default=None,
@@ -73,6 +79,8 @@ def main() -> None:
             cfg = DemoConfig(style_encoder=enc)
             if args.sft_steps is not None:
                 cfg.sft_steps = args.sft_steps
+            if args.sft_lr is not None:
+                cfg.sft_lr = args.sft_lr
             m = run_demo(run, cfg, progress=False, reuse_tokenizer=args.reuse_tokenizer)
         row = _row(enc, m)
         row["style_encoder_params"] = _encoder_params(run)
@@ -98,6 +106,34 @@ def main() -> None:
         print("| " + " | ".join(str(r[k]) for k, _ in cols) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+    if args.figure:
+        _figure(Path(args.out), args.encoders, args.pairs, Path(args.figure))
+
+
+def _figure(out: Path, encoders: list[str], pairs: list[int], path: Path, zoom: int = 4) -> None:
+    """Columns: content, style, target, then each encoder's output (the demo's saved samples), zoomed."""
+    from PIL import Image, ImageDraw
+
+    cols = [("content", out / encoders[0], "content"), ("style", out / encoders[0], "style")]
+    cols += [("target", out / encoders[0], "target")] + [(e, out / e, "stylevar") for e in encoders]
+    tiles = [
+        [Image.open(run / "samples" / f"{i:03d}_{kind}.png").convert("RGB") for _, run, kind in cols]
+        for i in pairs
+    ]
+    side = tiles[0][0].width * zoom
+    head, pad = 16, 4
+    fig = Image.new("RGB", (len(cols) * (side + pad) + pad, head + len(pairs) * (side + pad) + pad), "white")
+    draw = ImageDraw.Draw(fig)
+    for c, (label, _, _) in enumerate(cols):
+        draw.text((pad + c * (side + pad), 2), label, fill="black")
+    for r, row in enumerate(tiles):
+        for c, im in enumerate(row):
+            fig.paste(
+                im.resize((side, side), Image.Resampling.NEAREST),
+                (pad + c * (side + pad), head + r * (side + pad)),
+            )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.save(path)
 
 
 if __name__ == "__main__":

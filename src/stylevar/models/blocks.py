@@ -248,6 +248,7 @@ class BlendedBlock(nn.Module):
         ada: torch.Tensor | None = None,
         style_kv: StyleKV | list[StyleKV] | None = None,
         style_w: torch.Tensor | None = None,
+        style_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One block.
 
@@ -261,6 +262,7 @@ class BlendedBlock(nn.Module):
             ada: ``self.adaln(cond_BD)`` when already computed (sampling computes it once, not per scale).
             style_kv: ``style_attn.keys_values(style tokens)`` (``clip_resampler`` models); with regional
                 styles a list (main style first) and ``style_w`` (B, l, 1 + R), each token's weights.
+            style_tokens: the style tokens (B, M, C) themselves, projected here (teacher forcing).
         """
         n = x_BLC.shape[1]
         ada = self.adaln(cond_BD) if ada is None else ada
@@ -280,6 +282,8 @@ class BlendedBlock(nn.Module):
         blended = o_s * alpha + o_c * (1 - alpha)
         x_BLC = x_BLC + self.drop_path(self.attn.proj(blended).mul_(g1))
         if self.style_attn is not None:
+            if style_kv is None and style_tokens is not None:
+                style_kv = self.style_attn.keys_values(style_tokens)
             if style_kv is None:
                 raise ValueError("this block attends to style tokens: pass style_kv")
             t_n = self.ln_wo_grad(x_BLC)

@@ -28,6 +28,7 @@ from torch.nn import functional as F
 
 from ..config import StyleVARConfig
 from .blocks import AdaLNBeforeHead, BlendedBlock, KVCache, StyleKV
+from .encoders import ResNetEncoder
 from .graphs import StaticRunner
 from .ops import Linear, autocast_to, linear, no_autocast
 from .sampling import Seed, make_generators, sample_tokens
@@ -143,8 +144,6 @@ class StyleVAR(nn.Module):
         init_std = math.sqrt(1 / C / 3)
 
         # 1. image encoders: content -> start token, style -> AdaLN condition (shared projection)
-        from .encoders import ResNetEncoder
-
         self.style_encoder = build_style_encoder(cfg)
         self.content_encoder = ResNetEncoder(cfg.style_enc_dim)
         #: the style is M tokens the blocks attend to (``clip_resampler``), not one vector
@@ -442,9 +441,11 @@ class StyleVAR(nn.Module):
             alpha_tok = self.resolve_alpha(alpha, batch_size=B)[:, self.lvl_1L[0]].unsqueeze(-1)
         mask = torch.cat((self.attn_bias_for_masking, self.attn_bias_for_masking), dim=2).to(x.dtype)
         cond_BD = self.style_condition(cond.style_feat)
-        for block in self.blocks:
-            style_kv = self._style_kv(block, cond.style_feat)
-            x = block(x, guides_ln, cond_BD, alpha_tok, attn_bias=mask, style_kv=style_kv)
+        tokens = cond.style_feat if self.has_style_tokens else None
+        for (
+            block
+        ) in self.blocks:  # (the block projects the style tokens itself: FSDP gathers its weights there)
+            x = block(x, guides_ln, cond_BD, alpha_tok, attn_bias=mask, style_tokens=tokens)
         return self._logits(x, cond_BD)
 
     @torch.no_grad()
