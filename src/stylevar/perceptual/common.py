@@ -158,3 +158,63 @@ def locate_weights(
         f"{what} needs {fname}, found in none of {where}; download {url} on a connected machine and put it "
         "in the first of those folders or pass its path (or allow downloading: download=True)"
     )
+
+
+def _hub_offline() -> bool:
+    return any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def _looks_like_path(src: str) -> bool:
+    return src.startswith(("/", ".", "~")) or src.count("/") > 1 or "\\" in src
+
+
+def load_hf_model(
+    src: PathLike,
+    *,
+    kinds: Mapping[str, str],
+    what: str,
+    save_hint: str,
+    cache_dir: PathLike | None = None,
+    local_files_only: bool | None = None,
+):
+    """A transformers model from a folder (``save_pretrained``'s, with its config.json) or a Hub id in the
+    Hugging Face cache, fetched from the Hub only where ``local_files_only`` is False, or None and the Hub is
+    not disabled (``HF_HUB_OFFLINE``). ``kinds`` maps each accepted ``model_type`` to its transformers class
+    name; ``what`` names the model and ``save_hint`` tells how to put it in a folder, in the one-line errors."""
+    transformers = require("transformers", what)
+
+    def load(source: str, **kw):
+        config = transformers.AutoConfig.from_pretrained(source, **kw)
+        kind = getattr(config, "model_type", "")
+        if kind not in kinds:
+            raise CheckpointError(f"{source}: not a {what} model (model_type {kind!r})")
+        return getattr(transformers, kinds[kind]).from_pretrained(source, **kw)
+
+    src = str(src)
+    path = Path(src).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise MissingWeightsError(f"{path}: not a Hugging Face model folder (no config.json)")
+        try:
+            return load(str(path), local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: cannot load the {what} model ({why(e)})") from None
+    if _looks_like_path(src):
+        raise MissingWeightsError(f"{what} model folder {path} does not exist; {save_hint}")
+    if local_files_only is None:
+        attempts = [True] if _hub_offline() else [True, False]
+    else:
+        attempts = [bool(local_files_only)]
+    for lfo in attempts:
+        try:
+            return load(src, cache_dir=cache_dir, local_files_only=lfo)
+        except (OSError, ValueError):
+            continue
+    where = "not in the Hugging Face cache" + ("" if attempts == [True] else " and the Hub is unreachable")
+    raise MissingWeightsError(
+        f"{what} model {src!r}: {where}; on a connected machine run `hf download {src}` (then copy the "
+        "Hugging Face cache here) or save the model to a folder and pass that folder"
+    )

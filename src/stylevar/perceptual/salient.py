@@ -16,16 +16,13 @@ mean/std, zero padding to a square; masks come back at the image's own size.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch.nn import functional as F
 
 from ..config import IMAGENET_MEAN as SAM_MEAN
 from ..config import IMAGENET_STD as SAM_STD
-from ..errors import CheckpointError, ConfigError, MissingWeightsError
-from ..io.safe import why
-from .common import Frozen, PathLike, require
+from ..errors import ConfigError
+from .common import Frozen, PathLike, load_hf_model
 
 
 def select_salient(
@@ -56,8 +53,14 @@ class SalientRegion(Frozen):
         super().__init__()
         if grid < 1 or not 0 <= min_area <= max_area <= 1:
             raise ConfigError("grid must be >= 1 and 0 <= min_area <= max_area <= 1")
-        transformers = require("transformers", "the SAM salient region")
-        self.sam = _load_sam(transformers, str(model))
+        self.sam = load_hf_model(
+            model,
+            kinds={"sam": "SamModel"},
+            what="SAM",
+            save_hint="on a connected machine save one there "
+            "(SamModel.from_pretrained('facebook/sam-vit-base').save_pretrained(folder))",
+            local_files_only=True,  # never downloaded at run time
+        ).float()
         self.grid, self.iou_threshold, self.min_area, self.max_area = grid, iou_threshold, min_area, max_area
         size = self.sam.config.vision_config.image_size
         self.size = int(size[0] if isinstance(size, (list, tuple)) else size)
@@ -97,29 +100,3 @@ class SalientRegion(Frozen):
             )
             out.append(region.float())
         return torch.stack(out)
-
-
-def _load_sam(transformers, src: str):
-    path = Path(src).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise MissingWeightsError(f"{path}: not a Hugging Face model folder (no config.json)")
-        try:
-            config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
-            if getattr(config, "model_type", "") != "sam":
-                raise CheckpointError(f"{path}: not a SAM model (model_type {config.model_type!r})")
-            return transformers.SamModel.from_pretrained(str(path), local_files_only=True).float()
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{path}: cannot load the SAM model ({why(e)})") from None
-    if src.startswith(("/", ".", "~")) or src.count("/") > 1:
-        raise MissingWeightsError(
-            f"SAM model folder {path} does not exist; on a connected machine save one there "
-            "(SamModel.from_pretrained('facebook/sam-vit-base').save_pretrained(folder))"
-        )
-    try:
-        return transformers.SamModel.from_pretrained(src, local_files_only=True).float()
-    except (OSError, ValueError):
-        raise MissingWeightsError(
-            f"SAM model {src!r} is not in the Hugging Face cache; on a connected machine run `hf download {src}` "
-            "(then copy the cache here) or save it to a folder and pass that folder"
-        ) from None
