@@ -406,7 +406,9 @@ def _stylize_frames(
     x = torch.stack([to_model_input(f, pipe.resolution, fit) for f in frames]).to(pipe.device)
     with torch.no_grad():
         c_feat, c_cvae, c_idx = pipe.model.encode_content_tokens(pipe.vae, x)
-        cond = Conditioning(style_feat.expand(B, *style_feat.shape[1:]), c_feat, style_cvae.expand(B, -1, -1), c_cvae)
+        cond = Conditioning(
+            style_feat.expand(B, *style_feat.shape[1:]), c_feat, style_cvae.expand(B, -1, -1), c_cvae
+        )
         out = pipe.generate_batch(
             cond, [seed] * B, top_k=top_k, top_p=top_p, temperature=temperature, alpha=alpha,
             style_strength=strength, dtype=dtype, regional=regional, token_hook=keeper.hook(x, c_idx),

@@ -92,7 +92,9 @@ def reference_generate(
 ) -> GenerationOutput:
     """:meth:`StyleVAR.generate` computed the published way (see the module docstring)."""
     if model.has_style_tokens:
-        raise ValueError("the published sampler has no style tokens: a clip_resampler model samples with generate")
+        raise ValueError(
+            "the published sampler has no style tokens: a clip_resampler model samples with generate"
+        )
     B = cond.batch_size
     device = cond.style_feat.device
     alphas = model.resolve_alpha(alpha, style_strength, B)

@@ -113,7 +113,9 @@ class SFTConfig(Serialisable):
         "fp32", "fp32, bf16 (autocast) or fp16 (autocast + grad scaler; not with --fsdp)", choices=PRECISIONS
     )
     alpha_jitter: float = option(0.0, "std of Gaussian noise on each sample's per-scale alpha")
-    style_noise: float = option(0.0, "std of Gaussian noise on the style's VQ features and style tokens (StyleAR)")
+    style_noise: float = option(
+        0.0, "std of Gaussian noise on the style's VQ features and style tokens (StyleAR)"
+    )
     seed: int = option(0, "seed of the data order, augmentations, model randomness and a new model's init")
     cache_tokens: bool = option(
         False,
