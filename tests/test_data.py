@@ -175,6 +175,34 @@ def test_dataset_items_transforms_and_augmentation_determinism(tmp_path):
     )
 
 
+def test_dataset_image_cache(tmp_path, monkeypatch):
+    """cache_images: each file decoded once (a shared style too), the same tensors as without the cache;
+    augmented images are drawn afresh every time."""
+    import stylevar.data.datasets as datasets
+
+    ts = scan(_omnistyle(tmp_path / "omni"))
+    loads: list = []
+    real = datasets.load_image
+    monkeypatch.setattr(datasets, "load_image", lambda p, role: loads.append(p) or real(p, role=role))
+    tf = TripletTransform(resolution=16)
+    plain = [TripletDataset(ts, tf)[i] for i in range(len(ts))]
+    loads.clear()
+    cached = TripletDataset(ts, tf, cache_images=True)
+    for _ in range(2):
+        for i, want in enumerate(plain):
+            got = cached[i]
+            assert all(torch.equal(got[k], want[k]) for k in ("target", "style", "content"))
+    files = {p for t in ts for p in (t.target, t.style, t.content)}
+    assert sorted(loads) == sorted(files) and len(files) < 3 * len(ts)  # shared files once, nothing twice
+    aug = TripletTransform(resolution=16, content_rotation=15)
+    ds = TripletDataset(ts, aug, train=True, cache_images=True)
+    loads.clear()
+    first = ds[0]["content"]
+    ds.set_epoch(1)
+    assert not torch.equal(ds[0]["content"], first)  # augmented contents are not cached
+    assert loads.count(ts[0].content) == 2 and loads.count(ts[0].target) == 1  # the target still is
+
+
 def test_dataset_bad_file_at_load_time(tmp_path, caplog):
     root = _omnistyle(tmp_path / "omni")
     ts = scan(root)

@@ -127,8 +127,14 @@ def test_demo_runs_end_to_end_and_writes_its_metrics(tmp_path):
         embed_dim=64,
         num_heads=2,
         vocab_size=32,
+        tokenizer_ch=8,
+        mlp_ratio=2.0,
     )
     m = run_demo(tmp_path / "demo", cfg, progress=False, say=lambda *_: None)
+    from stylevar.io import load_checkpoint_dir, load_vqvae
+
+    assert load_vqvae(tmp_path / "demo" / "tokenizer" / "final").config.ch == 8  # the demo's sizes are used
+    assert load_checkpoint_dir(tmp_path / "demo" / "sft" / "final").model.config.mlp_ratio == 2.0
     saved = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert saved["against_target"] == m["against_target"] and saved["heldout_pairs"] == 4
     assert set(m["against_target"]) == {
