@@ -52,8 +52,8 @@ class DemoConfig(Serialisable):
     vocab_size: int = 256
     z_channels: int = 8
     patch_nums: tuple[int, ...] = (1, 2, 3, 4, 6, 8)
-    #: GroupNorm groups of the 32-channel tokenizer: VAR's 32 would normalise every channel on its
-    #: own and erase each image's colours (README, "What limits the demo")
+    #: GroupNorm groups of the tokenizer: VAR's 32 (one channel per group at 32 channels) would normalise
+    #: every channel on its own and erase each image's colours (README, "What limits the demo")
     norm_groups: int = 1
     #: the tokenizer's base width (VQVAEConfig.ch, channels at full resolution): 16 trains 2.5x faster per
     #: step than 32 and, with 256 codes, reconstructs better than 32 with 128 (README, "What limits the demo")

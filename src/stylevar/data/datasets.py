@@ -91,7 +91,7 @@ class TripletDataset(Dataset):
         seed: augmentation seed; see :meth:`set_epoch`.
         on_bad: a file that fails to load: ``fail`` raises :class:`DataError`; ``skip`` serves
             the next triplet instead and counts it (``load_failures``, logged).
-        cache_images: keep each file's tensor in memory after its first load (keyed by path, so a style
+        cache_images: keep each file's tensor in memory after its first load (keyed by role and path, so a style
             shared by many triplets is decoded once; 12 R^2 bytes per distinct file, per DataLoader
             worker). Augmented images (``train`` with augmentations) are never cached.
     """
@@ -135,7 +135,7 @@ class TripletDataset(Dataset):
         rng = self._rng(index)
         tf = self.transform
         return {
-            "target": self._image("target", t.target, lambda img: tf.to_tensor(img), None),
+            "target": self._image("target", t.target, tf.to_tensor, None),
             "style": self._image("style", t.style, lambda img: tf.style(img, rng), rng),
             "content": self._image("content", t.content, lambda img: tf.content(img, rng), rng),
             "index": index,
@@ -143,7 +143,7 @@ class TripletDataset(Dataset):
 
     def _image(self, role: str, path: Path, transform, rng: random.Random | None) -> torch.Tensor:
         """``transform(the image at path)``, from the cache when allowed (no augmentation drawn)."""
-        if not self.cache_images or (rng is not None):
+        if not self.cache_images or rng is not None:
             return transform(load_image(path, role=role))
         key = (role, path)
         if key not in self._cache:
