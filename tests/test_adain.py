@@ -165,7 +165,8 @@ def test_output_shape_and_range(model):
         assert out.min() >= 0 and out.max() <= 1
     c = rand_images(3, 3, 16, 16, seed=10).requires_grad_(True)
     out = model(c, s)  # a style batch of 1 broadcasts
-    assert torch.allclose(out, model(c, s.expand(3, -1, -1, -1)), atol=1e-6)
+    # fp32 rounding: a batch of 1 and a batch of 3 take different conv kernels on some CPUs (AMD EPYC: > 1e-6)
+    assert torch.allclose(out, model(c, s.expand(3, -1, -1, -1)), atol=1e-5)
     (g,) = torch.autograd.grad(out.sum(), c)  # differentiable w.r.t. the images
     assert torch.isfinite(g).all()
     with pytest.raises(ValueError, match="at least 9x9"):
