@@ -119,9 +119,14 @@ def cpu_name() -> str:
 
 
 def matmul_rate(device: torch.device, dtype: torch.dtype, seconds: float = 3.0) -> float:
-    """The machine's GEMM rate in FLOP/s: the best of a few large square products in ``dtype``."""
+    """The machine's GEMM rate in FLOP/s: the best of a few large square products in ``dtype``.
+
+    Sizes grow only while one product fits the time budget: a dtype the hardware lacks (bf16 on a CPU
+    without AVX512-BF16/AMX runs ~50x slower than fp32) would otherwise spend minutes on one 4096 product."""
     best = 0.0
     for n in (1024, 2048, 4096):
+        if best and 2 * n**3 / best > seconds / 3:  # one product of this size would overrun the budget
+            break
         a = torch.randn(n, n, device=device, dtype=dtype)
         b = torch.randn(n, n, device=device, dtype=dtype)
         a @ b

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,11 +18,18 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_gpu_check_smoke(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
-    r = subprocess.run(
+    # its own process group, so a timeout stops the benchmark scripts too, not only bash
+    proc = subprocess.Popen(
         ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--smoke", str(tmp_path / "out")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    try:
+        out, _ = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail("gpu_check.sh --smoke ran past 600 s:\n" + out[-3000:])
+    assert proc.returncode == 0, out[-3000:]
     doc = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     names = [s["name"] for s in doc["steps"]]
     assert names == [
