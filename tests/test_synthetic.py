@@ -7,6 +7,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from stylevar.data import scan, split_triplets
 from stylevar.data.synthetic import TEXTURES, make_synthetic, random_content, random_style, synthetic_triplet
@@ -184,6 +185,13 @@ def test_demo_runs_end_to_end_and_writes_its_metrics(tmp_path):
     )
     assert reused["against_target"] == m["against_target"] and "tokenizer_s" not in reused["timings"]
     assert not (tmp_path / "reused" / "tokenizer" / "metrics.jsonl").exists()
+    # another SFT seed reuses the same tokenizer and trains another StyleVAR (the run-to-run spread)
+    reseeded = DemoConfig(**{**cfg.to_dict(), "sft_seed": 1})
+    run_demo(
+        tmp_path / "seed1", reseeded, progress=False, say=lambda *_: None, reuse_tokenizer=tmp_path / "demo"
+    )
+    w0, w1 = (load_file(tmp_path / d / "sft" / "final" / "model.safetensors") for d in ("reused", "seed1"))
+    assert w0.keys() == w1.keys() and any(not torch.equal(w0[k], w1[k]) for k in w0)
     other = DemoConfig(**{**cfg.to_dict(), "tokenizer_steps": 3})
     with pytest.raises(ConfigError, match="tokenizer_steps"):
         run_demo(

@@ -32,6 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default="stylevar-demo", help="output folder (default: stylevar-demo)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--sft-seed",
+        type=int,
+        default=None,
+        help="seed of StyleVAR's initialisation and batch order (default: --seed); with --reuse-tokenizer, "
+        "measures how much the held-out scores vary from one SFT run to the next",
+    )
     p.add_argument("--tokenizer-steps", type=int, default=None, help="override the tokenizer's steps")
     p.add_argument("--sft-steps", type=int, default=None, help="override the SFT steps")
     p.add_argument(
@@ -111,6 +118,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
         cfg.tokenizer_steps = args.tokenizer_steps
     if args.sft_steps is not None:
         cfg.sft_steps = args.sft_steps
+    cfg.sft_seed = args.sft_seed
     cfg.tokenizer_precision, cfg.sft_precision = args.tokenizer_precision, args.sft_precision
     if args.style_encoder == "resnet":  # with the ResNet's own best learning rate (README, lever table)
         cfg.style_encoder, cfg.sft_lr = "resnet", 3e-3
