@@ -192,6 +192,16 @@ def test_demo_runs_end_to_end_and_writes_its_metrics(tmp_path):
     )
     w0, w1 = (load_file(tmp_path / d / "sft" / "final" / "model.safetensors") for d in ("reused", "seed1"))
     assert w0.keys() == w1.keys() and any(not torch.equal(w0[k], w1[k]) for k in w0)
+    # the precision counts as resolved: ``auto`` that became fp32 here is fp32 asked for by name
+    from stylevar.demo import _reused_tokenizer
+
+    resolved = m["precision"]["tokenizer"]
+    named = DemoConfig(**{**cfg.to_dict(), "tokenizer_precision": resolved})
+    vae = _reused_tokenizer(tmp_path / "demo", named, tmp_path / "named", m["precision"], {}, lambda *_: None)
+    assert vae.config.vocab_size == cfg.vocab_size
+    flipped = {**m["precision"], "tokenizer": "bf16" if resolved == "fp32" else "fp32"}
+    with pytest.raises(ConfigError, match="resolved precision"):
+        _reused_tokenizer(tmp_path / "demo", named, tmp_path / "flipped", flipped, {}, lambda *_: None)
     other = DemoConfig(**{**cfg.to_dict(), "tokenizer_steps": 3})
     with pytest.raises(ConfigError, match="tokenizer_steps"):
         run_demo(

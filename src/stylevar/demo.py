@@ -97,8 +97,10 @@ class DemoConfig(Serialisable):
     temperature: float = 1.0
     #: precision of each trainer: ``auto`` is bf16 autocast where the device computes bf16 natively
     #: (CUDA since Ampere, CPUs with AMX: :func:`stylevar.devices.has_fast_bf16`), else fp32. The
-    #: tokenizer's convolutions gain from it (1.8x per step with AMX); the small transformer's step
-    #: does not (autocast's casts cost more than its matrix products save), so SFT defaults to fp32
+    #: tokenizer's convolutions gain from it (1.8x per step with AMX; with AVX512-BF16 on a Zen 4 EPYC 1.5x,
+    #: but its reconstruction fell below the goal there, so ``auto`` stays fp32 on such CPUs: README, "What
+    #: limits the demo"); the small transformer's step does not (autocast's casts cost more than its matrix
+    #: products save), so SFT defaults to fp32
     tokenizer_precision: str = "auto"
     sft_precision: str = "fp32"
     seed: int = 0
@@ -132,11 +134,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if has_fast_bf16(device) else "fp32"
 
 
-#: the DemoConfig fields that decide the data and the tokenizer (a reused tokenizer must share them)
+#: the DemoConfig fields that decide the data and the tokenizer (a reused tokenizer must share them); the
+#: precision is compared as resolved (``auto`` that became fp32 is fp32 asked for by name)
 _TOKENIZER_FIELDS = (
     "size", "period", "num_contents", "num_styles", "num_triplets", "num_heldout", "vocab_size", "z_channels",
-    "patch_nums", "norm_groups", "tokenizer_ch", "tokenizer_steps", "tokenizer_batch", "tokenizer_lr", "tokenizer_precision",
-    "seed",
+    "patch_nums", "norm_groups", "tokenizer_ch", "tokenizer_steps", "tokenizer_batch", "tokenizer_lr", "seed",
 )  # fmt: skip
 #: tokenizer fields added after demos were first written: their value in a metrics.json without them
 _ADDED_LATER = {"tokenizer_ch": 32}
