@@ -16,12 +16,11 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from stylevar.data import TripletDataset, TripletTransform, scan
-from stylevar.data.synthetic import parse_ids, synthetic_triplet
+from stylevar.demo import DemoConfig, _truth
 from stylevar.io import load_pretrained
 
 PERMUTATIONS = {"GBR": [1, 2, 0], "BRG": [2, 0, 1], "RBG": [0, 2, 1]}
@@ -36,24 +35,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("demo", type=Path, help="a folder written by `stylevar demo`")
     args = ap.parse_args()
+    if not (args.demo / "metrics.json").is_file():
+        ap.error(
+            f"{args.demo} is not a finished demo (no metrics.json): run `stylevar demo -o {args.demo}` first"
+        )
     cfg = json.loads((args.demo / "metrics.json").read_text())["config"]
     ckpt = load_pretrained(args.demo / "sft" / "final")
     model, vae = ckpt.model.eval(), ckpt.vae.eval()
     held = TripletDataset(scan(args.demo / "data" / "heldout"), TripletTransform(resolution=cfg["size"]))
     batch = next(iter(DataLoader(held, batch_size=len(held))))
-    masks = torch.from_numpy(
-        np.stack(
-            [
-                synthetic_triplet(
-                    *parse_ids(t.content, t.style),
-                    seed=cfg["seed"] + 1,
-                    size=cfg["size"],
-                    period=cfg["period"],
-                ).mask
-                for t in held.triplets
-            ]
-        )
-    )
+    masks = _truth(held, DemoConfig.from_dict(cfg))[0]  # the content figures, regenerated from the names
     seeds = [cfg["seed"] + i for i in range(len(held))]
 
     @torch.no_grad()
