@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from stylevar.data import scan, split_triplets
+from stylevar.data import TripletDataset, TripletTransform, scan, split_triplets
 from stylevar.data.synthetic import TEXTURES, make_synthetic, random_content, random_style, synthetic_triplet
 from stylevar.errors import DataError
 from stylevar.eval import mean_abs_error, psnr, ssim
@@ -151,6 +151,22 @@ def test_demo_runs_end_to_end_and_writes_its_metrics(tmp_path):
     assert (
         target["figure_iou"] == 1.0 and target["figure_mae"] == 0.0 and target["ssim"] == pytest.approx(1.0)
     )
+    assert target["figure_mae_rgb_se"] == [0.0, 0.0, 0.0]
+    # the standard error of each channel's MAE over the pairs, recomputed from the written samples
+    from PIL import Image
+
+    from stylevar.demo import _truth, figure_scores
+
+    def read(kind):
+        files = [tmp_path / "demo" / "samples" / f"{i:03d}_{kind}.png" for i in range(4)]
+        return torch.stack([torch.from_numpy(np.array(Image.open(f))).permute(2, 0, 1) / 255 for f in files])
+
+    held = TripletDataset(scan(tmp_path / "demo" / "data" / "heldout"), TripletTransform(resolution=cfg.size))
+    masks, palettes, _ = _truth(held, cfg)
+    _, per_pair = figure_scores(read("stylevar"), read("target"), masks, palettes)
+    se = per_pair.std(0) / 2  # four pairs
+    # (the samples are 8-bit PNGs, the metrics were taken before rounding)
+    assert m["against_target"]["stylevar"]["figure_mae_rgb_se"] == pytest.approx(se.tolist(), abs=0.1)
     assert set(m["checks"]) >= {"closer_than_style_image", "tokenizer_ceiling", "figure_iou", "figure_mae"}
     assert set(m["swap_cost"]) == {"style", "content"} and m["sampling"]["top_k"] == cfg.top_k
     from stylevar.demo import resolve_precision
@@ -161,7 +177,6 @@ def test_demo_runs_end_to_end_and_writes_its_metrics(tmp_path):
     assert sorted(p.name for p in samples.iterdir()) == sorted(
         f"{i:03d}_{k}.png" for i in range(4) for k in kinds
     )
-    from PIL import Image
 
     assert Image.open(tmp_path / "demo" / "grid.png").size[0] > 5 * 4 * 32
     assert (tmp_path / "demo" / "sft" / "final" / "config.json").exists()

@@ -524,6 +524,8 @@ def evaluate_heldout(
             "figure_iou": round(iou.mean().item(), 4),
             "figure_mae": round(mae.mean().item(), 2),
             "figure_mae_rgb": [round(v, 2) for v in mae.mean(0).tolist()],
+            # the held-out pairs' own uncertainty on each channel's MAE: their spread / sqrt(n)
+            "figure_mae_rgb_se": [round(v, 2) for v in (mae.std(0) / n**0.5).tolist()],
             "leakage": round(leak.mean().item(), 4),
         }
     ours = table["stylevar"]
