@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import types
 
 import numpy as np
 import pytest
@@ -274,16 +275,29 @@ def test_synthetic_truth_and_the_figure_scores():
     assert iou_w.item() == 0.0 and mae_w.min().item() > 0
 
 
-def test_demo_precision_resolves_per_device():
-    """``auto`` is bf16 only where the device computes it natively; explicit choices are kept; typos refused."""
+def test_demo_precision_resolves_per_device(monkeypatch):
+    """``auto`` is bf16 only where the device computes it natively (AMX or AVX512-BF16 CPUs); the int8
+    decoder's bf16 stays AMX-only; explicit choices are kept; typos refused."""
     from stylevar.demo import DemoConfig, resolve_precision
-    from stylevar.devices import has_fast_bf16
+    from stylevar.devices import decode_dtype, has_amx, has_fast_bf16
     from stylevar.errors import ConfigError
 
     cpu = torch.device("cpu")
-    amx = bool(torch.cpu.get_capabilities().get("amx_bf16", False))
-    assert has_fast_bf16(cpu) is amx and has_fast_bf16("meta") is False
-    assert resolve_precision("auto", cpu) == ("bf16" if amx else "fp32")
+    int8_model = types.SimpleNamespace(int8=True)
+    # the decision for each CPU kind, from the capabilities torch reports
+    for caps, fast, amx in (
+        ({"amx_bf16": True, "avx512_bf16": True}, True, True),  # Sapphire Rapids
+        ({"amx_bf16": False, "avx512_bf16": True}, True, False),  # Zen 4, Cooper Lake
+        ({"amx_bf16": False, "avx512_bf16": False, "avx2": True}, False, False),  # Zen 3 and older
+        ({}, False, False),
+    ):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda caps=caps: caps)
+        assert has_fast_bf16(cpu) is fast and has_amx(cpu) is amx, caps
+        assert resolve_precision("auto", cpu) == ("bf16" if fast else "fp32")
+        assert decode_dtype(int8_model, cpu) == (torch.bfloat16 if amx else None)
+        assert decode_dtype(types.SimpleNamespace(), cpu) is None  # fp32/bf16 models: the run's own dtype
+    monkeypatch.undo()
+    assert has_fast_bf16("meta") is False and has_amx("meta") is False
     assert resolve_precision("auto", torch.device("meta")) == "fp32"
     assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
     with pytest.raises(ConfigError, match="tokenizer_precision must be auto, fp32 or bf16"):

@@ -22,31 +22,44 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def _cpu_has(*features: str) -> bool:
+    """Does this CPU report any of ``features`` (``torch.cpu.get_capabilities`` names)?"""
+    try:
+        caps = torch.cpu.get_capabilities()
+    except (AttributeError, RuntimeError):  # older torch: no capability query
+        return False
+    return any(bool(caps.get(f, False)) for f in features)
+
+
+def has_amx(device: str | torch.device) -> bool:
+    """Is ``device`` a CPU with Intel AMX bf16 tiles (``amx_bf16``, Sapphire Rapids and newer)?"""
+    return torch.device(device).type == "cpu" and _cpu_has("amx_bf16")
+
+
 def has_fast_bf16(device: str | torch.device) -> bool:
     """Does ``device`` compute in bfloat16 natively (faster than float32)?
 
-    CUDA: ``torch.cuda.is_bf16_supported()`` (Ampere and newer). CPU: Intel AMX (``amx_bf16``, Sapphire
-    Rapids and newer), where oneDNN's bf16 convolutions and matrix products beat fp32 (the demo's
-    tokenizer step: 1.8x, README "Demo"); elsewhere bf16 on the CPU is emulated or barely faster, so False.
+    CUDA: ``torch.cuda.is_bf16_supported()`` (Ampere and newer). CPU: Intel AMX (``amx_bf16``) or the
+    AVX-512 bf16 dot products (``avx512_bf16``: Cooper Lake, Zen 4 and newer), where oneDNN's bf16
+    convolutions beat fp32 (the demo's tokenizer step: 1.8x with AMX, 1.5x on a Zen 4 EPYC; README,
+    "Demo"); elsewhere bf16 on the CPU is emulated and slower, so False.
     """
     dev = torch.device(device)
     if dev.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if dev.type == "cpu":
-        try:
-            return bool(torch.cpu.get_capabilities().get("amx_bf16", False))
-        except (AttributeError, RuntimeError):  # older torch: no capability query
-            return False
-    return False
+    return dev.type == "cpu" and _cpu_has("amx_bf16", "avx512_bf16")
 
 
 def decode_dtype(model, device) -> torch.dtype | None:
     """The VQ-VAE decoding's autocast dtype for a run of ``model``: bf16 for an int8 model
-    (:mod:`stylevar.models.quantized`) on a CPU that computes bf16 natively (AMX), where the d20 decoder
-    runs 2.7x faster (README, Speed); None (the run's own dtype) otherwise."""
+    (:mod:`stylevar.models.quantized`) on a CPU with AMX, where the d20 decoder runs 2.7x faster (README,
+    Speed; not measured with AVX512-BF16 alone, so such CPUs decode in the run's own dtype) or on a GPU
+    that computes bf16; None (the run's own dtype) otherwise."""
     if not getattr(model, "int8", False):
         return None
-    return torch.bfloat16 if has_fast_bf16(torch.device(device)) else None
+    dev = torch.device(device)
+    fast = has_amx(dev) if dev.type == "cpu" else has_fast_bf16(dev)
+    return torch.bfloat16 if fast else None
 
 
 def bf16_decoder_(vae, model, device) -> bool:

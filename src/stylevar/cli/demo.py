@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="auto",
         choices=("auto", "fp32", "bf16"),
         help="the tokenizer's training precision: auto (default) = bf16 autocast where the device computes "
-        "bf16 natively (CUDA since Ampere, CPUs with Intel AMX), else fp32",
+        "bf16 natively (CUDA since Ampere, CPUs with Intel AMX or AVX512-BF16), else fp32",
     )
     p.add_argument(
         "--sft-precision",
