@@ -173,6 +173,12 @@ def test_demo_runs_end_to_end_and_writes_its_metrics(tmp_path):
     from stylevar.demo import resolve_precision
 
     assert m["precision"] == {"tokenizer": resolve_precision("auto", torch.device("cpu")), "sft": "fp32"}
+    # SFT ran as DDP processes where the CPU has two threads (rank 0 wrote the validation scores)
+    from stylevar.demo import sft_processes
+
+    assert m["sft_processes"] == sft_processes(cfg, torch.device("cpu"))
+    if m["sft_processes"] > 1:
+        assert json.loads((tmp_path / "demo" / "sft" / "val.json").read_text()) == m["val"]
     samples = tmp_path / "demo" / "samples"
     kinds = ("content", "style", "target", "stylevar", "swapped")
     assert sorted(p.name for p in samples.iterdir()) == sorted(
@@ -202,11 +208,12 @@ def test_demo_runs_end_to_end_and_writes_its_metrics(tmp_path):
     assert reused["against_target"] == m["against_target"] and "tokenizer_s" not in reused["timings"]
     assert not (tmp_path / "reused" / "tokenizer" / "metrics.jsonl").exists()
     # another SFT seed reuses the same tokenizer and trains another StyleVAR (the run-to-run spread)
-    reseeded = DemoConfig(**{**cfg.to_dict(), "sft_seed": 1})
+    reseeded = DemoConfig(**{**cfg.to_dict(), "sft_seed": 1, "sft_processes": 1})  # and in this process
     run_demo(
         tmp_path / "seed1", reseeded, progress=False, say=lambda *_: None, reuse_tokenizer=tmp_path / "demo"
     )
     w0, w1 = (load_file(tmp_path / d / "sft" / "final" / "model.safetensors") for d in ("reused", "seed1"))
+    assert not (tmp_path / "seed1" / "sft" / "val.json").exists()
     assert w0.keys() == w1.keys() and any(not torch.equal(w0[k], w1[k]) for k in w0)
     # the precision counts as resolved: ``auto`` that became fp32 here is fp32 asked for by name
     from stylevar.demo import _reused_tokenizer
@@ -304,3 +311,19 @@ def test_demo_precision_resolves_per_device(monkeypatch):
         DemoConfig(tokenizer_precision="fp16")
     with pytest.raises(ConfigError, match="sft_precision"):
         DemoConfig(sft_precision="half")
+
+
+def test_demo_sft_processes(monkeypatch):
+    """SFT in two processes on a CPU with two threads or more, one elsewhere; a count must divide the batch."""
+    from stylevar.demo import DemoConfig, sft_processes
+    from stylevar.errors import ConfigError
+
+    cpu = torch.device("cpu")
+    for threads, want in ((1, 1), (2, 2), (16, 2)):
+        monkeypatch.setattr(torch, "get_num_threads", lambda threads=threads: threads)
+        assert sft_processes(DemoConfig(), cpu) == want
+        assert sft_processes(DemoConfig(sft_batch=31), cpu) == 1  # an odd batch is not split
+        assert sft_processes(DemoConfig(), torch.device("meta")) == 1  # not a CPU (a GPU: one process)
+        assert sft_processes(DemoConfig(sft_processes=4), cpu) == 4  # asked for: kept
+    with pytest.raises(ConfigError, match="sft_processes must be 0"):
+        DemoConfig(sft_processes=3)  # 32 triplets do not split in 3

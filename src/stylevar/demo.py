@@ -19,6 +19,7 @@ Everything is seeded; the stages write their usual run folders, so each can be i
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -84,6 +85,10 @@ class DemoConfig(Serialisable):
     resampler_dim: int = 64  #: clip_resampler: the resampler's width
     sft_steps: int = 900
     sft_batch: int = 32
+    #: SFT processes (DDP over gloo, each with its share of the threads and of every batch); 0 = auto: two
+    #: on a CPU with two or more threads -- two one-thread processes at batch 16 step 1.3x faster than one
+    #: two-thread process at 32 (README, "What limits the demo") -- and one elsewhere
+    sft_processes: int = 0
     #: 1e-3 with the CLIP resampler (5e-3: SSIM 0.54, 3e-3: 0.68, 2e-3: 0.74, 1e-3: 0.75; the ResNet model
     #: prefers 3e-3: README, "What limits the demo")
     sft_lr: float = 1e-3
@@ -119,6 +124,8 @@ class DemoConfig(Serialisable):
             raise ConfigError(f"size / patch_nums[-1] must be a power of two >= 2, got {down}")
         if self.num_heldout < 2:
             raise ConfigError("num_heldout must be >= 2 (the swapped controls need another pair)")
+        if self.sft_processes < 0 or (self.sft_processes and self.sft_batch % self.sft_processes):
+            raise ConfigError(f"sft_processes must be 0 (auto) or divide sft_batch {self.sft_batch}")
         if self.style_encoder not in ("resnet", "clip_resampler"):
             raise ConfigError(f"style_encoder must be resnet or clip_resampler, got {self.style_encoder!r}")
         for name in ("tokenizer_precision", "sft_precision"):
@@ -186,7 +193,6 @@ def _train_tokenizer(cfg: DemoConfig, train_root: Path, out: Path, precision: di
 
 
 def _reused_tokenizer(earlier: Path, cfg: DemoConfig, out: Path, precision: dict, timings: dict, say):
-    import json
 
     from .io import load_vqvae
 
@@ -210,6 +216,158 @@ def _reused_tokenizer(earlier: Path, cfg: DemoConfig, out: Path, precision: dict
         "tokenizer_s", before["timings"].get("tokenizer_reused_s")
     )
     return load_vqvae(out / "tokenizer" / "final").eval().requires_grad_(False)
+
+
+def sft_processes(cfg: DemoConfig, device: torch.device) -> int:
+    """How many processes the demo's SFT runs in (``cfg.sft_processes``, 0 = auto)."""
+    if cfg.sft_processes:
+        return cfg.sft_processes
+    auto = 2 if torch.device(device).type == "cpu" and torch.get_num_threads() >= 2 else 1
+    return auto if cfg.sft_batch % auto == 0 else 1
+
+
+def _sft_trainer(
+    cfg: DemoConfig, vae, train_root: Path, held_root: Path, out: Path, precision, device, world
+):
+    """The demo's StyleVAR and its SFT trainer (each process's share of a batch: ``sft_batch / world``)."""
+    from .config import StyleVARConfig
+    from .data import TripletDataset, TripletTransform, scan
+    from .models import StyleVAR
+    from .training.config import SFTConfig
+    from .training.sft import SFTTrainer
+
+    sft_seed = cfg.seed if cfg.sft_seed is None else cfg.sft_seed
+    torch.manual_seed(sft_seed)
+    model = StyleVAR(
+        StyleVARConfig(
+            depth=cfg.depth,
+            embed_dim=cfg.embed_dim,
+            num_heads=cfg.num_heads,
+            mlp_ratio=cfg.mlp_ratio,
+            drop_path_rate=0.0,
+            vocab_size=cfg.vocab_size,
+            z_channels=cfg.z_channels,
+            patch_nums=cfg.patch_nums,
+            style_enc_dim=cfg.style_enc_dim,
+            content_residual=cfg.content_residual,
+            **_style_encoder_fields(cfg),
+        )
+    )
+    model.init_weights()
+    tf = TripletTransform(resolution=cfg.size)
+    # 3600 files of 32 px: decoded once (each step would otherwise decode 96 PNGs, ~8 % of its time)
+    train_set = TripletDataset(scan(train_root), tf, train=True, seed=sft_seed, cache_images=True)
+    held_set = TripletDataset(scan(held_root), tf, cache_images=True)
+    sft = SFTTrainer(
+        model,
+        vae,
+        train_set,
+        out / "sft",
+        SFTConfig(
+            max_steps=cfg.sft_steps,
+            micro_batch=cfg.sft_batch // world,
+            grad_accum=1,
+            lr=cfg.sft_lr,
+            schedule="cosine",
+            warmup_steps=20,
+            seed=sft_seed,
+            save_every=0,
+            log_every=25,
+            num_workers=0,
+            # the ResNets start random: batch statistics keep them normalised (each process's own batch)
+            encoder_bn="train",
+            cache_tokens=True,  # 3000 triplets of 600 contents/styles: each file tokenized once
+            precision=precision["sft"],
+            scale_weight_power=cfg.sft_scale_weight_power,
+            style_noise=cfg.sft_style_noise,
+        ),
+        val_set=held_set,
+        device=device,
+    )
+    return sft, held_set
+
+
+def _spawn_sft(cfg: DemoConfig, procs: int, out: Path, train_root, held_root, precision, progress) -> None:
+    """Run the SFT stage as ``procs`` CPU processes (DDP over gloo on this machine) and wait for them.
+
+    The processes are fresh interpreters (``python -c``), not ``multiprocessing`` children, so a script
+    that calls :func:`run_demo` without an ``if __name__ == "__main__"`` guard is not run again in them.
+    """
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:  # a free port for the group's rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    job = {
+        "config": cfg.to_dict(),
+        "out": str(out),
+        "train_root": str(train_root),
+        "held_root": str(held_root),
+        "precision": precision,
+        "progress": bool(progress),
+        "threads": max(1, torch.get_num_threads() // procs),
+    }
+    atomic_write_json(out / "sft" / "job.json", job)
+    code = "import sys; from stylevar.demo import _sft_rank; _sft_rank(sys.argv[1])"
+    workers = []
+    for rank in range(procs):
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "WORLD_SIZE": str(procs),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        workers.append(subprocess.Popen([sys.executable, "-c", code, str(out / "sft" / "job.json")], env=env))
+    try:
+        codes = [w.wait() for w in workers]
+    finally:
+        for w in workers:  # an interrupted wait (Ctrl-C) takes the processes down with it
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+    if any(codes):
+        raise RuntimeError(
+            f"the SFT processes exited with {codes}; their errors are above (set sft_processes=1 to train in this process)"
+        )
+
+
+def _sft_rank(job_file: str) -> None:
+    """One SFT process of :func:`_spawn_sft` (rank and world from the environment); rank 0 exports
+    ``sft/final`` and writes ``sft/val.json``."""
+    import torch.distributed as dist
+
+    from .io import load_vqvae
+    from .training import distributed as D
+
+    job = json.loads(Path(job_file).read_text())
+    out = Path(job["out"])
+    torch.set_num_threads(job["threads"])
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    try:
+        cfg = DemoConfig.from_dict(job["config"])
+        vae = load_vqvae(out / "tokenizer" / "final").eval().requires_grad_(False)
+        sft, _ = _sft_trainer(
+            cfg,
+            vae,
+            Path(job["train_root"]),
+            Path(job["held_root"]),
+            out,
+            job["precision"],
+            torch.device("cpu"),
+            world,
+        )
+        sft.fit(progress=job["progress"] and rank == 0)
+        val = sft.validate()  # every process runs it (the same batches); rank 0 keeps it
+        if rank == 0:
+            atomic_write_json(out / "sft" / "val.json", val)
+    except BaseException:
+        D.destroy(wait=False)
+        raise
+    D.destroy()
 
 
 def _style_encoder_fields(cfg: DemoConfig) -> dict[str, Any]:
@@ -270,9 +428,6 @@ def run_demo(
     """
     from .data import TripletDataset, TripletTransform, scan
     from .data.synthetic import make_synthetic
-    from .models import StyleVAR
-    from .training.config import SFTConfig
-    from .training.sft import SFTTrainer
 
     cfg = config or DemoConfig()
     if cfg.style_encoder == "clip_resampler":
@@ -329,58 +484,19 @@ def run_demo(
 
     # 3. SFT --------------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    _stage(f"3/4 StyleVAR SFT: {cfg.sft_steps} steps of {cfg.sft_batch} triplets ({precision['sft']})", say)
-    from .config import StyleVARConfig
+    procs = sft_processes(cfg, device)
+    how = f"{precision['sft']}" + (f", {procs} processes" if procs > 1 else "")
+    _stage(f"3/4 StyleVAR SFT: {cfg.sft_steps} steps of {cfg.sft_batch} triplets ({how})", say)
+    if procs == 1:
+        sft, held_set = _sft_trainer(cfg, vae, train_root, held_root, out, precision, device, world=1)
+        sft.fit(progress=progress)
+        model = sft.model.eval()
+    else:  # DDP over gloo: the processes load the tokenizer from out/, rank 0 exports the model and its scores
+        _spawn_sft(cfg, procs, out, train_root, held_root, precision, progress)
+        from .io import load_checkpoint_dir
 
-    sft_seed = cfg.seed if cfg.sft_seed is None else cfg.sft_seed
-    torch.manual_seed(sft_seed)
-    model = StyleVAR(
-        StyleVARConfig(
-            depth=cfg.depth,
-            embed_dim=cfg.embed_dim,
-            num_heads=cfg.num_heads,
-            mlp_ratio=cfg.mlp_ratio,
-            drop_path_rate=0.0,
-            vocab_size=cfg.vocab_size,
-            z_channels=cfg.z_channels,
-            patch_nums=cfg.patch_nums,
-            style_enc_dim=cfg.style_enc_dim,
-            content_residual=cfg.content_residual,
-            **_style_encoder_fields(cfg),
-        )
-    )
-    model.init_weights()
-    tf = TripletTransform(resolution=cfg.size)
-    # 3600 files of 32 px: decoded once (each step would otherwise decode 96 PNGs, ~8 % of its time)
-    train_set = TripletDataset(scan(train_root), tf, train=True, seed=sft_seed, cache_images=True)
-    held_set = TripletDataset(scan(held_root), tf, cache_images=True)
-    sft = SFTTrainer(
-        model,
-        vae,
-        train_set,
-        out / "sft",
-        SFTConfig(
-            max_steps=cfg.sft_steps,
-            micro_batch=cfg.sft_batch,
-            grad_accum=1,
-            lr=cfg.sft_lr,
-            schedule="cosine",
-            warmup_steps=20,
-            seed=sft_seed,
-            save_every=0,
-            log_every=25,
-            num_workers=0,
-            encoder_bn="train",  # the ResNets start random: batch statistics keep them normalised
-            cache_tokens=True,  # 3000 triplets of 600 contents/styles: each file tokenized once
-            precision=precision["sft"],
-            scale_weight_power=cfg.sft_scale_weight_power,
-            style_noise=cfg.sft_style_noise,
-        ),
-        val_set=held_set,
-        device=device,
-    )
-    sft.fit(progress=progress)
-    model = sft.model.eval()
+        model = load_checkpoint_dir(out / "sft" / "final").model.to(device).eval()
+        held_set = TripletDataset(scan(held_root), TripletTransform(resolution=cfg.size), cache_images=True)
     timings["sft_s"] = time.perf_counter() - t0
 
     # 4. held-out stylization and metrics ---------------------------------------------------------
@@ -389,12 +505,16 @@ def run_demo(
     metrics = evaluate_heldout(
         model, vae, held_set, cfg, out / "grid.png", device=device, samples_dir=out / "samples"
     )
-    metrics["val"] = sft.validate()
+    if procs == 1:
+        metrics["val"] = sft.validate()
+    else:
+        metrics["val"] = json.loads((out / "sft" / "val.json").read_text())
     timings["eval_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_all
     metrics["timings"] = timings
     metrics["config"] = cfg.to_dict()
     metrics["threads"] = torch.get_num_threads()
+    metrics["sft_processes"] = procs
     metrics["precision"] = precision
     metrics["model"] = str(out / "sft" / "final")
     atomic_write_json(out / "metrics.json", metrics)

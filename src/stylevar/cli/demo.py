@@ -42,6 +42,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer-steps", type=int, default=None, help="override the tokenizer's steps")
     p.add_argument("--sft-steps", type=int, default=None, help="override the SFT steps")
     p.add_argument(
+        "--sft-processes",
+        type=int,
+        default=0,
+        help="SFT processes (DDP over gloo, each with its share of the threads and of each batch); 0 (default) "
+        "= two on a CPU with two or more threads, one on a GPU",
+    )
+    p.add_argument(
         "--tokenizer-precision",
         default="auto",
         choices=("auto", "fp32", "bf16"),
@@ -119,6 +126,8 @@ def run_demo_command(args: argparse.Namespace) -> int:
     if args.sft_steps is not None:
         cfg.sft_steps = args.sft_steps
     cfg.sft_seed = args.sft_seed
+    cfg.sft_processes = args.sft_processes
+    cfg.__post_init__()  # the overrides checked like a config built with them
     cfg.tokenizer_precision, cfg.sft_precision = args.tokenizer_precision, args.sft_precision
     if args.style_encoder == "resnet":  # with the ResNet's own best learning rate (README, lever table)
         cfg.style_encoder, cfg.sft_lr = "resnet", 3e-3
