@@ -313,9 +313,9 @@ def test_demo_precision_resolves_per_device(monkeypatch):
         DemoConfig(sft_precision="half")
 
 
-def test_demo_sft_processes(monkeypatch):
+def test_demo_sft_processes(monkeypatch, tmp_path):
     """SFT in two processes on a CPU with two threads or more, one elsewhere; a count must divide the batch."""
-    from stylevar.demo import DemoConfig, sft_processes
+    from stylevar.demo import DemoConfig, run_demo, sft_processes
     from stylevar.errors import ConfigError
 
     cpu = torch.device("cpu")
@@ -327,3 +327,7 @@ def test_demo_sft_processes(monkeypatch):
         assert sft_processes(DemoConfig(sft_processes=4), cpu) == 4  # asked for: kept
     with pytest.raises(ConfigError, match="sft_processes must be 0"):
         DemoConfig(sft_processes=3)  # 32 triplets do not split in 3
+    # processes are CPU ranks: refused on another device before any work (nothing written)
+    with pytest.raises(ConfigError, match="trains on the CPU; on meta use 1"):
+        run_demo(tmp_path / "gpu", DemoConfig(sft_processes=2), device="meta")
+    assert not (tmp_path / "gpu").exists()

@@ -85,9 +85,9 @@ class DemoConfig(Serialisable):
     resampler_dim: int = 64  #: clip_resampler: the resampler's width
     sft_steps: int = 900
     sft_batch: int = 32
-    #: SFT processes (DDP over gloo, each with its share of the threads and of every batch); 0 = auto: two
-    #: on a CPU with two or more threads -- two one-thread processes at batch 16 step 1.3x faster than one
-    #: two-thread process at 32 (README, "What limits the demo") -- and one elsewhere
+    #: SFT processes on the CPU (DDP over gloo, each with its share of the threads and of every batch); 0 =
+    #: auto: two on a CPU with two or more threads -- on the 2-core EPYC the stage took 8 % less time than in
+    #: one two-thread process (README, "What limits the demo") -- and one elsewhere
     sft_processes: int = 0
     #: 1e-3 with the CLIP resampler (5e-3: SSIM 0.54, 3e-3: 0.68, 2e-3: 0.74, 1e-3: 0.75; the ResNet model
     #: prefers 3e-3: README, "What limits the demo")
@@ -193,7 +193,6 @@ def _train_tokenizer(cfg: DemoConfig, train_root: Path, out: Path, precision: di
 
 
 def _reused_tokenizer(earlier: Path, cfg: DemoConfig, out: Path, precision: dict, timings: dict, say):
-
     from .io import load_vqvae
 
     try:
@@ -441,6 +440,9 @@ def run_demo(
     out = Path(out_dir).expanduser()
     if (out / "metrics.json").exists():
         raise ConfigError(f"{out} already holds a finished demo; choose another folder or delete it")
+    procs = sft_processes(cfg, torch.device(device))
+    if procs > 1 and torch.device(device).type != "cpu":
+        raise ConfigError(f"sft_processes {procs} trains on the CPU; on {device} use 1 (or 0, auto)")
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
     precision = {
@@ -484,7 +486,6 @@ def run_demo(
 
     # 3. SFT --------------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    procs = sft_processes(cfg, device)
     how = f"{precision['sft']}" + (f", {procs} processes" if procs > 1 else "")
     _stage(f"3/4 StyleVAR SFT: {cfg.sft_steps} steps of {cfg.sft_batch} triplets ({how})", say)
     if procs == 1:
