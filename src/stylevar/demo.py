@@ -299,26 +299,15 @@ def _spawn_sft(cfg: DemoConfig, procs: int, out: Path, train_root, held_root, pr
     with socket.socket() as sock:  # a free port for the group's rendezvous
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    job = {
-        "config": cfg.to_dict(),
-        "out": str(out),
-        "train_root": str(train_root),
-        "held_root": str(held_root),
-        "precision": precision,
-        "progress": bool(progress),
-        "threads": max(1, torch.get_num_threads() // procs),
-    }
+    threads = max(1, torch.get_num_threads() // procs)
+    job = dict(config=cfg.to_dict(), out=str(out), train_root=str(train_root), held_root=str(held_root))
+    job.update(precision=precision, progress=bool(progress), threads=threads)
     atomic_write_json(out / "sft" / "job.json", job)
     code = "import sys; from stylevar.demo import _sft_rank; _sft_rank(sys.argv[1])"
     workers = []
     for rank in range(procs):
-        env = {
-            **os.environ,
-            "RANK": str(rank),
-            "WORLD_SIZE": str(procs),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-        }
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(procs)}
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         workers.append(subprocess.Popen([sys.executable, "-c", code, str(out / "sft" / "job.json")], env=env))
     try:
         codes = [w.wait() for w in workers]
