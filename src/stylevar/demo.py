@@ -318,7 +318,8 @@ def _spawn_sft(cfg: DemoConfig, procs: int, out: Path, train_root, held_root, pr
                 w.wait()
     if any(codes):
         raise RuntimeError(
-            f"the SFT processes exited with {codes}; their errors are above (set sft_processes=1 to train in this process)"
+            f"the SFT processes exited with {codes}; their errors are above "
+            "(set sft_processes=1 to train in this process)"
         )
 
 
@@ -349,9 +350,8 @@ def _sft_rank(job_file: str) -> None:
             world,
         )
         sft.fit(progress=job["progress"] and rank == 0)
-        val = sft.validate()  # every process runs it (the same batches); rank 0 keeps it
-        if rank == 0:
-            atomic_write_json(out / "sft" / "val.json", val)
+        if rank == 0:  # validation has no collective (the unwrapped model): rank 0 alone scores and writes it
+            atomic_write_json(out / "sft" / "val.json", sft.validate())
     except BaseException:
         D.destroy(wait=False)
         raise
@@ -429,11 +429,11 @@ def run_demo(
     out = Path(out_dir).expanduser()
     if (out / "metrics.json").exists():
         raise ConfigError(f"{out} already holds a finished demo; choose another folder or delete it")
-    procs = sft_processes(cfg, torch.device(device))
-    if procs > 1 and torch.device(device).type != "cpu":
+    device = torch.device(device)
+    procs = sft_processes(cfg, device)
+    if procs > 1 and device.type != "cpu":
         raise ConfigError(f"sft_processes {procs} trains on the CPU; on {device} use 1 (or 0, auto)")
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device)
     precision = {
         "tokenizer": resolve_precision(cfg.tokenizer_precision, device),
         "sft": resolve_precision(cfg.sft_precision, device),
@@ -481,7 +481,7 @@ def run_demo(
         sft, held_set = _sft_trainer(cfg, vae, train_root, held_root, out, precision, device, world=1)
         sft.fit(progress=progress)
         model = sft.model.eval()
-    else:  # DDP over gloo: the processes load the tokenizer from out/, rank 0 exports the model and its scores
+    else:  # DDP over gloo: the processes load the tokenizer from out/; rank 0 exports the model, its scores
         _spawn_sft(cfg, procs, out, train_root, held_root, precision, progress)
         from .io import load_checkpoint_dir
 
