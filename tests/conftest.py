@@ -119,7 +119,7 @@ def dreamsim_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def clip_dir(tmp_path_factory):
-    """A tiny CLIPModel (16-wide, one layer per tower, 224-pixel 32-patch vision tower), saved."""
+    """A tiny CLIPModel (16-wide; one text layer, two vision layers, 224-pixel 32-patch vision tower), saved."""
     transformers = pytest.importorskip("transformers")
     text = dict(
         vocab_size=99,
@@ -135,7 +135,7 @@ def clip_dir(tmp_path_factory):
     vision = dict(
         hidden_size=16,
         intermediate_size=32,
-        num_hidden_layers=1,
+        num_hidden_layers=2,  # a clip_resampler model reads hidden state -2: one layer of it
         num_attention_heads=2,
         image_size=224,
         patch_size=32,

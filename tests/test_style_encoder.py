@@ -14,6 +14,7 @@ from test_sft_cli import FAST, _png
 
 from helpers import one_thread, smooth_images, tiny_models  # noqa: F401
 from stylevar.errors import CheckpointError, ConfigError
+from stylevar.models.style_encoders import CLIP_MEAN, CLIP_STD
 
 CLIP = dict(
     hidden_size=32,
@@ -162,6 +163,52 @@ def test_saving_keeps_the_encoder_and_a_bare_state_dict_is_refused(clip_model, t
     assert max((x - y).abs().max().item() for x, y in zip(a.logits, b.logits)) < 1e-5
     with pytest.raises(CheckpointError, match="config.json"):
         infer_stylevar_config(model.state_dict())
+    # a checkpoint written before the tower was cut (the whole tower's top layer and final LayerNorm in it)
+    # loads, and the extra keys change nothing; a key the model needs is still missed loudly
+    from safetensors.torch import load_file, save_file
+
+    weights = tmp_path / "m" / "model.safetensors"
+    sd = load_file(str(weights))
+    top = {
+        k.replace("encoder.layers.0.", "encoder.layers.1."): torch.randn(v.shape)
+        for k, v in sd.items()
+        if k.startswith("style_encoder.clip.encoder.layers.0.")
+    }
+    top.update({f"style_encoder.clip.post_layernorm.{n}": torch.randn(32) for n in ("weight", "bias")})
+    save_file({**sd, **top}, str(weights))
+    old = load_pretrained(tmp_path / "m")
+    c = old.model.generate(old.vae, _cond(old.model, old.vae), seed=3, return_logits=True)
+    assert max((x - y).abs().max().item() for x, y in zip(b.logits, c.logits)) < 1e-5
+    del sd["style_encoder.clip.pre_layrnorm.weight"]
+    save_file(sd, str(weights))
+    with pytest.raises(CheckpointError, match="missing: style_encoder.clip.pre_layrnorm.weight"):
+        load_pretrained(tmp_path / "m")
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("layer", [-2, -1, 0, 1])
+def test_the_cut_tower_gives_the_whole_towers_hidden_state(layer):
+    """Only the layers below ``clip_layer`` are built; their output is transformers' hidden state ``layer``
+    of the whole tower, and the whole tower's weights (a CLIP, an older checkpoint) load into it."""
+    import transformers
+
+    from stylevar.models.style_encoders import CLIPResamplerEncoder
+
+    torch.manual_seed(0)
+    enc = CLIPResamplerEncoder(CLIP, 16, num_tokens=4, depth=1, layer=layer).eval()
+    assert len(enc.clip.encoder.layers) == layer % (CLIP["num_hidden_layers"] + 1)
+    whole = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**CLIP)).eval()
+    whole_sd = getattr(whole, "vision_model", whole).state_dict()
+    resampler = {f"resampler.{k}": v for k, v in enc.resampler.state_dict().items()}
+    enc.load_state_dict({**{f"clip.{k}": v for k, v in whole_sd.items()}, **resampler})
+    img = smooth_images(2, 32, 3)
+    x = (img + 1) / 2
+    x = (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    want = whole(pixel_values=x, output_hidden_states=True).hidden_states[layer]
+    torch.testing.assert_close(enc.features(img), want, rtol=1e-5, atol=1e-5)
+    del whole_sd["embeddings.patch_embedding.weight"]  # what it does need is still checked
+    with pytest.raises(RuntimeError, match="Missing key.*clip.embeddings.patch_embedding.weight"):
+        enc.load_state_dict({**{f"clip.{k}": v for k, v in whole_sd.items()}, **resampler})
 
 
 def test_clip_weights_come_from_a_folder_and_are_frozen(clip_dir, ours_dir):
@@ -179,7 +226,10 @@ def test_clip_weights_come_from_a_folder_and_are_frozen(clip_dir, ours_dir):
     assert model.config.clip_vision["hidden_size"] == 16 and model.config.clip_vision["image_size"] == 224
     theirs = clip.vision_model.state_dict()
     mine = model.style_encoder.clip.state_dict()
-    assert set(mine) == set(theirs) and all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    # the tower below hidden state -2 of this two-layer CLIP: its first layer, without the final LayerNorm
+    unbuilt = {k for k in theirs if k.startswith(("encoder.layers.1.", "post_layernorm."))}
+    assert unbuilt and set(mine) == set(theirs) - unbuilt
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
     assert not any(p.requires_grad for p in model.style_encoder.clip.parameters())
     assert all(p.requires_grad for p in model.style_encoder.resampler.parameters())
     trained, _, how = build_sft_model(

@@ -126,6 +126,12 @@ class CLIPResamplerEncoder(nn.Module):
     normalised with CLIP's mean/std; hidden state ``layer`` (all patch tokens and the class token) feeds
     the resampler. When no parameter of the tower requires a gradient (a frozen pretrained CLIP, as
     StyleAR trains it) the tower runs without autograd.
+
+    Only the part of the tower below that hidden state is built: the layers above it and the final
+    LayerNorm would never reach the output (no compute, no gradient; DDP needs no unused-parameter
+    search). ``clip_config`` still describes the whole tower, so a pretrained CLIP's weights fit, and the
+    keys of the missing part are dropped when a whole tower's weights are loaded (a CLIP, or a checkpoint
+    written before the tower was cut: docs/architecture.md, "Style encoders").
     """
 
     def __init__(
@@ -145,17 +151,37 @@ class CLIPResamplerEncoder(nn.Module):
             raise ConfigError(
                 f"clip_layer {layer} does not exist in a {config.num_hidden_layers}-layer CLIP tower"
             )
-        tower = tf.CLIPVisionModel(config)
+        #: how many of the tower's layers the hidden state ``layer`` has passed (hidden state 0: the embeddings)
+        self.used_layers = layer % (config.num_hidden_layers + 1)
+        tower = tf.CLIPVisionModel(
+            tf.CLIPVisionConfig(**{**config.to_dict(), "num_hidden_layers": self.used_layers})
+        )
         #: the vision transformer itself (transformers 4 wraps it as ``.vision_model``, 5 does not): its
         #: state-dict keys (``embeddings.*``, ``encoder.layers.*``, ...) are the same in both
         self.clip = getattr(tower, "vision_model", tower)
+        # its output is the last kept layer's; the LayerNorm after it only makes the pooled class token
+        self.clip.post_layernorm = nn.Identity()
         self.clip_config = config
         self.layer = layer
+        self._register_load_state_dict_pre_hook(self._drop_unbuilt)
         self.image_size = int(config.image_size)
         dim = dim or out_dim
         self.resampler = PerceiverResampler(
             config.hidden_size, dim, out_dim, num_tokens, depth, heads=max(1, dim // 64)
         )
+
+    def unbuilt_key(self, key: str) -> bool:
+        """Whether ``key`` (relative to the tower) belongs to the part of a whole tower that is not built."""
+        if key.startswith("post_layernorm."):
+            return True
+        if key.startswith("encoder.layers."):
+            return int(key.split(".")[2]) >= self.used_layers
+        return False
+
+    def _drop_unbuilt(self, state_dict, prefix, *args) -> None:
+        for key in [k for k in state_dict if k.startswith(prefix + "clip.")]:
+            if self.unbuilt_key(key[len(prefix) + 5 :]):
+                del state_dict[key]
 
     def materialize_buffers_(self) -> None:
         """Make the tower's non-persistent buffers real after a build on the meta device (a checkpoint
@@ -178,8 +204,7 @@ class CLIPResamplerEncoder(nn.Module):
         x = (x - x.new_tensor(CLIP_MEAN).view(1, 3, 1, 1)) / x.new_tensor(CLIP_STD).view(1, 3, 1, 1)
         frozen = not any(p.requires_grad for p in self.clip.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-            out = self.clip(pixel_values=x, output_hidden_states=True)
-        return out.hidden_states[self.layer]
+            return self.clip(pixel_values=x).last_hidden_state
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         return self.resampler(self.features(img))
@@ -213,6 +238,6 @@ def load_clip_vision(model: nn.Module, clip: nn.Module) -> int:
     if mine != theirs:
         diff = {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]}
         raise ConfigError(f"the CLIP weights do not fit the model's CLIP tower (model, weights): {diff}")
-    sd = getattr(clip, "vision_model", clip).state_dict()
+    sd = {k: v for k, v in getattr(clip, "vision_model", clip).state_dict().items() if not enc.unbuilt_key(k)}
     enc.clip.load_state_dict(sd, strict=True)
     return len(sd)

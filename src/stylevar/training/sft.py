@@ -126,9 +126,7 @@ class SFTTrainer(Trainer):
             D.broadcast_module(model)  # FSDP shards what each rank holds: start from rank 0's weights
             self.net = D.shard_fsdp(self._fwd, model.blocks, self.device, cfg.precision)
         else:
-            # a clip_resampler model reads a hidden state below the tower's top: the layers above it (and the
-            # final LayerNorm) get no gradient, which DDP has to be told about
-            self.net = self.data_parallel(self._fwd, find_unused_parameters=model.has_style_tokens)
+            self.net = self.data_parallel(self._fwd)
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(
             param_groups(model, cfg.weight_decay), lr=self.peak_lr, betas=cfg.betas, fused=fused or None
