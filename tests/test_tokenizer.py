@@ -267,6 +267,26 @@ def test_bf16_steps_keep_fp32_weights_and_the_last_step_is_validated(tmp_path):
     assert json.loads((tmp_path / "bf16" / "final" / "config.json").read_text())["info"]["val"]["val_l1"] > 0
 
 
+def test_channels_last_trains_the_same_model_and_exports_the_usual_layout(tmp_path):
+    """channels_last changes the convolutions' memory layout, not what is learned: the same losses step
+    by step (up to rounding) and an exported model in the contiguous layout."""
+    runs = {}
+    for layout in (False, True):
+        t = TokenizerTrainer(
+            tiny_vae(), Images(32), tmp_path / f"cl{layout}", _cfg(max_steps=6, channels_last=layout)
+        )
+        conv = t.vae.encoder.conv_in.weight
+        assert conv.is_contiguous(memory_format=torch.channels_last) == layout and conv.shape[1] == 3
+        t.fit(progress=False)
+        runs[layout] = t
+    losses = [[r["loss"] for r in runs[x].history if "loss" in r] for x in (False, True)]
+    assert len(losses[0]) == 6 and np.allclose(losses[0], losses[1], rtol=1e-3), losses
+    assert all(p.is_contiguous() for p in runs[True].vae.parameters())
+    exported = load_vqvae(tmp_path / "clTrue" / "final").state_dict()
+    mine = runs[True].vae.state_dict()
+    assert all(torch.equal(v, mine[k]) for k, v in exported.items())
+
+
 def test_sigterm_saves_and_stops(tmp_path):
     seen: list[int] = []
 
@@ -405,7 +425,7 @@ def test_load_vqvae_reads_each_format(tmp_path, tiny, ours_dir, upstream_dir):
         save_vqvae(tmp_path / "other2", ref)
 
 
-def test_collect_images_split_and_dataset(tmp_path):
+def test_collect_images_split_and_dataset(tmp_path, monkeypatch):
     files = _write_pngs(tmp_path / "flat", 5)
     assert collect_images([tmp_path / "flat", files[0]]) == files  # duplicates dropped, order kept
     # an OmniStyle-layout triplet source: targets, or all three images with triplets=True
@@ -435,6 +455,22 @@ def test_collect_images_split_and_dataset(tmp_path):
         assert torch.equal(a, ds[1])  # a function of (seed, epoch, index)
         flips.append(torch.equal(a, ImageFolderDataset(tmp_path / "flat", 8)[1]))
     assert True in flips and False in flips
+    # cache_images: each file decoded once; the same tensors, flips still drawn per epoch
+    import stylevar.data.folders as folders
+
+    loads: list = []
+    real = folders.load_image
+    monkeypatch.setattr(folders, "load_image", lambda p: loads.append(p) or real(p))
+    want = []
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        want.append([ds[i] for i in range(len(ds))])
+    loads.clear()
+    cached = ImageFolderDataset(tmp_path / "flat", 8, hflip=True, seed=0, cache_images=True)
+    for epoch in range(6):
+        cached.set_epoch(epoch)
+        assert all(torch.equal(cached[i], want[epoch][i]) for i in range(len(ds)))
+    assert sorted(loads) == files  # each once
 
 
 # ---------------------------------------------------------------------------------------- CLI

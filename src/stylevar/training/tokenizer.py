@@ -182,6 +182,8 @@ class TokenizerTrainer(Trainer):
             hint="lower batch/grad_accum or add images",
         )
         self.vae = vae.to(self.device).float().train().requires_grad_(True)
+        if cfg.channels_last:  # the conv weights; the images follow in _loss (export restores the layout)
+            self.vae.to(memory_format=torch.channels_last)
         self.resolution = vae.config.resolution
         self.warmup = cfg.warmup_steps if cfg.warmup_steps >= 0 else max(0, round(0.02 * self.total_steps))
         # 1. perceptual loss (frozen VGG16, outside the trained model and its checkpoints)
@@ -235,6 +237,8 @@ class TokenizerTrainer(Trainer):
     ) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(total loss, {recon, vq[, perceptual]} detached, hits (V,), features, reconstruction) of a micro-batch."""
         img = img.to(self.device, non_blocking=True).float()
+        if self.cfg.channels_last:
+            img = img.contiguous(memory_format=torch.channels_last)
         R = self.resolution
         if tuple(img.shape[-3:]) != (3, R, R):
             raise ConfigError(
@@ -395,6 +399,8 @@ class TokenizerTrainer(Trainer):
 
     def export(self) -> Path | None:
         """The tokenizer folder ``run_dir/final`` (:func:`stylevar.io.save_vqvae`), with the run's facts."""
+        if self.cfg.channels_last:  # hand the model on in the usual layout
+            self.vae.to(memory_format=torch.contiguous_format)
         if self.rank != 0:
             return None
         info = {
