@@ -18,6 +18,7 @@ few times, then a projection to the transformer's width and a LayerNorm.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -153,9 +154,9 @@ class CLIPResamplerEncoder(nn.Module):
             )
         #: how many of the tower's layers the hidden state ``layer`` has passed (hidden state 0: the embeddings)
         self.used_layers = layer % (config.num_hidden_layers + 1)
-        tower = tf.CLIPVisionModel(
-            tf.CLIPVisionConfig(**{**config.to_dict(), "num_hidden_layers": self.used_layers})
-        )
+        cut = copy.deepcopy(config)
+        cut.num_hidden_layers = self.used_layers
+        tower = tf.CLIPVisionModel(cut)
         #: the vision transformer itself (transformers 4 wraps it as ``.vision_model``, 5 does not): its
         #: state-dict keys (``embeddings.*``, ``encoder.layers.*``, ...) are the same in both
         self.clip = getattr(tower, "vision_model", tower)

@@ -48,7 +48,8 @@ class TokenizerConfig(Serialisable):
         "fp32", "encoder/decoder precision; the quantizer is always fp32", choices=PRECISIONS
     )
     channels_last: bool = option(
-        False, "train the convolutions in channels-last layout (faster under bf16: 1.1x on a Zen 4 CPU)"
+        False,
+        "train the convolutions in channels-last layout (1.1x per step in bf16, 1.2x in fp32 on a Zen 4 CPU)",
     )
     recon_loss: str = option("l1", "reconstruction loss on [-1, 1] images", choices=RECON_LOSSES)
     vq_weight: float = option(1.0, "weight of the quantizer's codebook + beta x commitment loss")
