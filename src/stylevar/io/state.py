@@ -195,10 +195,12 @@ def build_stylevar(
     """A StyleVAR with ``sd`` loaded strictly, in eval mode (built on the meta device: no wasted init, no copy)."""
     with torch.device("meta"):
         model = StyleVAR(cfg)
-    unbuilt = getattr(model.style_encoder, "unbuilt_key", None)
-    if unbuilt is not None:  # a clip_resampler model: keys of a whole CLIP tower above the layer it reads
-        head = "style_encoder.clip."
-        sd = {k: v for k, v in sd.items() if not (k.startswith(head) and unbuilt(k[len(head) :]))}
+    drop_unbuilt = getattr(model.style_encoder, "drop_unbuilt", None)
+    if (
+        drop_unbuilt is not None
+    ):  # a clip_resampler model: keys of a whole CLIP tower above the layer it reads
+        sd = dict(sd)
+        drop_unbuilt(sd, "style_encoder.")
     load_strict(model, sd, f"{path} does not fit the model", assign=True)
     materialize = getattr(model.style_encoder, "materialize_buffers_", None)
     if materialize is not None:  # a clip_resampler model: its tower's non-persistent buffers

@@ -164,7 +164,7 @@ class CLIPResamplerEncoder(nn.Module):
         self.clip.post_layernorm = nn.Identity()
         self.clip_config = config
         self.layer = layer
-        self._register_load_state_dict_pre_hook(self._drop_unbuilt)
+        self._register_load_state_dict_pre_hook(self.drop_unbuilt)
         self.image_size = int(config.image_size)
         dim = dim or out_dim
         self.resampler = PerceiverResampler(
@@ -179,7 +179,9 @@ class CLIPResamplerEncoder(nn.Module):
             return int(key.split(".")[2]) >= self.used_layers
         return False
 
-    def _drop_unbuilt(self, state_dict, prefix, *args) -> None:
+    def drop_unbuilt(self, state_dict: dict, prefix: str = "", *args) -> None:
+        """Delete from ``state_dict`` the keys of the unbuilt part (this module's keys under ``prefix``); a
+        load-state-dict pre-hook, and called by :func:`stylevar.io.state.build_stylevar` before its key check."""
         for key in [k for k in state_dict if k.startswith(prefix + "clip.")]:
             if self.unbuilt_key(key[len(prefix) + 5 :]):
                 del state_dict[key]
