@@ -195,10 +195,9 @@ def build_stylevar(
     """A StyleVAR with ``sd`` loaded strictly, in eval mode (built on the meta device: no wasted init, no copy)."""
     with torch.device("meta"):
         model = StyleVAR(cfg)
+    # a clip_resampler model: a whole CLIP tower's keys above the layer it reads are dropped
     drop_unbuilt = getattr(model.style_encoder, "drop_unbuilt", None)
-    if (
-        drop_unbuilt is not None
-    ):  # a clip_resampler model: keys of a whole CLIP tower above the layer it reads
+    if drop_unbuilt is not None:
         sd = dict(sd)
         drop_unbuilt(sd, "style_encoder.")
     load_strict(model, sd, f"{path} does not fit the model", assign=True)

@@ -163,7 +163,6 @@ class CLIPResamplerEncoder(nn.Module):
         # its output is the last kept layer's; the LayerNorm after it only makes the pooled class token
         self.clip.post_layernorm = nn.Identity()
         self.clip_config = config
-        self.layer = layer
         self._register_load_state_dict_pre_hook(self.drop_unbuilt)
         self.image_size = int(config.image_size)
         dim = dim or out_dim
