@@ -186,6 +186,43 @@ def test_saving_keeps_the_encoder_and_a_bare_state_dict_is_refused(clip_model, t
 
 
 @torch.no_grad()
+def test_the_styles_vq_tokens_join_the_style_tokens(tmp_path):
+    """``style_vq_tokens``: the blocks attend to M resampler tokens + the style's L embedded VQ features;
+    sampling still equals teacher forcing (eager and static runner), training's conditioning is the same,
+    the VQ tokens reach the logits, and the flag survives saving; a ResNet model refuses it."""
+    from stylevar.io import load_pretrained, save_pretrained
+
+    model, vae = tiny_models(tag="clipvq", **CLIP_KW, style_vq_tokens=True)
+    cond = _cond(model, vae)
+    L = model.L
+    assert cond.style_feat.shape == (2, 4 + L, model.C)
+    vq = model.word_embed(cond.style_cvae) + model.lvl_embed(model.lvl_1L) + model.pos_1LC
+    assert torch.allclose(cond.style_feat[:, 4:], vq, atol=1e-6)
+    style, content = smooth_images(2, 64, 1), smooth_images(2, 64, 2)
+    train = model.conditioning_from_features(style, content, cond.style_cvae, cond.content_cvae)
+    assert torch.allclose(train.style_feat, cond.style_feat, atol=1e-6)
+    out = model.generate(vae, cond, seed=[1, 2], top_k=5, return_logits=True)
+    teacher = model(vae.quantize.idx_to_teacher_input(out.tokens), cond)
+    for si, (bg, ed) in enumerate(model.begin_ends):
+        assert (out.logits[si] - teacher[:, bg:ed]).abs().max().item() < 1e-4, si
+    static = model.generate(vae, cond, seed=[1, 2], top_k=5, return_logits=True, cuda_graphs=True)
+    assert all(torch.equal(a, b) for a, b in zip(static.tokens, out.tokens))
+    moved = copy.copy(cond)  # only the VQ tokens changed: other logits
+    moved.style_feat = torch.cat((cond.style_feat[:, :4], cond.style_feat[:, 4:].flip(0)), dim=1)
+    x = vae.quantize.idx_to_teacher_input(out.tokens)
+    assert (model(x, moved) - teacher).abs().max() > 1e-3
+    save_pretrained(tmp_path / "m", model, vae)
+    back = load_pretrained(tmp_path / "m")
+    assert back.model.config.style_vq_tokens
+    again = back.model.generate(
+        back.vae, _cond(back.model, back.vae), seed=[1, 2], top_k=5, return_logits=True
+    )
+    assert max((a - b).abs().max().item() for a, b in zip(again.logits, out.logits)) < 1e-5
+    with pytest.raises(ConfigError, match="style_vq_tokens needs"):
+        tiny_models(tag="bad", style_vq_tokens=True)
+
+
+@torch.no_grad()
 @pytest.mark.parametrize("layer", [-2, -1, 0, 1])
 def test_the_cut_tower_gives_the_whole_towers_hidden_state(layer):
     """Only the layers below ``clip_layer`` are built; their output is transformers' hidden state ``layer``
@@ -243,8 +280,13 @@ def test_clip_weights_come_from_a_folder_and_are_frozen(clip_dir, ours_dir):
     with pytest.raises(ConfigError, match="do not fit"):
         load_clip_vision(other, clip)
     for bad, match in [
-        (SFTStart(depth=1, vae="v", clip=str(clip_dir)), "--clip and --style-tokens belong"),
+        (
+            SFTStart(depth=1, vae="v", clip=str(clip_dir)),
+            "--clip, --style-tokens and --style-vq-tokens belong",
+        ),
+        (SFTStart(depth=1, vae="v", style_vq_tokens=True), "--style-vq-tokens belong"),
         (SFTStart(init="x", style_encoder="clip_resampler"), "build new models"),
+        (SFTStart(init="x", style_vq_tokens=True), "build new models"),
         (
             SFTStart(depth=1, vae="v", style_encoder="clip_resampler", resnet_weights="r.pth"),
             "--resnet-weights",
@@ -255,8 +297,8 @@ def test_clip_weights_come_from_a_folder_and_are_frozen(clip_dir, ours_dir):
 
 
 def test_sft_cli_trains_a_clip_resampler_model_and_the_pipeline_uses_it(ours_dir, tmp_path):
-    """``stylevar sft --depth 1 --style-encoder clip_resampler`` on files: the final model is a clip_resampler
-    model whose resampler moved; the pipeline stylizes with it, with a blend and with StyleAR's subtraction
+    """``stylevar sft --depth 1 --style-encoder clip_resampler --style-vq-tokens`` on files: the final model is
+    a clip_resampler model whose resampler moved; the pipeline stylizes with it, with a blend and with StyleAR's subtraction
     (an empty salient region subtracts nothing, bit for bit)."""
     from PIL import Image
 
@@ -274,10 +316,12 @@ def test_sft_cli_trains_a_clip_resampler_model_and_the_pipeline_uses_it(ours_dir
             _png(omni / "target" / f"c{c}.png&&s{s}.jpg.png.png", 200 + 10 * c + s)
     run = tmp_path / "run"
     args = ["sft", str(omni), "-o", str(run), "--depth", "1", "--vae", str(ours_dir), "--max-steps", "3"]
-    args += ["--style-encoder", "clip_resampler", "--style-tokens", "4", "--val-fraction", "0", *FAST]
+    args += ["--style-encoder", "clip_resampler", "--style-tokens", "4", "--style-vq-tokens"]
+    args += ["--val-fraction", "0", *FAST]
     assert main(args) == 0
     ck = load_pretrained(run / "final")
     assert ck.model.config.style_encoder == "clip_resampler" and ck.model.config.style_tokens == 4
+    assert ck.model.config.style_vq_tokens  # the blend and the subtraction below act on its VQ tokens too
     recorded = json.loads((run / "sft_args.json").read_text())
     assert "clip_resampler" in json.dumps(recorded)
 

@@ -222,6 +222,11 @@ class StyleVARConfig(Serialisable):
     style_tokens: int = 16  #: ``clip_resampler``: M, the resampler's output tokens
     resampler_depth: int = 4  #: ``clip_resampler``: perceiver layers
     resampler_dim: int = 0  #: ``clip_resampler``: the resampler's width; 0 means embed_dim
+    #: ``clip_resampler``: the style image's own per-scale VQ features, embedded like target tokens
+    #: (``word_embed`` + the level and position embeddings), join the M resampler tokens: the blocks attend
+    #: to M + L style tokens and AdaLN takes the mean of all. A direct path for the style's colours, as
+    #: ``content_residual`` is for the content's layout (docs/architecture.md, "Style encoders")
+    style_vq_tokens: bool = False
 
     def __post_init__(self) -> None:
         _set(self, "patch_nums", _check_patch_nums(self.patch_nums))
@@ -231,6 +236,10 @@ class StyleVARConfig(Serialisable):
             _set(self, "clip_vision", dict(self.clip_vision or {}))
             if self.style_tokens < 1 or self.resampler_depth < 1:
                 raise ConfigError("style_tokens and resampler_depth must be >= 1")
+        elif self.style_vq_tokens:
+            raise ConfigError(
+                "style_vq_tokens needs style_encoder='clip_resampler' (the blocks' style attention)"
+            )
         if self.encoder_input not in ENCODER_INPUTS:
             raise ConfigError(f"encoder_input must be one of {ENCODER_INPUTS}, not {self.encoder_input!r}")
         if self.depth < 1:

@@ -52,7 +52,9 @@ class DemoConfig(Serialisable):
     #: limits the demo")
     vocab_size: int = 256
     z_channels: int = 8
-    patch_nums: tuple[int, ...] = (1, 2, 3, 4, 6, 8)
+    #: the token scales: 4 scales (85 tokens) instead of 6 (1, 2, 3, 4, 6, 8: 130 tokens) make an SFT step
+    #: 1.47x cheaper for the same ceiling (README, "What limits the demo")
+    patch_nums: tuple[int, ...] = (1, 2, 4, 8)
     #: GroupNorm groups of the tokenizer: VAR's 32 (one channel per group at 32 channels) would normalise
     #: every channel on its own and erase each image's colours (README, "What limits the demo")
     norm_groups: int = 1
@@ -83,7 +85,11 @@ class DemoConfig(Serialisable):
     style_tokens: int = 16  #: clip_resampler: the resampler's tokens
     resampler_depth: int = 2  #: clip_resampler: perceiver layers
     resampler_dim: int = 64  #: clip_resampler: the resampler's width
-    sft_steps: int = 900
+    #: clip_resampler: the style's VQ features join the resampler's tokens (StyleVARConfig.style_vq_tokens):
+    #: figure colour 32 instead of 39 levels on 512 new pairs, 1.17x the SFT step (README, "What limits
+    #: the demo")
+    style_vq_tokens: bool = True
+    sft_steps: int = 1000
     sft_batch: int = 32
     #: SFT processes on the CPU (DDP over gloo, each with its share of the threads and of every batch); 0 =
     #: auto: two on a CPU with two or more threads -- on the 2-core EPYC the stage took 8 % less time than in
@@ -372,6 +378,7 @@ def _style_encoder_fields(cfg: DemoConfig) -> dict[str, Any]:
         style_tokens=cfg.style_tokens,
         resampler_depth=cfg.resampler_depth,
         resampler_dim=cfg.resampler_dim,
+        style_vq_tokens=cfg.style_vq_tokens,
     )
 
 

@@ -87,6 +87,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--style-tokens", type=int, metavar="M", help="clip_resampler: style tokens (default 16)")
     g.add_argument(
+        "--style-vq-tokens",
+        action="store_true",
+        help="clip_resampler: the style's per-scale VQ features join the style tokens (a direct path for its colours)",
+    )
+    g.add_argument(
         "--encoder-dim",
         type=int,
         metavar="N",
@@ -156,6 +161,7 @@ def job_from_args(args: argparse.Namespace):
         clip=args.clip,
         freeze_clip=args.freeze_clip,
         style_tokens=args.style_tokens,
+        style_vq_tokens=args.style_vq_tokens,
         variant=args.variant,
         alpha=args.alpha,
         patch_nums=args.patch_nums,

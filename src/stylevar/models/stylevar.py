@@ -51,7 +51,8 @@ class Conditioning:
     """
 
     #: (B, C) ``feat_emb(ResNet(style))``, the AdaLN condition; or, for a ``clip_resampler`` model, the
-    #: style tokens (B, M, C), which the blocks attend to and whose mean is the AdaLN condition
+    #: style tokens (B, M, C) -- (B, M + L, C) with ``style_vq_tokens`` --, which the blocks attend to and
+    #: whose mean is the AdaLN condition
     style_feat: torch.Tensor
     content_feat: torch.Tensor  #: (B, C) ``feat_emb(ResNet(content))``: start token
     style_cvae: torch.Tensor  #: (B, L, Cvae) cumulative VQ features of the style image per scale
@@ -274,7 +275,15 @@ class StyleVAR(nn.Module):
         VQ features (B, L, Cvae))."""
         with torch.no_grad():
             cvae = vae.quantize.idx_to_condition(vae.img_to_idx(style_img))
-        return self._style_feat(style_img), cvae
+        return self._with_vq_tokens(self._style_feat(style_img), cvae), cvae
+
+    def _with_vq_tokens(self, feat: torch.Tensor, cvae: torch.Tensor) -> torch.Tensor:
+        """Style tokens (B, M, C) and the style's VQ features (B, L, Cvae) -> the tokens the blocks attend to:
+        (B, M + L, C) with ``style_vq_tokens`` (each VQ feature embedded as a target token at its scale and
+        place), else ``feat`` unchanged."""
+        if not self.config.style_vq_tokens:
+            return feat
+        return torch.cat((feat, self.word_embed(cvae.float()) + self._lvl_pos()), dim=1)
 
     def encode_content(self, vae: VQVAE, content_img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Content images [-1, 1] (B, 3, R, R) -> (start-token feature (B, C), VQ features (B, L, Cvae))."""
@@ -303,7 +312,7 @@ class StyleVAR(nn.Module):
     ) -> Conditioning:
         """:class:`Conditioning` from images [-1, 1] and already computed VQ features (B, L, Cvae)."""
         return Conditioning(
-            self._style_feat(style_img),
+            self._with_vq_tokens(self._style_feat(style_img), style_cvae),
             self._image_feat(self.content_encoder, content_img),
             style_cvae.float(),
             content_cvae.float(),

@@ -142,6 +142,8 @@ class SFTStart:
     #: keep the CLIP tower's weights fixed (StyleAR trains the resampler only); None: fixed iff ``clip`` given
     freeze_clip: bool | None = None
     style_tokens: int | None = None  #: ``clip_resampler``: M (default 16)
+    #: ``clip_resampler``: the style's VQ features join its tokens (``StyleVARConfig.style_vq_tokens``)
+    style_vq_tokens: bool = False
     variant: str | None = None  #: with ``init`` and a Hub id: which release (grpo, sft)
     alpha: Any = None  #: per-scale alpha: a preset or values (default: sft for new models)
     patch_nums: tuple[int, ...] | None = None  #: token scales of a ``depth`` model (default: the VQ-VAE's)
@@ -209,13 +211,18 @@ def check_start(start: SFTStart) -> None:
         raise ConfigError(
             "--content-residual builds new models (--init-var, --depth); --init keeps its layout"
         )
-    if (start.style_encoder is not None or start.clip or start.style_tokens) and start.init:
+    if (
+        start.style_encoder is not None or start.clip or start.style_tokens or start.style_vq_tokens
+    ) and start.init:
         raise ConfigError(
-            "--style-encoder, --clip and --style-tokens build new models (--init-var, --depth); --init keeps its encoder"
+            "--style-encoder, --clip, --style-tokens and --style-vq-tokens build new models (--init-var, --depth); "
+            "--init keeps its encoder"
         )
     clip_model = (start.style_encoder or "resnet") == "clip_resampler"
-    if (start.clip or start.style_tokens) and not clip_model:
-        raise ConfigError("--clip and --style-tokens belong to --style-encoder clip_resampler")
+    if (start.clip or start.style_tokens or start.style_vq_tokens) and not clip_model:
+        raise ConfigError(
+            "--clip, --style-tokens and --style-vq-tokens belong to --style-encoder clip_resampler"
+        )
     if start.resnet_weights and clip_model:
         raise ConfigError(
             "--resnet-weights fills both ResNet encoders; with --style-encoder clip_resampler give --clip instead"
@@ -307,6 +314,7 @@ def _style_encoder_options(start: SFTStart, enc: dict[str, Any]) -> Any:
     enc["style_encoder"] = start.style_encoder
     if start.style_tokens:
         enc["style_tokens"] = start.style_tokens
+    enc["style_vq_tokens"] = start.style_vq_tokens
     if not start.clip:
         return None
     from ..perceptual import load_clip_model
