@@ -6,7 +6,8 @@ StyleAR's CLIP ViT + perceiver resampler (``style_encoder="clip_resampler"``).
     python benchmarks/bench_style_encoder.py runs/encoders --json docs/style_encoders.json
 
 Each encoder trains the whole demo (``stylevar.demo.run_demo``: the same data, tokenizer budget, SFT
-steps, learning rate and seed; only ``DemoConfig.style_encoder`` differs; the CLIP tower is small and
+steps, learning rate and seed; only ``DemoConfig.style_encoder`` differs -- the resampler model with the
+demo's ``style_vq_tokens``, which the README's table of 2026-12-02 predates; the CLIP tower is small and
 trained from scratch, since no pretrained CLIP can be fetched here) into OUT/<encoder>. A finished run
 (its metrics.json) is reused. The table: SSIM, figure IoU and MAE against the target on the held-out pairs
 (new contents, new styles), the synthetic leakage measure, what swapping the style or the content image
