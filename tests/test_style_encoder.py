@@ -37,6 +37,19 @@ def _cond(model, vae, B=2, seeds=(1, 2)):
     return model.conditioning(vae, smooth_images(B, res, seeds[0]), smooth_images(B, res, seeds[1]))
 
 
+def _sampling_is_teacher_forcing(model, vae, cond):
+    """Sample with logits; assert they equal teacher forcing's at every scale and the static runner's tokens
+    and logits; return (the sample, the teacher-forced logits)."""
+    out = model.generate(vae, cond, seed=[1, 2], top_k=5, return_logits=True)
+    teacher = model(vae.quantize.idx_to_teacher_input(out.tokens), cond)
+    for si, (bg, ed) in enumerate(model.begin_ends):
+        assert (out.logits[si] - teacher[:, bg:ed]).abs().max().item() < 1e-4, si
+    static = model.generate(vae, cond, seed=[1, 2], top_k=5, return_logits=True, cuda_graphs=True)
+    assert all(torch.equal(a, b) for a, b in zip(static.tokens, out.tokens))
+    assert max((a - b).abs().max().item() for a, b in zip(static.logits, out.logits)) < 1e-5
+    return out, teacher
+
+
 def test_the_resnet_path_keeps_the_released_layout():
     model, _ = tiny_models(tag="plain")
     assert not model.has_style_tokens
@@ -52,13 +65,7 @@ def test_sampling_reproduces_teacher_forcing_and_the_static_runner(clip_model):
     cond = _cond(model, vae)
     assert cond.style_feat.shape == (2, 4, model.C)  # M = 4 style tokens
     assert torch.allclose(model.style_condition(cond.style_feat), cond.style_feat.mean(1))
-    out = model.generate(vae, cond, seed=[1, 2], top_k=5, return_logits=True)
-    teacher = model(vae.quantize.idx_to_teacher_input(out.tokens), cond)
-    for si, (bg, ed) in enumerate(model.begin_ends):
-        assert (out.logits[si] - teacher[:, bg:ed]).abs().max().item() < 1e-4, si
-    static = model.generate(vae, cond, seed=[1, 2], top_k=5, return_logits=True, cuda_graphs=True)
-    assert all(torch.equal(a, b) for a, b in zip(static.tokens, out.tokens))
-    assert max((a - b).abs().max().item() for a, b in zip(static.logits, out.logits)) < 1e-5
+    out, _ = _sampling_is_teacher_forcing(model, vae, cond)
     # the runner rebinds new style tokens into its buffers: another style, other logits, same as eager
     other = model.conditioning(vae, smooth_images(2, 64, 7), smooth_images(2, 64, 2))
     again = model.generate(vae, other, seed=[1, 2], return_logits=True, cuda_graphs=True)
@@ -201,12 +208,7 @@ def test_the_styles_vq_tokens_join_the_style_tokens(tmp_path):
     style, content = smooth_images(2, 64, 1), smooth_images(2, 64, 2)
     train = model.conditioning_from_features(style, content, cond.style_cvae, cond.content_cvae)
     assert torch.allclose(train.style_feat, cond.style_feat, atol=1e-6)
-    out = model.generate(vae, cond, seed=[1, 2], top_k=5, return_logits=True)
-    teacher = model(vae.quantize.idx_to_teacher_input(out.tokens), cond)
-    for si, (bg, ed) in enumerate(model.begin_ends):
-        assert (out.logits[si] - teacher[:, bg:ed]).abs().max().item() < 1e-4, si
-    static = model.generate(vae, cond, seed=[1, 2], top_k=5, return_logits=True, cuda_graphs=True)
-    assert all(torch.equal(a, b) for a, b in zip(static.tokens, out.tokens))
+    out, teacher = _sampling_is_teacher_forcing(model, vae, cond)
     moved = copy.copy(cond)  # only the VQ tokens changed: other logits
     moved.style_feat = torch.cat((cond.style_feat[:, :4], cond.style_feat[:, 4:].flip(0)), dim=1)
     x = vae.quantize.idx_to_teacher_input(out.tokens)

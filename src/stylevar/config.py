@@ -225,7 +225,7 @@ class StyleVARConfig(Serialisable):
     #: ``clip_resampler``: the style image's own per-scale VQ features, embedded like target tokens
     #: (``word_embed`` + the level and position embeddings), join the M resampler tokens: the blocks attend
     #: to M + L style tokens and AdaLN takes the mean of all. A direct path for the style's colours, as
-    #: ``content_residual`` is for the content's layout (docs/architecture.md, "Style encoders")
+    #: ``content_residual`` is for the content's layout (docs/architecture.md, "The style's own tokens")
     style_vq_tokens: bool = False
 
     def __post_init__(self) -> None:
