@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import random_inception_state
 from stylevar.cli import main
 from stylevar.data import save_split, scan
 from stylevar.data.synthetic import make_synthetic, synthetic_triplet
@@ -142,9 +143,38 @@ def test_timing_excludes_warmup_and_times_full_batches():
 # end to end
 
 
+def fid_inception_state(seed: int) -> dict:
+    """Random weights in the layout of pytorch-fid's pt_inception-2015-12-05-6726825d.pth: torchvision's
+    trunk keys (its FID blocks have the same parameters), an fc of 1008 rows and no AuxLogits, as
+    pytorch-fid's builder makes it (``_inception_v3(num_classes=1008, aux_logits=False)``)."""
+    from torchvision.models import inception_v3
+
+    with torch.device("meta"):
+        model = inception_v3(weights=None, num_classes=1008, aux_logits=False, init_weights=False)
+    return random_inception_state(model.to_empty(device="cpu").state_dict(), seed)
+
+
 @pytest.fixture(scope="module")
-def weights(vgg_file, vgg16_file, inception_file, art_inception_file, alexnet_file, adain_dir, request):
-    w = {"vgg": vgg_file, "inception": inception_file, "adain": adain_dir}
+def fid_inception_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fid_inception") / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save(fid_inception_state(seed=0), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def weights(
+    vgg_file,
+    vgg16_file,
+    fid_inception_file,
+    inception_file,
+    art_inception_file,
+    alexnet_file,
+    adain_dir,
+    request,
+):
+    # "inception": the FID network's weights for the default --fid-inception pytorch-fid; "tv_inception":
+    # torchvision's layout (--fid-inception torchvision)
+    w = {"vgg": vgg_file, "inception": fid_inception_file, "tv_inception": inception_file, "adain": adain_dir}
     w |= {"art": art_inception_file, "alex": alexnet_file}
     if HAS_EXTRAS:
         w |= {
@@ -350,6 +380,28 @@ def test_cli_errors_are_one_line(datasets, ours_dir, tmp_path, capsys):
         assert main(argv) == 1, argv
         err = capsys.readouterr().err.strip()
         assert needle in err and len(err.splitlines()) == 1, err
+
+
+def test_fid_weights_must_fit_the_chosen_fid_network(datasets, weights, tmp_path, capsys):
+    """--inception-weights goes to the network --fid-inception names; a file of the other network (their
+    trunks share one key layout, so it would load) is refused in one line before any generation."""
+    out = tmp_path / "o"
+    base = ["evaluate", "--out", str(out), "--content-copy", "--omnistyle", str(datasets["omni"]),
+            "--metrics", "fid", "-n", "2", "--resolution", "32", "--timing-samples", "0",
+            "--sheet-samples", "0", "--device", "cpu", "-q"]  # fmt: skip
+    tv, fid = str(weights["tv_inception"]), str(weights["inception"])
+    assert main([*base, "--inception-weights", tv]) == 1  # default: pytorch-fid
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and tv in err and "torchvision's ImageNet Inception-v3" in err
+    assert "--fid-inception torchvision" in err and not (out / "images").exists()
+    assert main([*base, "--inception-weights", fid, "--fid-inception", "torchvision"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and fid in err and "fc of 1008 rows" in err
+    assert "--fid-inception pytorch-fid" in err and not (out / "images").exists()
+    # each with its own network runs
+    for w, net in ((tv, "torchvision"), (fid, "pytorch-fid")):
+        assert main([*base, "--inception-weights", w, "--fid-inception", net, "--overwrite"]) == 0
+        assert _summary(out)[("OmniStyle", "content-copy")]["set_metrics"]["fid"] is not None
 
 
 def test_content_copy_alone_needs_no_checkpoint(datasets, tmp_path):

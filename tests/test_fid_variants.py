@@ -76,6 +76,63 @@ def test_fid_inception_refuses_other_weights_in_one_line(pytorch_fid_model, tmp_
     assert "\n" not in msg and P.inception.FID_FILE in msg and P.inception.FID_URL in msg
 
 
+def _torchvision_state(aux_logits: bool, seed: int) -> dict:
+    """Random weights in torchvision's Inception-v3 layout (1000 classes), with or without AuxLogits."""
+    from torchvision.models import inception_v3
+
+    with torch.device("meta"):
+        model = inception_v3(weights=None, aux_logits=aux_logits, init_weights=False)
+    return random_inception_state(model.to_empty(device="cpu").state_dict(), seed)
+
+
+def test_each_fid_network_takes_its_own_weights_and_refuses_the_others(pytorch_fid_model, tmp_path):
+    """The trunks share one key layout, so a torchvision file loads into pytorch-fid's network without a
+    missing key: only the heads tell them apart (fc of 1008 rows vs 1000), and each network refuses the
+    other's file in one line naming the file, what it looks like and the --fid-inception it fits."""
+    from safetensors.torch import save_file
+
+    _, fid_sd = pytorch_fid_model  # the state dict pytorch-fid's own builder made (no AuxLogits)
+    fid_file = tmp_path / P.inception.FID_FILE
+    torch.save(fid_sd, fid_file)
+    tv_file = tmp_path / "inception_v3_google-0cc3c7bd.pth"  # the released layout: AuxLogits and fc
+    torch.save(_torchvision_state(aux_logits=True, seed=4), tv_file)
+    tv_noaux = tmp_path / "torchvision_noaux.safetensors"
+    save_file({k: v.contiguous() for k, v in _torchvision_state(aux_logits=False, seed=5).items()}, tv_noaux)
+    art_file = tmp_path / "art_inception.pth"
+    torch.save(art_inception_state(seed=6), art_file)
+    layout = P.inception.inception_layout
+    assert layout(fid_sd) == "pytorch-fid" and layout(torch.load(tv_file, weights_only=True)) == "torchvision"
+
+    x = torch.rand(1, 3, 80, 80)
+    assert P.FIDInceptionFeatures(fid_file)(x).shape == (1, 2048)  # its own
+    for path in (tv_file, tv_noaux):
+        assert P.InceptionFeatures(path)(x).shape == (1, 2048)
+        with pytest.raises(CheckpointError) as e:
+            P.FIDInceptionFeatures(path)
+        msg = str(e.value)
+        assert "\n" not in msg and str(path) in msg and "torchvision's ImageNet Inception-v3" in msg
+        assert "fc of 1000 rows" in msg and "--fid-inception torchvision" in msg
+    with pytest.raises(CheckpointError) as e:
+        P.InceptionFeatures(fid_file)
+    msg = str(e.value)
+    assert "\n" not in msg and str(fid_file) in msg and "fc of 1008 rows" in msg
+    assert "--fid-inception pytorch-fid" in msg
+    # ArtFID's file fits neither FID network; neither FID file fits ArtFID's network
+    for build in (P.FIDInceptionFeatures, P.InceptionFeatures):
+        with pytest.raises(CheckpointError, match="--art-inception-weights") as e:
+            build(art_file)
+        assert str(art_file) in str(e.value)
+    for path, fits in ((fid_file, "pytorch-fid"), (tv_file, "torchvision")):
+        with pytest.raises(CheckpointError, match=f"--fid-inception {fits}"):
+            P.ArtInceptionFeatures(path)
+    # a bare trunk cannot be told from torchvision's: pytorch-fid's network refuses it, torchvision's takes it
+    trunk = {k: v for k, v in fid_sd.items() if not k.startswith("fc.")}
+    with pytest.raises(CheckpointError, match="without its fc layer"):
+        P.FIDInceptionFeatures(trunk)
+    # a DataParallel prefix changes nothing
+    assert layout({f"module.{k}": v for k, v in fid_sd.items()}) == "pytorch-fid"
+
+
 def test_frechet_distance_matches_pytorch_fid(pytorch_fid_model):
     from pytorch_fid.fid_score import calculate_frechet_distance
 

@@ -128,7 +128,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--inception-weights",
         default=None,
         help="the FID network's weights: pt_inception-2015-12-05-6726825d.pth (pytorch-fid; default torch hub "
-        "cache), or inception_v3_google-0cc3c7bd.pth with --fid-inception torchvision",
+        "cache), or inception_v3_google-0cc3c7bd.pth with --fid-inception torchvision; a file whose fc "
+        "belongs to the other network (1008 rows: pytorch-fid's, 1000: torchvision's) is refused",
     )
     g.add_argument(
         "--fid-inception",

@@ -231,6 +231,20 @@ def unpaired_benchmark(
 # Images
 
 
+def open_rgb(path: PathLike, role: str = "image") -> Image.Image:
+    """An image file read as pytorch-fid, art-fid and StyleID's ``eval_artfid.py`` read theirs:
+    ``Image.open(path).convert("RGB")`` and nothing else. Unlike :func:`stylevar.images.load_image` (what
+    the methods are given) it **drops** alpha (transparent pixels keep the RGB stored under them; no
+    composite onto white), converts palette, grey and 16-bit images by PIL's rules, takes the first frame
+    and applies no EXIF rotation. A file PIL cannot read gives ``load_image``'s one-line ImageError."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        load_image(path, role=role)  # raises the one-line error that says what is wrong with the file
+        raise
+
+
 def read_image(path: PathLike, resolution: int, fit: str = "squash", role: str = "image") -> torch.Tensor:
     """An image file as a (3, R, R) uint8 tensor, resized as the model was trained (LANCZOS; ``squash``
     the whole image, or ``crop`` the centred square first)."""

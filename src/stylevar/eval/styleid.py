@@ -12,15 +12,23 @@ StyleID's ``evaluation/eval_artfid.py`` computes them:
   is the plain FID at N = 800, which is what is computed here.
 * **LPIPS**: LPIPS v0.1 with the AlexNet trunk between each output and its content image, both resized
   as above; **ArtFID** = (1 + LPIPS)(1 + FID).
-* **CFSD**: :class:`stylevar.perceptual.CFSD` of each output and its content image at ``size`` x ``size``
-  (StyleID's images are 512 x 512; CFSD sums over feature positions, so only numbers at one size compare).
+* **CFSD**: :class:`stylevar.perceptual.CFSD` of each output and its content reference, both resized to
+  ``size`` x ``size`` (an output's shorter side to ``size`` as above, then a non-square one squashed to the
+  square). StyleID's code resizes nothing here: it reads each output and content file as saved (both
+  512 x 512 in its data) and fails on a pair of two sizes. CFSD sums over feature positions, so only
+  numbers at one size compare; ``cfsd_saved_size=True`` computes it as StyleID's code does instead, at
+  each output's saved size (the content reference resized to that size).
 * **FID (pytorch-fid)**: the FID the rest of the field uses, outputs vs their style images, each file as
   saved (pytorch-fid resizes to 299 inside its network).
 
-The content reference is the content image as the method saw it (``fit``: the whole image squashed, or
-its centred square), resized to ``size`` x ``size``: StyleID's contents are already 512 x 512 squares. The
-outputs are whatever the method produced (StyleVAR's released model works at 256 x 256; the resize to 512
-is the protocol's, not an upscaler).
+Every file is read as those references read theirs, ``PIL.Image.open(p).convert("RGB")``
+(:func:`stylevar.eval.data.open_rgb`): alpha is dropped, so a transparent pixel counts with the RGB stored
+under it, where :func:`stylevar.images.load_image`, which feeds the methods, composites onto white; no EXIF
+rotation. The content reference is the content image in the method's orientation (its EXIF rotation
+applied, as the method saw it; a no-op without an orientation tag), its ``fit`` region (the whole image
+squashed, or its centred square), resized to ``size`` x ``size``: StyleID's contents are already
+512 x 512 squares. The outputs are whatever the method produced (StyleVAR's released model works at
+256 x 256; the resize to 512 is the protocol's, not an upscaler).
 
 Published numbers of peers (:data:`PUBLISHED`) are printed beside ours, marked as published.
 """
@@ -35,17 +43,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import ImageOps
 
 from .. import perceptual as P
-from ..errors import DataError
+from ..errors import CheckpointError, DataError
 from ..files import atomic_write_text
-from ..images import crop_box, load_image
-from .data import Benchmark, Sample, find_images
+from ..images import crop_box
+from .data import Benchmark, Sample, find_images, open_rgb
 
 NUM_CONTENTS = 20
 NUM_STYLES = 40
 SIZE = 512
 NAME = "StyleID"
+#: bumped when the protocol's numbers change for the same images (2: files read as PIL's convert("RGB"))
+VERSION = 2
 
 #: Peers' numbers as published in StyleID's Table 1 (Chung et al., CVPR 2024; 20 MS-COCO contents x
 #: 40 WikiArt styles, 512 px). Transcribed without the paper at hand; every row satisfies
@@ -139,27 +150,45 @@ class ProtocolWeights:
 
 
 class StyleIDScorer:
-    """The protocol's networks, built once (missing weights fail here, before any generation)."""
+    """The protocol's networks, built once (missing weights fail here, before any generation).
 
-    def __init__(self, weights: ProtocolWeights | None = None, *, device="cpu", size: int = SIZE):
+    ``cfsd_saved_size``: CFSD as StyleID's code computes it, at each output's saved size (its content
+    reference resized to that size), instead of at ``size`` x ``size`` (module doc)."""
+
+    def __init__(
+        self,
+        weights: ProtocolWeights | None = None,
+        *,
+        device="cpu",
+        size: int = SIZE,
+        cfsd_saved_size: bool = False,
+    ):
         w = weights or ProtocolWeights()
         self.device = torch.device(device)
         self.size = size
+        self.cfsd_saved_size = cfsd_saved_size
         dl = w.download
         self.art = P.ArtInceptionFeatures(w.art_inception, device=self.device, download=dl)
-        self.fid = P.FIDInceptionFeatures(w.fid_inception, device=self.device, download=dl)
+        try:
+            self.fid = P.FIDInceptionFeatures(w.fid_inception, device=self.device, download=dl)
+        except CheckpointError as e:  # say which column refuses: the protocol's pytorch-fid FID
+            raise CheckpointError(
+                f"the protocol's FID (pytorch-fid) column uses pytorch-fid's network: {e}"
+            ) from None
         self.lpips = P.LPIPSDistance("alex", device=self.device, backbone_weights=w.alexnet, download=dl)
         self.cfsd = P.CFSD(w.vgg, device=self.device, download=dl)
         self._style_cache: dict[Path, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _content_ref(self, path: Path, fit: str):
-        img = load_image(path, role="content")
-        return img.crop(crop_box(img.size, fit)).resize((self.size, self.size), _bilinear())
+    def _content_ref(self, path: Path, fit: str, size: tuple[int, int]):
+        """The content file read as the references do, in the method's orientation, its ``fit`` region
+        resized to ``size`` (w, h), PIL bilinear."""
+        img = ImageOps.exif_transpose(open_rgb(path, role="content"))
+        return img.crop(crop_box(img.size, fit)).resize(size, _bilinear())
 
     @torch.no_grad()
     def _style_features(self, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         if path not in self._style_cache:
-            img = load_image(path, role="style")
+            img = open_rgb(path, role="style")
             art = self.art(_tensor(resize_shorter(img, self.size)).to(self.device)).double().cpu()
             fid = self.fid(_tensor(img).to(self.device)).double().cpu()
             self._style_cache[path] = (art, fid)
@@ -178,10 +207,11 @@ class StyleIDScorer:
         if len(outputs) != len(samples):
             raise ValueError(f"{len(outputs)} outputs for {len(samples)} samples")
         art_out, art_sty, fid_out, fid_sty, lp, cf = [], [], [], [], [], []
+        square = (self.size, self.size)
         for path, s in zip(outputs, samples, strict=True):
-            out = load_image(path, role="output")
+            out = open_rgb(path, role="output")
             out_r = resize_shorter(out, self.size)
-            content_ref = self._content_ref(s.content, fit)
+            content_ref = self._content_ref(s.content, fit, square)
             x_out = _tensor(out_r).to(self.device)
             art_out.append(self.art(x_out).double().cpu())
             fid_out.append(self.fid(_tensor(out).to(self.device)).double().cpu())
@@ -190,8 +220,11 @@ class StyleIDScorer:
             fid_sty.append(f)
             x_content = _tensor(content_ref).to(self.device)
             if x_out.shape != x_content.shape:  # a non-square output: compare at the content's square
-                x_out = _tensor(out.resize((self.size, self.size), _bilinear())).to(self.device)
+                x_out = _tensor(out.resize(square, _bilinear())).to(self.device)
             lp.append(float(self.lpips(x_out, x_content)))
+            if self.cfsd_saved_size:  # StyleID's code: the files as saved, no resize
+                x_out = _tensor(out).to(self.device)
+                x_content = _tensor(self._content_ref(s.content, fit, out.size)).to(self.device)
             cf.append(float(self.cfsd(x_out, x_content)))
             if progress is not None:
                 progress(1)
@@ -207,6 +240,7 @@ class StyleIDScorer:
             "cfsd": sum(cf) / n if n else None,
             "fid": fid,
             "size": self.size,
+            "cfsd_size": "saved" if self.cfsd_saved_size else f"{self.size}x{self.size}",
         }
 
 
@@ -221,7 +255,12 @@ def _fmt(v: float | None, digits: int) -> str:
 
 
 def report_markdown(
-    rows: list[dict[str, Any]], bench: Benchmark, size: int, extra: Sequence[str] = ()
+    rows: list[dict[str, Any]],
+    bench: Benchmark,
+    size: int,
+    extra: Sequence[str] = (),
+    *,
+    cfsd_saved_size: bool = False,
 ) -> str:
     """The protocol's table: our methods (measured here) and the published peers (marked)."""
     head = ["Method", "source", *(label for _, label in COLUMNS)]
@@ -245,7 +284,13 @@ def report_markdown(
         + ".",
         "FID: ArtFID's art_inception features, outputs vs their style images (one copy per output); "
         f"at n={sel['selected']} FID is biased upwards, compare only at equal n. LPIPS: AlexNet trunk, vs "
-        "the content; ArtFID = (1 + LPIPS)(1 + FID). CFSD: StyleID's, VGG-19 relu3_1, vs the content.",
+        "the content; ArtFID = (1 + LPIPS)(1 + FID). CFSD: StyleID's, VGG-19 relu3_1, vs the content, "
+        + (
+            "at each output's saved size (as StyleID's code; numbers at other sizes do not compare)."
+            if cfsd_saved_size
+            else f"both resized to {size} x {size}."
+        ),
+        "Images read as pytorch-fid and art-fid read them (PIL convert('RGB'): alpha dropped, not composited).",
         "FID (pytorch-fid): the TF FID Inception of pytorch-fid, the FID of the generation literature; "
         "not the FID column of style-transfer tables.",
         f"Published rows: {PUBLISHED_SOURCE}; their numbers, their images, not re-run here.",
@@ -271,10 +316,11 @@ def run_protocol(ev, scorer: StyleIDScorer, *, say=print, progress: bool = True)
         stamp = [[i, p.stat().st_size, p.stat().st_mtime_ns] for i, p in zip(idx, paths, strict=True)]
         cache = ev.out / "records" / bench.slug / f"{_slug(m.name)}.styleid.json"
         result = None
+        key = {"version": VERSION, "size": scorer.size, "cfsd_saved_size": scorer.cfsd_saved_size}
         if cache.is_file():
             try:
                 old = json.loads(cache.read_text())
-                if old.get("stamp") == stamp and old.get("size") == scorer.size:
+                if old.get("stamp") == stamp and all(old.get(k) == v for k, v in key.items()):
                     result = old["result"]
             except (OSError, ValueError, KeyError):
                 result = None
@@ -294,7 +340,7 @@ def run_protocol(ev, scorer: StyleIDScorer, *, say=print, progress: bool = True)
             finally:
                 if bar is not None:
                     bar.close()
-            atomic_write_text(cache, json.dumps({"stamp": stamp, "size": scorer.size, "result": result}))
+            atomic_write_text(cache, json.dumps({"stamp": stamp, **key, "result": result}))
         rows.append({"method": m.name, "reference_method": m.reference, **result})
     doc = {
         "protocol": "styleid",
@@ -305,7 +351,8 @@ def run_protocol(ev, scorer: StyleIDScorer, *, say=print, progress: bool = True)
         "published": {"source": PUBLISHED_SOURCE, "rows": PUBLISHED},
     }
     atomic_write_text(ev.out / "styleid.json", json.dumps(doc, indent=1))
-    atomic_write_text(ev.out / "styleid.md", report_markdown(rows, bench, scorer.size))
+    md = report_markdown(rows, bench, scorer.size, cfsd_saved_size=scorer.cfsd_saved_size)
+    atomic_write_text(ev.out / "styleid.md", md)
     for r in rows:
         say(
             f"StyleID protocol, {r['method']}: ArtFID {_fmt(r['artfid'], 3)}, FID {_fmt(r['fid_art'], 3)}, "

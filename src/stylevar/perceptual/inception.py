@@ -10,6 +10,11 @@ Conventions: :mod:`stylevar.perceptual.common`.
 * :class:`InceptionFeatures`: torchvision's ImageNet Inception-v3: comparable only with itself.
 
 docs/evaluation.md compares the three and says which preprocessing each number implies.
+
+The three share torchvision's trunk key layout, so any of their files loads into any of the networks;
+only the classifier heads tell them apart (:func:`inception_layout`), and each class refuses a file whose
+heads name another network (pytorch-fid's FID weights have an ``fc`` of 1008 rows, torchvision's 1000):
+without that check ``--inception-weights`` could hand ImageNet weights to the column labelled pytorch-fid.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import CheckpointError
 from ..io.safe import load_strict
 from .common import (
     Frozen,
@@ -42,6 +48,64 @@ ART_REPO = "matthias-wright/art_inception"
 ART_URL = f"https://huggingface.co/{ART_REPO}/resolve/main/{ART_FILE}"
 #: classifier heads: torchvision's (fc, AuxLogits), ArtFID's two (fc1/fc2, AuxLogits1/AuxLogits2)
 _HEADS = re.compile(r"^(fc\d*|AuxLogits\d*)\.")
+#: rows of ``fc``: the TF FID graph's 1008 classes (pytorch-fid's file), ImageNet's 1000 (torchvision's)
+FID_CLASSES = 1008
+IMAGENET_CLASSES = 1000
+
+_LOOKS = {
+    "pytorch-fid": f"pytorch-fid's FID Inception (fc of {FID_CLASSES} rows, no AuxLogits)",
+    "torchvision": f"torchvision's ImageNet Inception-v3 (fc of {IMAGENET_CLASSES} rows)",
+    "art": "ArtFID's art_inception (fc1/fc2 heads)",
+    "other": "an Inception-v3 with an fc of {rows} rows",
+    "trunk": "an Inception-v3 trunk without its fc layer",
+}
+_FITS = {
+    "pytorch-fid": "pass it as --inception-weights with --fid-inception pytorch-fid (FIDInceptionFeatures)",
+    "torchvision": "pass it as --inception-weights with --fid-inception torchvision (InceptionFeatures)",
+    "art": "pass it as --art-inception-weights (ArtInceptionFeatures)",
+    "other": "only --fid-inception torchvision (InceptionFeatures) takes other Inception-v3 weights",
+    "trunk": "only --fid-inception torchvision (InceptionFeatures) takes a bare trunk",
+}
+
+
+def inception_layout(sd: Mapping[str, torch.Tensor]) -> str:
+    """Which Inception-v3 checkpoint a state dict is, from its classifier heads (the trunks share one key
+    layout): ``"pytorch-fid"`` (``fc`` of 1008 rows and no ``AuxLogits``: pytorch-fid's
+    ``pt_inception-2015-12-05-6726825d.pth``), ``"torchvision"`` (``fc`` of 1000 rows, with or without
+    ``AuxLogits``: ``inception_v3_google-0cc3c7bd.pth``), ``"art"`` (ArtFID's ``fc1``/``fc2``), ``"other"``
+    (an ``fc`` of another size) or ``"trunk"`` (no ``fc``). A DataParallel ``module.`` prefix is ignored."""
+    keys = {k.removeprefix("module."): v for k, v in sd.items()}
+    if any(k.startswith(("fc1.", "fc2.")) for k in keys):
+        return "art"
+    fc = keys.get("fc.weight")
+    if fc is None:
+        return "trunk"
+    aux = any(k.startswith("AuxLogits.") for k in keys)
+    if fc.shape[0] == FID_CLASSES and not aux:
+        return "pytorch-fid"
+    return "torchvision" if fc.shape[0] == IMAGENET_CLASSES else "other"
+
+
+def _where(fname: str, weights: PathLike | Mapping | None, search: list[Path]) -> str:
+    """The file :func:`~stylevar.perceptual.common.locate_weights` reads for these arguments, for messages."""
+    if isinstance(weights, Mapping):
+        return "the state dict given"
+    if weights is not None:
+        p = Path(weights).expanduser()
+        return str(p / fname if p.is_dir() else p)
+    hit = next((d / fname for d in search if (d / fname).is_file()), None)
+    return str(hit) if hit is not None else f"the downloaded {fname}"
+
+
+def _check_layout(sd: Mapping[str, torch.Tensor], accept: tuple[str, ...], network: str, where: str) -> None:
+    """A one-line :class:`~stylevar.errors.CheckpointError` unless :func:`inception_layout` of ``sd`` is one
+    of ``accept``: it names the file (``where``), what the file looks like and which choice it fits."""
+    found = inception_layout(sd)
+    if found in accept:
+        return
+    fc = {k.removeprefix("module."): v for k, v in sd.items()}.get("fc.weight")
+    looks = _LOOKS[found].format(rows=None if fc is None else fc.shape[0])
+    raise CheckpointError(f"{where} looks like {looks}, not {network}: {_FITS[found]}")
 
 
 def _trunk(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -114,13 +178,14 @@ class InceptionFeatures(_Inception299):
     https://huggingface.co/matthias-wright/art_inception/resolve/main/art_inception.pth.
     Compare numbers only between runs of this class. Other Inception-v3 weights can be used by passing a
     state dict (or file) in torchvision's ``Inception3`` key layout (``Conv2d_1a_3x3.conv.weight``, …,
-    ``Mixed_7c.branch_pool.bn.running_var``); this class checks only that layout, not where the weights
-    came from.
+    ``Mixed_7c.branch_pool.bn.running_var``); this class checks that layout and refuses the two files it
+    can tell apart by their heads (:func:`inception_layout`): pytorch-fid's FID weights (``fc`` of 1008
+    rows, for :class:`FIDInceptionFeatures`) and ArtFID's (``fc1``/``fc2``).
 
     Args:
         weights: a state dict file (``.pth``/``.safetensors``) or a folder holding
             ``inception_v3_google-0cc3c7bd.pth``, a state dict, or None for torch hub's checkpoint cache.
-            ``fc.*`` and ``AuxLogits.*`` keys are ignored; every other key of torchvision's Inception3 is
+            ``fc.*`` and ``AuxLogits.*`` keys are not loaded; every other key of torchvision's Inception3 is
             required (a :class:`~stylevar.errors.CheckpointError` otherwise).
         download: fetch the torchvision weights into torch hub's cache when they are not there.
     """
@@ -137,6 +202,8 @@ class InceptionFeatures(_Inception299):
 
         enum = Inception_V3_Weights.IMAGENET1K_V1
         sd = torchvision_state_dict(enum, weights, download=download, what="Inception-v3 features (FID)")
+        where = _where(enum.url.rsplit("/", 1)[-1], weights, [hub_checkpoints_dir()])
+        _check_layout(sd, ("torchvision", "other", "trunk"), "torchvision's Inception-v3", where)
         self._install(
             _inception_trunk(), sd, "the Inception-v3 weights do not fit torchvision's Inception3", device
         )
@@ -156,7 +223,10 @@ class FIDInceptionFeatures(_Inception299):
 
     Args:
         weights: ``pt_inception-2015-12-05-6726825d.pth`` (a file, a folder holding it, or a state dict);
-            None: torch hub's checkpoint cache, where ``pytorch-fid`` itself keeps it.
+            None: torch hub's checkpoint cache, where ``pytorch-fid`` itself keeps it. Its trunk has
+            torchvision's key layout, so only its ``fc`` (1008 rows, no ``AuxLogits``) tells it from
+            torchvision's ImageNet weights: a file without that ``fc`` is refused
+            (:class:`~stylevar.errors.CheckpointError`, naming the file and the ``--fid-inception`` it fits).
         download: fetch it there from pytorch-fid's GitHub release when it is missing.
     """
 
@@ -183,6 +253,8 @@ class FIDInceptionFeatures(_Inception299):
             what="FID (pytorch-fid's Inception)",
             download=fetch if download else None,
         )
+        where = _where(FID_FILE, weights, [hub_checkpoints_dir()])
+        _check_layout(sd, ("pytorch-fid",), f"pytorch-fid's FID Inception ({FID_FILE})", where)
         model = _inception_trunk(
             {
                 "Mixed_5b": lambda: fid.FIDInceptionA(192, pool_features=32),
@@ -227,7 +299,8 @@ class ArtInceptionFeatures(_Trunk):
 
     Args:
         weights: ``art_inception.pth`` (a file, a folder holding it, or a state dict); None: the folders of
-            :func:`art_inception_dirs`. Head keys are ignored, every trunk key is required.
+            :func:`art_inception_dirs`. Head keys are not loaded, every trunk key is required; a file with
+            pytorch-fid's or torchvision's ImageNet head (:func:`inception_layout`) is refused.
         download: fetch it from the Hugging Face Hub (``matthias-wright/art_inception``) when missing.
     """
 
@@ -247,14 +320,17 @@ class ArtInceptionFeatures(_Trunk):
 
             return hf_hub_download(ART_REPO, ART_FILE)
 
+        search = art_inception_dirs()
         sd = locate_weights(
             ART_FILE,
             ART_URL,
             weights,
-            search=art_inception_dirs(),
+            search=search,
             what="ArtFID (art_inception)",
             download=fetch if download else None,
         )
+        where = _where(ART_FILE, weights, search)
+        _check_layout(sd, ("art", "other", "trunk"), "ArtFID's art_inception", where)
         self._install(_inception_trunk(), sd, "the weights do not fit ArtFID's Inception", device)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
