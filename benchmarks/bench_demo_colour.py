@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from stylevar.data import TripletDataset, TripletTransform, scan
 from stylevar.demo import DemoConfig, _truth
 from stylevar.io import load_pretrained
+from stylevar.settings import Sampling
 
 PERMUTATIONS = {"GBR": [1, 2, 0], "BRG": [2, 0, 1], "RBG": [0, 2, 1]}
 
@@ -50,7 +51,7 @@ def main() -> None:
     @torch.no_grad()
     def stylize(content: torch.Tensor) -> torch.Tensor:
         cond = model.conditioning(vae, batch["style"], content)
-        return model.generate(vae, cond, seed=seeds, top_k=1).images
+        return model.generate(vae, cond, Sampling.plain(top_k=1), seed=seeds).images
 
     target = figure_colour(batch["target"].add(1).mul(0.5), masks)
     base = figure_colour(stylize(batch["content"]), masks)

@@ -24,6 +24,7 @@ from stylevar.data.synthetic import synthetic_triplet
 from stylevar.demo import figure_scores
 from stylevar.io import load_pretrained
 from stylevar.perceptual import ssim
+from stylevar.settings import Sampling
 
 
 def fresh_pairs(n: int, size: int, period: int, data_seed: int) -> dict[str, torch.Tensor]:
@@ -41,7 +42,7 @@ def fresh_pairs(n: int, size: int, period: int, data_seed: int) -> dict[str, tor
 
 
 @torch.no_grad()
-def score(demo: Path, pairs: dict[str, torch.Tensor], sampling: dict, batch: int = 128) -> str:
+def score(demo: Path, pairs: dict[str, torch.Tensor], sampling: Sampling, batch: int = 128) -> str:
     ckpt = load_pretrained(demo / "sft" / "final")
     model, vae = ckpt.model.eval(), ckpt.vae.eval()
     n = pairs["content"].shape[0]
@@ -50,8 +51,8 @@ def score(demo: Path, pairs: dict[str, torch.Tensor], sampling: dict, batch: int
             model.generate(
                 vae,
                 model.conditioning(vae, pairs["style"][j : j + batch], pairs["content"][j : j + batch]),
+                sampling,
                 seed=list(range(j, min(n, j + batch))),
-                **sampling,
             ).images
             for j in range(0, n, batch)
         ]
@@ -93,7 +94,7 @@ def main() -> None:
     if len({(c["size"], c["period"]) for c in configs}) > 1:
         ap.error("the demos differ in image size or texture period: score them separately")
     pairs = fresh_pairs(args.n, configs[0]["size"], configs[0]["period"], args.data_seed)
-    sampling = dict(top_k=args.top_k, top_p=args.top_p, temperature=args.temperature)
+    sampling = Sampling(top_k=args.top_k, top_p=args.top_p, temperature=args.temperature)
     for demo in args.demos:
         print(score(demo, pairs, sampling), flush=True)
 

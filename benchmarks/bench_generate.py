@@ -43,6 +43,7 @@ from stylevar.devices import bf16_decoder_, decode_dtype
 from stylevar.models import VQVAE, StyleVAR
 from stylevar.models.ops import autocast_to, parse_dtype
 from stylevar.models.reference import reference_generate
+from stylevar.settings import Sampling
 
 
 def build(device: torch.device, size: str = "d20") -> tuple[StyleVAR, VQVAE]:
@@ -161,8 +162,7 @@ def phases(model, vae, style, content, dtype, flops_only: bool = False) -> list[
         cond = model.conditioning(vae, style, content)
         t1 = now()
         rows.append({"phase": "conditioning", "s": t1[0] - t0[0], "flop": t1[1] - t0[1]})
-        gen = model.generate(vae, cond, seed=0, top_k=900, top_p=0.96, dtype=dtype, decode=False,
-                             token_hook=hook)  # fmt: skip
+        gen = model.generate(vae, cond, Sampling.plain(top_k=900, top_p=0.96, dtype=dtype), seed=0, decode=False, token_hook=hook)  # fmt: skip
         prev = t1
         for si, m in enumerate(marks):
             pn = model.patch_nums[si]
@@ -179,10 +179,7 @@ def run_once(model, vae, style, content, path: str, dtype, cuda_graphs: bool = F
     with torch.no_grad():
         cond = model.conditioning(vae, style, content)
         if path == "ours":
-            return model.generate(
-                vae, cond, seed=0, top_k=900, top_p=0.96, dtype=dtype, cuda_graphs=cuda_graphs,
-                decode_dtype=decode_dtype(model, style.device),
-            )  # fmt: skip
+            return model.generate(vae, cond, Sampling.plain(top_k=900, top_p=0.96, dtype=dtype, cuda_graphs=cuda_graphs), seed=0, decode_dtype=decode_dtype(model, style.device))  # fmt: skip
         with autocast_to(style.device, dtype):
             return reference_generate(model, vae, cond, seed=0, top_k=900, top_p=0.96, legacy_kv_cache=True)
 
@@ -197,7 +194,7 @@ def count_flops(model, vae, style, content, path: str) -> dict[str, float]:
         out["conditioning"] = fc.get_total_flops()
         with FlopCounterMode(display=False) as fc:
             if path == "ours":
-                gen = model.generate(vae, cond, seed=0, top_k=900, top_p=0.96, decode=False)
+                gen = model.generate(vae, cond, Sampling.plain(top_k=900, top_p=0.96), seed=0, decode=False)
             else:
                 gen = reference_generate(model, vae, cond, seed=0, top_k=900, top_p=0.96, decode=False)
         out["transformer"] = fc.get_total_flops()

@@ -143,9 +143,9 @@ def test_style_interpolation_inside_the_conditioning(pipe, pics):
     seen = {}
     real = model.generate
 
-    def spy(vae_, cond, **k):
+    def spy(vae_, cond, *a, **k):
         seen["cond"] = cond
-        return real(vae_, cond, **k)
+        return real(vae_, cond, *a, **k)
 
     model.generate = spy
     try:

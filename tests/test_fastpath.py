@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -9,6 +11,7 @@ from torch.nn import functional as F
 from helpers import smooth_images, tiny_models
 from stylevar.models.ops import SKINNY_ROWS, gelu_tanh_, linear
 from stylevar.models.reference import reference_generate
+from stylevar.settings import Sampling
 
 
 @pytest.mark.parametrize("rows", [1, 3, SKINNY_ROWS, SKINNY_ROWS + 1, 64])
@@ -66,9 +69,10 @@ def test_fused_sampler_reproduces_the_straightforward_sampler(legacy, cfg):
     model, vae = tiny_models(tag="fast", **cfg)
     res = vae.config.resolution
     cond = model.conditioning(vae, smooth_images(3, res, 4), smooth_images(3, res, 5))
-    kw = dict(seed=[5, 6, 7], top_k=20, top_p=0.9, return_logits=True, style_strength=0.3)
-    ref = reference_generate(model, vae, cond, legacy_kv_cache=legacy, **kw)
-    ours = model.generate(vae, cond, legacy_kv_cache=legacy, **kw)
+    kw = dict(top_k=20, top_p=0.9, style_strength=0.3)
+    ref = reference_generate(model, vae, cond, legacy_kv_cache=legacy, seed=[5, 6, 7], return_logits=True, **kw)
+    sampling = Sampling.plain(legacy_kv_cache=legacy, **kw)
+    ours = model.generate(vae, cond, sampling, seed=[5, 6, 7], return_logits=True)
     for si in range(len(model.patch_nums)):
         assert torch.equal(ours.tokens[si], ref.tokens[si]), f"scale {si}"
         assert (ours.logits[si] - ref.logits[si]).abs().max() < 1e-4
@@ -100,7 +104,7 @@ def test_reduced_precision_sampling_tracks_fp32(dtype):
     agree = (amp.argmax(-1) == ref.argmax(-1)).float().mean().item()
     assert agree > 0.95, agree
     # the reduced-precision sampler's cache is consistent with its own teacher forcing
-    out = model.generate(vae, cond, seed=[1, 2, 3, 4], return_logits=True, dtype=dtype)
+    out = model.generate(vae, cond, Sampling.plain(dtype=dtype), seed=[1, 2, 3, 4], return_logits=True)
     with torch.autocast("cpu", dtype=dtype):
         teacher = model(vae.quantize.idx_to_teacher_input(out.tokens), cond)
     for si, (bg, ed) in enumerate(model.begin_ends):
@@ -125,11 +129,10 @@ def test_static_runner_matches_eager_sampling(dtype):
     res = vae.config.resolution
     for call in range(2):  # the second call reuses the runner and its buffers with new conditions
         cond = model.conditioning(vae, smooth_images(2, res, 10 + call), smooth_images(2, res, 20 + call))
-        kw = dict(
-            seed=[call, call + 1], top_k=30, top_p=0.95, return_logits=True, dtype=dtype, style_strength=0.2
-        )
-        eager = model.generate(vae, cond, **kw)
-        static = model.generate(vae, cond, cuda_graphs=True, **kw)
+        sampling = Sampling.plain(top_k=30, top_p=0.95, dtype=dtype or "fp32", style_strength=0.2)
+        kw = dict(seed=[call, call + 1], return_logits=True)
+        eager = model.generate(vae, cond, sampling, **kw)
+        static = model.generate(vae, cond, dataclasses.replace(sampling, cuda_graphs=True), **kw)
         tol = 1e-4 if dtype is None else 0.05
         for si in range(len(model.patch_nums)):
             if dtype is None:
@@ -138,7 +141,7 @@ def test_static_runner_matches_eager_sampling(dtype):
                 assert (static.logits[si] - eager.logits[si]).abs().max() < tol
     assert len(model.__dict__["_static_runners"]) == 1
     with pytest.raises(ValueError, match="legacy_kv_cache"):
-        model.generate(vae, cond, cuda_graphs=True, legacy_kv_cache=True)
+        model.generate(vae, cond, Sampling.plain(cuda_graphs=True, legacy_kv_cache=True))
 
 
 @torch.no_grad()
@@ -163,9 +166,9 @@ def test_cuda_graphs_replay_matches_eager_on_cuda():
             smooth_images(2, res, 30 + call).cuda() * 2 - 1,
             smooth_images(2, res, 40 + call).cuda() * 2 - 1,
         )
-        kw = dict(seed=[call, call + 1], top_k=30, return_logits=True)
-        eager = model.generate(vae, cond, **kw)
-        graph = model.generate(vae, cond, cuda_graphs=True, **kw)
+        kw = dict(seed=[call, call + 1], return_logits=True)
+        eager = model.generate(vae, cond, Sampling.plain(top_k=30), **kw)
+        graph = model.generate(vae, cond, Sampling.plain(top_k=30, cuda_graphs=True), **kw)
         for si in range(len(model.patch_nums)):
             assert torch.equal(graph.tokens[si], eager.tokens[si])
             assert (graph.logits[si] - eager.logits[si]).abs().max() < 1e-3
@@ -213,4 +216,4 @@ def test_int8_weights_track_fp32():
     for si, (bg, ed) in enumerate(q.begin_ends):
         assert (out.logits[si] - teacher[:, bg:ed]).abs().max() < 3e-2 * ref.abs().max(), si
     with pytest.raises(ValueError, match="int8"):
-        q.generate(vae, cond, seed=1, dtype=torch.bfloat16)
+        q.generate(vae, cond, Sampling.plain(dtype=torch.bfloat16), seed=1)

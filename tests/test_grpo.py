@@ -15,6 +15,7 @@ import torch
 
 from helpers import smooth_images, tiny_models, torchrun_env
 from stylevar.models.lora import has_lora, lora_modules, lora_state_dict
+from stylevar.settings import Sampling
 from stylevar.training.grpo import (
     GRPOConfig,
     GRPOTrainer,
@@ -85,15 +86,15 @@ def test_batched_rollouts_equal_one_at_a_time(models):
     res = vae.config.resolution
     cond = model.conditioning(vae, smooth_images(2, res, 1), smooth_images(2, res, 2)).repeat_interleave(3)
     seeds = [rollout_seed(42, 5, i, g) for i in (7, 9) for g in range(3)]
-    batched = generate_rollouts(model, vae, cond, seeds, top_k=20, top_p=0.9)
-    serial = generate_rollouts(model, vae, cond, seeds, top_k=20, top_p=0.9, serial=True)
-    chunked = generate_rollouts(model, vae, cond, seeds, top_k=20, top_p=0.9, chunk=4)
+    batched = generate_rollouts(model, vae, cond, seeds, Sampling(top_k=20, top_p=0.9))
+    serial = generate_rollouts(model, vae, cond, seeds, Sampling(top_k=20, top_p=0.9), serial=True)
+    chunked = generate_rollouts(model, vae, cond, seeds, Sampling(top_k=20, top_p=0.9), chunk=4)
     assert torch.equal(batched.flat, serial.flat) and torch.equal(batched.flat, chunked.flat)
     assert torch.allclose(batched.images, serial.images, atol=1e-5)
     assert batched.images.shape == (6, 3, res, res) and 0 <= batched.images.min() <= batched.images.max() <= 1
     # a group's rollouts differ (one generator per rollout), and the same seed repeats exactly
     assert not torch.equal(batched.flat[0], batched.flat[1])
-    again = generate_rollouts(model, vae, cond, seeds, top_k=20, top_p=0.9)
+    again = generate_rollouts(model, vae, cond, seeds, Sampling(top_k=20, top_p=0.9))
     assert torch.equal(again.flat, batched.flat)
 
 

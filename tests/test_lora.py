@@ -43,6 +43,7 @@ from stylevar.models.lora import (
     unload_lora,
 )
 from stylevar.models.ops import Linear, linear
+from stylevar.settings import Sampling
 
 ATOL = 1e-5
 RANK, ALPHA = 4, 6.0  # alpha != 2 * rank: a file whose args are ignored would merge with the wrong scale
@@ -69,7 +70,7 @@ def _logits(model, vae, inputs):
 def _tokens(model, vae, inputs, seed=7):
     style, content, _ = inputs
     cond = model.conditioning(vae, style, content)
-    out = model.generate(vae, cond, seed=seed, top_k=20, top_p=0.9, decode=False)
+    out = model.generate(vae, cond, Sampling.plain(top_k=20, top_p=0.9), seed=seed, decode=False)
     return torch.cat(out.tokens, dim=1)
 
 
@@ -231,7 +232,9 @@ def test_gradients_reach_only_the_adapters(tiny, inputs):
     half = copy.deepcopy(model).to(torch.bfloat16)
     assert half.blocks[0].ffn.fc1.weight.dtype == torch.bfloat16
     with torch.no_grad():
-        gen = model.generate(tiny[1], cond, seed=0, dtype=torch.bfloat16, cuda_graphs=True, decode=False)
+        gen = model.generate(
+            tiny[1], cond, Sampling.plain(dtype=torch.bfloat16, cuda_graphs=True), seed=0, decode=False
+        )
     assert torch.cat(gen.tokens, 1).shape == (2, model.L)
 
 

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 from helpers import REPO_ROOT, smooth_images, tiny_models
 from stylevar.config import StyleVARConfig, VQVAEConfig, d20_configs
 from stylevar.models import VQVAE, StyleVAR, filter_logits_, sample_tokens
+from stylevar.settings import Sampling
 
 
 def _state_dict_manifest():
@@ -134,7 +135,9 @@ def test_generate_logits_equal_teacher_forced_logits(random_model, kw):
     kw = dict(kw)
     if kw["seed"] == "one per sample":
         kw["seed"] = [3 + i for i in range(cond.batch_size)]
-    out = model.generate(vae, cond, return_logits=True, **kw)
+    seed = kw.pop("seed")
+    alpha = kw.pop("alpha", None)
+    out = model.generate(vae, cond, Sampling.plain(**kw), seed=seed, alpha=alpha, return_logits=True)
     alpha = model.resolve_alpha(None, kw.get("style_strength", 0.0), cond.batch_size)
     teacher = model(vae.quantize.idx_to_teacher_input(out.tokens), cond, alpha=alpha)
     for si, (bg, ed) in enumerate(model.begin_ends):
@@ -161,7 +164,7 @@ def test_legacy_cache_is_the_duplicated_cache(tiny):
     """Legacy = style branch sees earlier scales' keys twice: a +ln 2 bias on them (docs/upstream.md §3.6)."""
     model, vae = tiny
     cond = model.conditioning(vae, smooth_images(1, 64, 5), smooth_images(1, 64, 6))
-    legacy = model.generate(vae, cond, seed=0, legacy_kv_cache=True, return_logits=True)
+    legacy = model.generate(vae, cond, Sampling.plain(legacy_kv_cache=True), seed=0, return_logits=True)
     teacher = model(vae.quantize.idx_to_teacher_input(legacy.tokens), cond)
     assert (legacy.logits[0] - teacher[:, :1]).abs().max() < 1e-5  # scale 0: nothing earlier to duplicate
     # rebuild the legacy scale-1 logits with an explicit +ln2 bias on scale-0 keys in the style branch
@@ -234,14 +237,14 @@ def test_sampling_respects_filters_and_seed():
 def test_seeds_per_sample_do_not_depend_on_the_batch(tiny):
     model, vae = tiny
     cond = model.conditioning(vae, smooth_images(3, 64, 7), smooth_images(3, 64, 8))
-    batch = model.generate(vae, cond, seed=[10, 11, 12], top_k=20, decode=False)
-    alone = model.generate(vae, cond.index_select([2]), seed=[12], top_k=20, decode=False)
+    batch = model.generate(vae, cond, Sampling.plain(top_k=20), seed=[10, 11, 12], decode=False)
+    alone = model.generate(vae, cond.index_select([2]), Sampling.plain(top_k=20), seed=[12], decode=False)
     assert all(torch.equal(t[2:], u) for t, u in zip(batch.tokens, alone.tokens))
-    as_int = model.generate(vae, cond.index_select([2]), seed=12, top_k=20, decode=False)
+    as_int = model.generate(vae, cond.index_select([2]), Sampling.plain(top_k=20), seed=12, decode=False)
     assert all(
         torch.equal(t, u) for t, u in zip(as_int.tokens, alone.tokens)
     )  # B=1: int seed == upstream g_seed
-    other = model.generate(vae, cond.index_select([2]), seed=13, top_k=20, decode=False)
+    other = model.generate(vae, cond.index_select([2]), Sampling.plain(top_k=20), seed=13, decode=False)
     assert any(not torch.equal(t, u) for t, u in zip(other.tokens, alone.tokens))
 
 
@@ -262,7 +265,9 @@ def test_alpha_and_strength_change_the_output(tiny):
     model, vae = tiny
     cond = model.conditioning(vae, smooth_images(1, 64, 9), smooth_images(1, 64, 10))
     base = model.generate(vae, cond, seed=3, return_logits=True, decode=False)
-    strong = model.generate(vae, cond, seed=3, style_strength=0.8, return_logits=True, decode=False)
+    strong = model.generate(
+        vae, cond, Sampling.plain(style_strength=0.8), seed=3, return_logits=True, decode=False
+    )
     assert (base.logits[-1] - strong.logits[-1]).abs().max() > 1e-3
 
 
@@ -318,17 +323,17 @@ def test_cuda_generation_matches_teacher_forcing_and_reproduces(tiny):
 
     model, vae = (copy.deepcopy(m).cuda() for m in tiny)
     cond = model.conditioning(vae, smooth_images(2, 64, 11).cuda(), smooth_images(2, 64, 12).cuda())
-    out = model.generate(vae, cond, seed=[3, 4], top_k=30, top_p=0.9, return_logits=True)
+    out = model.generate(vae, cond, Sampling.plain(top_k=30, top_p=0.9), seed=[3, 4], return_logits=True)
     teacher = model(vae.quantize.idx_to_teacher_input(out.tokens), cond)
     for si, (bg, ed) in enumerate(model.begin_ends):
         assert (out.logits[si] - teacher[:, bg:ed]).abs().max().item() < 1e-4, si
-    again = model.generate(vae, cond, seed=[3, 4], top_k=30, top_p=0.9)
+    again = model.generate(vae, cond, Sampling.plain(top_k=30, top_p=0.9), seed=[3, 4])
     assert all(torch.equal(a, b) for a, b in zip(out.tokens, again.tokens)) and torch.equal(
         out.images, again.images
     )
-    other = model.generate(vae, cond, seed=[5, 6], top_k=30, top_p=0.9)
+    other = model.generate(vae, cond, Sampling.plain(top_k=30, top_p=0.9), seed=[5, 6])
     assert any(not torch.equal(a, b) for a, b in zip(out.tokens, other.tokens))
-    legacy = model.generate(vae, cond, seed=7, legacy_kv_cache=True)
+    legacy = model.generate(vae, cond, Sampling.plain(legacy_kv_cache=True), seed=7)
     assert legacy.images.is_cuda and legacy.images.shape == (2, 3, 64, 64)
 
 

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from helpers import REPO_ROOT, fill_weights
 from stylevar.config import StyleVARConfig, VQVAEConfig
 from stylevar.models import VQVAE, StyleVAR
+from stylevar.settings import Sampling
 
 FEAT_TOL = 1e-4
 LEGACY_IMG_TOL = 1e-3
@@ -138,11 +139,8 @@ def test_legacy_sampler_reproduces_upstream(pset, tag):
     out = pset.model.generate(
         pset.vae,
         cond,
+        Sampling.plain(top_k=s["top_k"], top_p=s["top_p"], style_strength=ss, legacy_kv_cache=True),
         seed=s["g_seed"],
-        top_k=s["top_k"],
-        top_p=s["top_p"],
-        style_strength=ss,
-        legacy_kv_cache=True,
     )
     for si, (g, w) in enumerate(zip(out.tokens, pset.idx(f"{tag}_idx"))):
         assert torch.equal(g, w), (
@@ -157,17 +155,17 @@ def test_correct_cache_matches_teacher_forcing_on_parity_model(pset):
     s = pset.meta["sampling"]
     m, vae = pset.model, pset.vae
     cond = m.conditioning(vae, pset.T["style"], pset.T["content"])
-    out = m.generate(vae, cond, seed=s["g_seed"], top_k=s["top_k"], top_p=s["top_p"], return_logits=True)
+    out = m.generate(
+        vae, cond, Sampling.plain(top_k=s["top_k"], top_p=s["top_p"]), seed=s["g_seed"], return_logits=True
+    )
     teacher = m(vae.quantize.idx_to_teacher_input(out.tokens), cond)
     for si, (bg, ed) in enumerate(m.begin_ends):
         _close(f"scale {si} logits", out.logits[si], teacher[:, bg:ed], FEAT_TOL)
     legacy = m.generate(
         vae,
         cond,
+        Sampling.plain(top_k=s["top_k"], top_p=s["top_p"], legacy_kv_cache=True),
         seed=s["g_seed"],
-        top_k=s["top_k"],
-        top_p=s["top_p"],
-        legacy_kv_cache=True,
         return_logits=True,
     )
     teacher_l = m(vae.quantize.idx_to_teacher_input(legacy.tokens), cond)

@@ -13,6 +13,7 @@ from helpers import write_smooth_pngs
 from stylevar.errors import ConfigError, ImageError
 from stylevar.images import to_model_input
 from stylevar.pipeline import StyleVARPipeline
+from stylevar.settings import Sampling
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,9 @@ def test_pipeline_equals_the_models_upstream_protocol(pipe, pics, tiny):
     c = to_model_input(Image.open(pics[2]).convert("RGB"), 64, "crop")[None]
     s = to_model_input(Image.open(pics[0]).convert("RGB"), 64, "crop")[None]
     with torch.no_grad():
-        ref = model.generate(vae, model.conditioning(vae, s, c), seed=42, top_k=30, top_p=0.9).images[0]
+        ref = model.generate(
+            vae, model.conditioning(vae, s, c), Sampling.plain(top_k=30, top_p=0.9), seed=42
+        ).images[0]
     assert torch.allclose(out[0], ref, atol=1e-6)
 
 

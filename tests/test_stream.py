@@ -71,7 +71,7 @@ def test_csv_and_jsonl_manifests(tmp_path):
         ("content,style,seed\na.png,b.png,x\n", ":2: seed 'x' is not a valid int"),
         ("content,style,output\na.png,b.png,../up\n", "must be a relative path inside the output folder"),
         ("content,style,output\na.png,b.png,/abs/x\n", "must be a relative path"),
-        ("content,style,preserve_color\na.png,b.png,grey\n", "preserve_color must be none"),
+        ("content,style,preserve_color\na.png,b.png,grey\n", "preserve_color must be one of none, luminance"),
         ("contnt,style\na.png,b.png\n", "header naming at least the columns content,style"),
         ("content,style\na.png,b.png,extra\n", "more cells than the header"),
     ],

@@ -15,6 +15,7 @@ from test_sft_cli import FAST, _png
 from helpers import one_thread, smooth_images, tiny_models  # noqa: F401
 from stylevar.errors import CheckpointError, ConfigError
 from stylevar.models.style_encoders import CLIP_MEAN, CLIP_STD
+from stylevar.settings import Sampling
 
 CLIP = dict(
     hidden_size=32,
@@ -40,11 +41,13 @@ def _cond(model, vae, B=2, seeds=(1, 2)):
 def _sampling_is_teacher_forcing(model, vae, cond):
     """Sample with logits; assert they equal teacher forcing's at every scale and the static runner's tokens
     and logits; return (the sample, the teacher-forced logits)."""
-    out = model.generate(vae, cond, seed=[1, 2], top_k=5, return_logits=True)
+    out = model.generate(vae, cond, Sampling.plain(top_k=5), seed=[1, 2], return_logits=True)
     teacher = model(vae.quantize.idx_to_teacher_input(out.tokens), cond)
     for si, (bg, ed) in enumerate(model.begin_ends):
         assert (out.logits[si] - teacher[:, bg:ed]).abs().max().item() < 1e-4, si
-    static = model.generate(vae, cond, seed=[1, 2], top_k=5, return_logits=True, cuda_graphs=True)
+    static = model.generate(
+        vae, cond, Sampling.plain(top_k=5, cuda_graphs=True), seed=[1, 2], return_logits=True
+    )
     assert all(torch.equal(a, b) for a, b in zip(static.tokens, out.tokens))
     assert max((a - b).abs().max().item() for a, b in zip(static.logits, out.logits)) < 1e-5
     return out, teacher
@@ -68,11 +71,11 @@ def test_sampling_reproduces_teacher_forcing_and_the_static_runner(clip_model):
     out, _ = _sampling_is_teacher_forcing(model, vae, cond)
     # the runner rebinds new style tokens into its buffers: another style, other logits, same as eager
     other = model.conditioning(vae, smooth_images(2, 64, 7), smooth_images(2, 64, 2))
-    again = model.generate(vae, other, seed=[1, 2], return_logits=True, cuda_graphs=True)
+    again = model.generate(vae, other, Sampling.plain(cuda_graphs=True), seed=[1, 2], return_logits=True)
     eager = model.generate(vae, other, seed=[1, 2], return_logits=True)
     assert max((a - b).abs().max().item() for a, b in zip(again.logits, eager.logits)) < 1e-5
     assert (again.logits[-1] - out.logits[-1]).abs().max() > 1e-3
-    bf16 = model.generate(vae, cond, seed=[1, 2], dtype=torch.bfloat16)
+    bf16 = model.generate(vae, cond, Sampling.plain(dtype=torch.bfloat16), seed=[1, 2])
     assert bf16.images.shape == out.images.shape
 
 
@@ -217,7 +220,7 @@ def test_the_styles_vq_tokens_join_the_style_tokens(tmp_path):
     back = load_pretrained(tmp_path / "m")
     assert back.model.config.style_vq_tokens
     again = back.model.generate(
-        back.vae, _cond(back.model, back.vae), seed=[1, 2], top_k=5, return_logits=True
+        back.vae, _cond(back.model, back.vae), Sampling.plain(top_k=5), seed=[1, 2], return_logits=True
     )
     assert max((a - b).abs().max().item() for a, b in zip(again.logits, out.logits)) < 1e-5
     with pytest.raises(ConfigError, match="style_vq_tokens needs"):

@@ -168,3 +168,43 @@ def test_cli(ours_dir, clip, style, tmp_path, capsys):
                  str(ours_dir), "-q"]) == 1  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nope.mp4" in err
+
+
+def test_video_inputs_and_outputs_are_checked(pipe, clip, style, tmp_path, caplog):
+    """A still image is refused with a pointer to stylize; the output may not be the input, nor a folder;
+    a truncated video (the container announces more frames than can be read) warns with both counts."""
+    still = tmp_path / "photo.png"
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(still)
+    with pytest.raises(
+        VideoError, match=r"photo.png is a still image, not a video; stylize it with: stylevar stylize"
+    ):
+        stylize_video(pipe, still, style, tmp_path / "o.mp4")
+    copy = tmp_path / "in.mp4"
+    copy.write_bytes(clip.read_bytes())
+    with pytest.raises(ConfigError, match="is the input video"):
+        stylize_video(pipe, copy, style, copy)
+    assert copy.read_bytes() == clip.read_bytes()
+    (tmp_path / "folder.mp4").mkdir()
+    with pytest.raises(ConfigError, match="is a folder"):
+        stylize_video(pipe, clip, style, tmp_path / "folder.mp4")
+    # moov first (faststart), then cut the media data half-way: 16 frames announced, 7 decodable
+    rng = np.random.default_rng(0)
+    with av.open(str(tmp_path / "whole.mp4"), "w", options={"movflags": "faststart"}) as oc:
+        vs = oc.add_stream("libx264", rate=10)
+        vs.width = vs.height = 64
+        vs.pix_fmt, vs.options = "yuv444p", {"crf": "0"}  # lossless noise: frames of similar size
+        for i in range(16):
+            f = av.VideoFrame.from_ndarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), format="rgb24")
+            f.pts = i
+            for packet in vs.encode(f):
+                oc.mux(packet)
+        for packet in vs.encode():
+            oc.mux(packet)
+    data = (tmp_path / "whole.mp4").read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    assert probe(cut).frames == 16
+    with caplog.at_level("WARNING", logger="stylevar.video"):
+        r = stylize_video(pipe, cut, style, tmp_path / "cut_out.mp4", top_k=8, keep_scales=0)
+    assert r.expected_frames == 16 and 0 < r.frames < 16
+    assert f"{r.frames} of the 16 frames the container announces were read" in caplog.text

@@ -30,6 +30,7 @@ from typing import Any
 from .errors import ConfigError
 from .files import atomic_write
 from .pairs import Blend, Pair, image_seed, log_row
+from .settings import StylizeSettings
 
 #: per-pair settings carried by a job (None is written as the empty string / NaN / -1)
 _FLOAT_FIELDS = ("style_strength", "top_p", "temperature")
@@ -127,7 +128,8 @@ class PipelineWorker:
         if threads > 0:
             torch.set_num_threads(threads)
         self.pipe = StyleVARPipeline.from_pretrained(**load_kwargs)
-        self.settings = settings
+        # the run's settings, with this checkpoint's sampling defaults, through the one validation
+        self.settings = self.pipe.settings(**settings)
         self.fault_marker = fault_marker
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
@@ -139,8 +141,9 @@ class PipelineWorker:
         for text in batch["window"]:
             rows = json.loads(str(text))
             pairs = [_row_pair(r) for r in rows]
-            settings = {**self.settings, "window": len(rows)}  # the window is one window here too
-            for r in self.pipe.stylize_pairs(pairs, **settings, num_samples=1, seed=0, progress=False):
+            # each row has its image's own seed; the window is one window here too
+            settings = self.settings.with_(window=len(rows), num_samples=1, seed=0)
+            for r in self.pipe.stylize_pairs(pairs, settings, progress=False):
                 row = dict(rows[r.index])
                 if r.ok:
                     row["output"] = str(save_image_atomic(r.image, row["output"]))
@@ -173,21 +176,27 @@ def stylize_on_ray(
     ``output``, or ``error`` for a pair whose input could not be read), in completion order.
 
     ``load_kwargs``: :meth:`StyleVARPipeline.from_pretrained` arguments (each actor loads the model
-    itself; ``device`` defaults to ``cuda`` on GPU actors, ``cpu`` otherwise). ``settings``: the
-    :meth:`~stylevar.pipeline.StyleVARPipeline.stylize_pairs` arguments shared by every image
-    (``seed`` must be set: every worker derives the same seeds from it). ``address``: ``auto`` joins a
+    itself; ``device`` defaults to ``cuda`` on GPU actors, ``cpu`` otherwise). ``settings``: the run's
+    settings as keywords (fields of :class:`~stylevar.settings.StylizeSettings`, JSON-ready values; ``seed``
+    must be set: every worker derives the same seeds from it). They are checked here, before any worker
+    starts, and each worker makes the same settings object of them with its checkpoint's sampling
+    defaults for what is not given (:meth:`~stylevar.pipeline.StyleVARPipeline.settings`). ``address``:
+    ``auto`` joins a
     running cluster (``RAY_ADDRESS``, or one started by ``ray start`` on this machine) or starts a local
     one; otherwise a head node's address. A Ray session already initialised by the caller is used
     as it is. ``workers``: actors (0: one per GPU, or one per ``cpus_per_worker`` CPUs).
     """
     ray = _require_ray()
     settings = dict(settings)
-    if settings.get("seed") is None:
+    checked = StylizeSettings().with_(**settings)  # refused here, before any worker starts
+    if checked.sampling.seed is None:
         raise ConfigError(
             "stylize_on_ray needs a base seed in settings (every worker derives the seeds from it)"
         )
-    base_seed = int(settings.pop("seed"))
-    num_samples = int(settings.pop("num_samples", 1))
+    base_seed = checked.sampling.seed
+    num_samples = checked.run.num_samples
+    settings.pop("seed")
+    settings.pop("num_samples", None)
     if not ray.is_initialized():
         ray.init(address=None if address in ("auto", "", None) else address, log_to_driver=False)
     resources = ray.cluster_resources()
@@ -203,14 +212,22 @@ def stylize_on_ray(
     jobs_file = work / "jobs.jsonl"
     n_jobs = 0
 
-    batch_size = int(settings.get("batch_size", 4))
-    per_window = batch_size * int(settings.get("window", 4))
+    batch_size = checked.run.batch_size
+    per_window = batch_size * checked.run.window
     n_windows = considered = 0
+    refused: list[dict[str, Any]] = []  # refused manifest rows: reported by the driver, sent to no worker
 
     def counted_skip(i: int, pair: Pair, k: int) -> bool:
         nonlocal considered
         considered += 1
-        return skip is not None and skip(i, pair, k)
+        if skip is not None and skip(i, pair, k):
+            return True
+        if pair.error is not None:
+            refused.append(
+                {**log_row(pair, k, image_seed(pair, i, k, num_samples, base_seed)), "error": pair.error}
+            )
+            return True
+        return False
 
     def write_jobs(f) -> None:  # one line per window of the one-process loop
         nonlocal n_jobs, n_windows
@@ -226,10 +243,12 @@ def stylize_on_ray(
                 window = []
 
     atomic_write(jobs_file, write_jobs)
+    yield from refused
     if n_jobs == 0:
         return
     # batches padded as in one process (a run of at least one batch), so every image has its bytes
-    settings.setdefault("pad_batches", considered >= batch_size)
+    if checked.run.pad_batches is None:
+        settings["pad_batches"] = considered >= batch_size
     # reading a small text file needs no CPU of its own: the actors may hold every CPU of the cluster
     ds = ray.data.read_json(
         str(jobs_file),

@@ -23,9 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from .errors import ConfigError
-
-COLOUR_MODES = ("none", "luminance", "stats")
-UPSAMPLERS = ("lanczos", "guided")
+from .settings import COLOUR_MODES
 
 # BT.601 full-range RGB <-> YCbCr (JPEG's), on [0, 1] values
 _RGB2YCC = torch.tensor(

@@ -33,6 +33,7 @@ import torch
 from .config import Serialisable
 from .errors import ConfigError
 from .files import atomic_write_json
+from .settings import Sampling
 
 logger = logging.getLogger(__name__)
 
@@ -612,12 +613,11 @@ def evaluate_heldout(
     n = content.shape[0]
     other = torch.roll(torch.arange(n), 1)  # pair i borrows pair i-1's style (or content)
     seeds = [cfg.seed + i for i in range(n)]
+    sampling = Sampling(top_k=cfg.top_k, top_p=cfg.top_p, temperature=cfg.temperature)
 
     def stylize(style_img, content_img):
         cond = model.conditioning(vae, style_img, content_img)
-        return model.generate(
-            vae, cond, seed=seeds, top_k=cfg.top_k, top_p=cfg.top_p, temperature=cfg.temperature
-        ).images
+        return model.generate(vae, cond, sampling, seed=seeds).images
 
     def unit(x):
         return x.add(1).mul(0.5).clamp(0, 1)

@@ -44,3 +44,12 @@ class OtherRankFailed(StyleVARError):
 
 class MissingWeightsError(CheckpointError, FileNotFoundError):
     """Pretrained weights (of a metric or reward model) that are neither on disk nor downloadable now."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal (SIGTERM, SIGHUP) received by the command line, raised where the program is so the run
+    ends as Ctrl-C ends it: temporary files removed, its summary printed; the exit code is 128 + the signal."""
+
+    def __init__(self, signum: int, name: str):
+        super().__init__(name)
+        self.signum, self.name = signum, name

@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
 from .files import atomic_write
+from .settings import FITS
 
 IMAGE_EXTENSIONS = {
     ".png",
@@ -44,7 +45,6 @@ IMAGE_EXTENSIONS = {
     ".tga",
     ".jfif",
 }
-FITS = ("crop", "squash")
 MIN_SIDE = 16
 MAX_PIXELS = 100_000_000
 

@@ -22,6 +22,7 @@ otherwise silently do nothing).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -31,6 +32,7 @@ from typing import Any
 
 from .errors import ConfigError, ImageError
 from .images import IMAGE_EXTENSIONS, list_images
+from .settings import MAX_SEED, Sampling, pair_overrides
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 
@@ -53,7 +55,8 @@ class Pair:
 
     Optional per-pair settings override the run's: ``seed`` (sample k gets ``seed + k``), ``name``
     (the output's relative name without extension), ``style_strength``, ``preserve_color``,
-    ``top_k``, ``top_p``, ``temperature``. ``source`` says where the pair came from (a manifest's
+    ``top_k``, ``top_p``, ``temperature``, checked as the run's are (a one-line
+    :class:`~stylevar.errors.ConfigError`). ``source`` says where the pair came from (a manifest's
     file and line), for messages.
     """
 
@@ -67,14 +70,39 @@ class Pair:
     top_p: float | None = None
     temperature: float | None = None
     source: str | None = None
+    #: why this pair cannot be made (a manifest row refused under ``on_bad_row="skip"``): the run reports
+    #: it as skipped, reading nothing
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        """The pair's own settings pass the run's validation (:func:`stylevar.settings.pair_overrides`)."""
+        values = {name: getattr(self, name) for name in PAIR_SETTINGS}
+        try:
+            checked = pair_overrides(**values)
+        except ConfigError as e:
+            raise ConfigError(f"{self.source}: {e}" if self.source else str(e)) from None
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+
+#: a pair's own settings, overriding the run's (:class:`stylevar.settings.Sampling` and ``Output`` fields)
+PAIR_SETTINGS = ("seed", "style_strength", "preserve_color", "top_k", "top_p", "temperature")
+
+
+def pair_sampling(sampling: Sampling, pair: Pair) -> Sampling:
+    """The run's sampling with ``pair``'s own filters and style strength (its seed is :func:`image_seed`'s)."""
+    own = {k: getattr(pair, k) for k in ("top_k", "top_p", "temperature", "style_strength")}
+    own = {k: v for k, v in own.items() if v is not None}
+    return dataclasses.replace(sampling, **own) if own else sampling
 
 
 def image_seed(pair: Pair, index: int, sample: int, num_samples: int, base: int) -> int:
     """The seed of pair ``index``'s sample ``sample``: ``pair.seed + sample``, or
-    ``base + index * num_samples + sample`` when the pair has none (the one rule every path uses)."""
+    ``base + index * num_samples + sample`` when the pair has none (the one rule every path uses), as an
+    unsigned 63-bit number (a base near :data:`~stylevar.settings.MAX_SEED` wraps around)."""
     if pair.seed is not None:
-        return pair.seed + sample
-    return base + index * num_samples + sample
+        return (pair.seed + sample) % (MAX_SEED + 1)
+    return (base + index * num_samples + sample) % (MAX_SEED + 1)
 
 
 #: manifest column -> (Pair field, converter)
@@ -99,12 +127,15 @@ def safe_name(name: str, where: str) -> str:
     p = PurePosixPath(text)
     if not text or p.is_absolute() or any(part in ("", ".", "..") for part in text.split("/")):
         raise ConfigError(f"{where}: output name {name!r} must be a relative path inside the output folder")
+    if any(ord(ch) < 32 or ch == "\x7f" for ch in text):
+        raise ConfigError(f"{where}: output name {name!r} holds a control character (NUL, newline, ...)")
     if p.suffix.lower() in IMAGE_EXTENSIONS:  # 'a/b.png' -> 'a/b': the run's --format decides the type
         text = str(p.with_suffix(""))
     return text
 
 
 def _row_to_pair(row: dict[str, Any], base: Path, where: str) -> Pair:
+    """One manifest row -> a :class:`Pair`, every value checked as the run's are (``file:line: ...``)."""
     unknown = sorted(k for k in row if k not in _COLUMNS)
     if unknown:
         raise ConfigError(
@@ -116,44 +147,74 @@ def _row_to_pair(row: dict[str, Any], base: Path, where: str) -> Pair:
         if value is None or (isinstance(value, str) and not value.strip()):
             continue
         field_name, conv = _COLUMNS[key]
-        try:
-            kw[field_name] = conv(value.strip() if isinstance(value, str) else value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: {key} {value!r} is not a valid {conv.__name__}") from None
+        if conv is str and not isinstance(value, str):
+            raise ConfigError(f"{where}: {key} must be text (a path or a name), got {value!r}")
+        if isinstance(value, str):  # CSV cells (and JSON strings) are converted; JSON numbers are checked
+            try:
+                value = conv(value.strip())
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where}: {key} {value!r} is not a valid {conv.__name__}") from None
+        kw[field_name] = value
     for role in ("content", "style"):
         if role not in kw:
             raise ConfigError(f"{where}: no {role} given (every row needs content and style)")
+        if "\x00" in kw[role]:
+            raise ConfigError(f"{where}: the {role} path holds a NUL character")
         p = Path(kw[role]).expanduser()
         kw[role] = p if p.is_absolute() else base / p
     if "name" in kw:
         kw["name"] = safe_name(kw["name"], where)
-    if kw.get("preserve_color") not in (None, "none", "luminance", "stats"):
-        raise ConfigError(
-            f"{where}: preserve_color must be none, luminance or stats, got {kw['preserve_color']!r}"
-        )
-    return Pair(**kw, source=where)
+    return Pair(**kw, source=where)  # the settings are checked there, with ``where`` in the message
 
 
-def read_manifest(path: str | os.PathLike) -> Iterator[Pair]:
+def _bad_row(row: Any, where: str, error: str) -> Pair:
+    """A refused row, kept in its place (its index, hence later rows' seeds and names, do not move)."""
+    cells = row if isinstance(row, dict) else {}
+    text = {k: str(cells.get(k) or "") for k in ("content", "style")}
+    return Pair(text["content"], text["style"], source=where, error=error)
+
+
+def read_manifest(path: str | os.PathLike, on_bad_row: str = "fail") -> Iterator[Pair]:
     """The pairs of a manifest (``.csv`` with a header row, or ``.jsonl``), row by row, lazily.
 
-    Relative paths are relative to the manifest's folder. A malformed row raises
-    :class:`~stylevar.errors.ConfigError` naming the file and line (before any later row is read).
+    Relative paths are relative to the manifest's folder. A malformed row (a bad value, an unknown
+    column, a setting the run would refuse) raises :class:`~stylevar.errors.ConfigError` naming the file
+    and line (``on_bad_row="fail"``), or is yielded in its place as a :class:`Pair` with ``error`` set
+    (``"skip"``: the run reports it as skipped). A file that is not UTF-8 text, or has no header, fails
+    either way.
     """
+    if on_bad_row not in ("fail", "skip"):
+        raise ConfigError(f"on_bad_row must be fail or skip, got {on_bad_row!r}")
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise ConfigError(f"pairs manifest {p} is a folder; give a .csv or .jsonl file")
     if not p.is_file():
         raise ConfigError(f"pairs manifest not found: {p}")
     suffix = p.suffix.lower()
     if suffix not in MANIFEST_SUFFIXES:
         raise ConfigError(f"{p}: a pairs manifest must be .csv or .jsonl (one JSON object per line)")
     base = p.resolve().parent
-    if suffix == ".csv":
-        yield from _read_csv(p, base)
-    else:
-        yield from _read_jsonl(p, base)
+    rows = _read_csv(p) if suffix == ".csv" else _read_jsonl(p)
+    try:
+        for where, row, error in rows:
+            if error is None:
+                try:
+                    yield _row_to_pair(row, base, where)
+                    continue
+                except ConfigError as e:
+                    error = str(e)
+            if on_bad_row == "fail":
+                raise ConfigError(error)
+            yield _bad_row(row, where, error.removeprefix(f"{where}: "))
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{p}: not UTF-8 text (byte {e.object[e.start : e.start + 1]!r} at offset {e.start} of a line); "
+            "save the manifest as UTF-8"
+        ) from None
 
 
-def _read_csv(p: Path, base: Path) -> Iterator[Pair]:
+def _read_csv(p: Path) -> Iterator[tuple[str, Any, str | None]]:
+    """(where, row, error) per data row."""
     with open(p, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"content", "style"} <= {c.strip() for c in reader.fieldnames}:
@@ -163,14 +224,16 @@ def _read_csv(p: Path, base: Path) -> Iterator[Pair]:
         for row in reader:
             where = f"{p}:{reader.line_num}"
             if None in row:  # more cells than header columns
-                raise ConfigError(f"{where}: more cells than the header has columns")
+                yield where, row, f"{where}: more cells than the header has columns"
+                continue
             clean = {k.strip(): v for k, v in row.items()}
             if not any((v or "").strip() for v in clean.values()):
                 continue  # blank line
-            yield _row_to_pair(clean, base, where)
+            yield where, clean, None
 
 
-def _read_jsonl(p: Path, base: Path) -> Iterator[Pair]:
+def _read_jsonl(p: Path) -> Iterator[tuple[str, Any, str | None]]:
+    """(where, row, error) per non-blank line."""
     with open(p, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -178,11 +241,13 @@ def _read_jsonl(p: Path, base: Path) -> Iterator[Pair]:
             where = f"{p}:{n}"
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{where}: not valid JSON ({e.msg})") from None
+            except (json.JSONDecodeError, RecursionError) as e:
+                yield where, None, f"{where}: not valid JSON ({getattr(e, 'msg', 'nested too deeply')})"
+                continue
             if not isinstance(row, dict):
-                raise ConfigError(f"{where}: each line must be a JSON object with content and style")
-            yield _row_to_pair(row, base, where)
+                yield where, row, f"{where}: each line must be a JSON object with content and style"
+                continue
+            yield where, row, None
 
 
 def count_manifest(path: str | os.PathLike) -> int:

@@ -16,6 +16,7 @@ cache, so a style used by many pairs is encoded once); each batch is sampled sca
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -28,23 +29,17 @@ import torch
 from PIL import Image, ImageOps
 
 from .config import SamplingConfig
-from .controls import COLOUR_MODES, UPSAMPLERS, blend_weights
+from .controls import blend_weights
 from .devices import bf16_decoder_, decode_dtype, resolve_device
 from .errors import ConfigError, ImageError
-from .images import (
-    FITS,
-    load_image,
-    pil_from_tensor_input,
-    to_rgb,
-)
+from .images import load_image, pil_from_tensor_input, to_rgb
 from .io import Checkpoint, load_pretrained, save_pretrained
 from .models import VQVAE, Conditioning, StyleVAR
 from .models.quantized import run_dtype
-from .pairs import Blend, Pair, image_seed
+from .pairs import Blend, Pair, image_seed, pair_sampling
 from .regional import Regional, load_regional
+from .settings import Sampling, StylizeSettings
 from .stream import EncodedImages, Job, PairResult, as_pair, cancel_hook, image_key, postprocess
-
-BAD_FILE_POLICIES = ("fail", "skip")
 
 logger = logging.getLogger(__name__)
 
@@ -168,33 +163,54 @@ class StyleVARPipeline:
         fn = self.model.encode_style if role == "style" else self.model.encode_content
         return fn(self.vae, batch.to(self.device))
 
+    # ------------------------------------------------------------------ settings
+    def settings(self, settings: StylizeSettings | None = None, **keywords: Any) -> StylizeSettings:
+        """The run's :class:`~stylevar.settings.StylizeSettings`: ``settings`` (default: the defaults with
+        this checkpoint's sampling defaults) with ``keywords`` applied by field name (``top_k=1``,
+        ``keep_size=True``, ``mask=...``; None leaves a field as it is). One validation, one-line
+        :class:`~stylevar.errors.ConfigError`s; an unknown keyword is refused with the closest name."""
+        if settings is None:
+            s = self.sampling
+            settings = StylizeSettings(
+                sampling=Sampling(
+                    top_k=s.top_k, top_p=s.top_p, temperature=s.temperature, style_strength=s.style_strength
+                )
+            )
+        elif not isinstance(settings, StylizeSettings):
+            raise ConfigError(f"settings must be a StylizeSettings, got {type(settings).__name__}")
+        out = settings.with_(**keywords)
+        if out.sampling.alpha is not None:
+            try:
+                self.model.resolve_alpha(out.sampling.alpha)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+        return out
+
     # ------------------------------------------------------------------ main entry
-    def __call__(self, content: ImagesInput, style: ImagesInput, **kwargs: Any) -> StylizeOutput:
+    def __call__(
+        self,
+        content: ImagesInput,
+        style: ImagesInput,
+        settings: StylizeSettings | None = None,
+        **keywords: Any,
+    ) -> StylizeOutput:
         """Stylize content image(s) with style image(s); all results at once.
 
         Args:
             content, style: a path, PIL image or tensor in [0, 1] ((3, H, W) or (B, 3, H, W)), or a list.
-            num_samples: images per pair, each with its own seed.
-            seed: base seed; image k (pair-major) gets ``seed + k``, so each image is reproducible
-                whatever the batch size. None draws a random base seed (reported in ``seeds``).
-            top_k, top_p, temperature, style_strength: sampling controls (default: the checkpoint's).
-            alpha: explicit per-scale alpha (one value per scale), overriding the checkpoint's.
-            pairing: ``zip`` (i-th content with i-th style; a single image pairs with all) or
-                ``product`` (every content with every style).
-            batch_size: images generated at once.
-            fit, keep_size: resize policy (see :mod:`stylevar.images`).
-            legacy_kv_cache: reproduce the published sampler token for token.
-            dtype: ``torch.bfloat16``/``torch.float16`` (or ``"bf16"``/``"fp16"``) for the fast
-                reduced-precision path (see :meth:`StyleVAR.generate`); default fp32.
-            cuda_graphs: replay each scale's transformer pass as a CUDA graph (captured on the
-                first batch of each size); on CPU the same static path runs eagerly.
-            output_type: ``pil`` or ``pt`` ((3, H, W) tensors in [0, 1]).
-            style_weights, preserve_color, upscale: creative controls; see :meth:`iter_batches`.
-            mask, regions: where the style goes (regional style); see :meth:`iter_batches`.
-            progress: show a progress bar.
+            settings: a :class:`~stylevar.settings.StylizeSettings` (default: the checkpoint's sampling
+                defaults and the defaults of every other field).
+            keywords: any field of the settings by name, overriding ``settings`` -- sampling (``top_k``,
+                ``top_p``, ``temperature``, ``style_strength``, ``alpha``, ``seed``: image k
+                (pair-major) gets ``seed + k``, None a random base reported in ``seeds``; ``dtype``,
+                ``cuda_graphs``, ``legacy_kv_cache``), output (``fit``, ``keep_size``, ``upscale``,
+                ``preserve_color``, ``output_type``), regional style (``mask``, ``regions``, ``leakage``)
+                and the run (``num_samples``, ``batch_size``, ``window``, ``on_bad_file``) -- and the
+                call's own ``pairing``, ``style_weights``, ``skip``, ``progress``: see
+                :meth:`iter_batches`.
         """
         out = StylizeOutput(images=[], seeds=[])
-        for batch in self.iter_batches(content, style, **kwargs):
+        for batch in self.iter_batches(content, style, settings, **keywords):
             out.images.extend(batch.images)
             out.seeds.extend(batch.seeds)
             out.pairs.extend(batch.pairs)
@@ -206,62 +222,44 @@ class StyleVARPipeline:
         self,
         content: ImagesInput,
         style: ImagesInput,
+        settings: StylizeSettings | None = None,
         *,
-        num_samples: int = 1,
-        seed: int | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        temperature: float | None = None,
-        style_strength: float | None = None,
-        alpha: Sequence[float] | None = None,
         pairing: str = "zip",
-        batch_size: int = 4,
-        fit: str = "crop",
-        keep_size: bool = False,
-        legacy_kv_cache: bool = False,
-        dtype: torch.dtype | str | None = None,
-        cuda_graphs: bool = False,
-        output_type: str = "pil",
-        progress: bool = False,
-        skip: Callable[[int, int, int], bool] | None = None,
         style_weights: Sequence[float] | None = None,
-        preserve_color: str = "none",
-        upscale: str = "lanczos",
-        mask: ImageInput | None = None,
-        regions: Sequence[tuple[ImageInput, ImageInput]] | None = None,
-        leakage: dict[str, Any] | None = None,
+        skip: Callable[[int, int, int], bool] | None = None,
+        progress: bool = False,
+        **keywords: Any,
     ) -> Iterator[StylizeOutput]:
         """Like ``__call__`` (same arguments) but yields each batch's results as soon as it is done,
         so a caller can save them as it goes.
 
-        ``skip(content_index, style_index, sample_index)`` returning True leaves that image out (for
-        resuming a folder run); the seeds of the others do not change.
+        ``pairing``: ``zip`` (i-th content with i-th style; a single image pairs with all) or ``product``
+        (every content with every style). ``skip(content_index, style_index, sample_index)`` returning
+        True leaves that image out (for resuming a folder run); the seeds of the others do not change.
+        ``style_weights``: one weight per style image; the style images are blended into one style
+        inside the model's conditioning (AdaLN condition and style queries: the weighted sum of each
+        image's ResNet feature and VQ condition features), weights normalised to sum 1. Results are
+        then those of a single style (style index 0).
 
-        Creative controls (:mod:`stylevar.controls`):
+        The settings (:mod:`stylevar.settings`; controls in :mod:`stylevar.controls`):
 
-        * ``style_weights``: one weight per style image; the style images are blended into one style
-          inside the model's conditioning (AdaLN condition and style queries: the weighted sum of each
-          image's ResNet feature and VQ condition features), weights normalised to sum 1. Results are
-          then those of a single style (style index 0).
         * ``preserve_color``: ``luminance`` (the result's luma, the content's chroma) or ``stats`` (the
           result's colour mean/covariance matched to the content's); ``none`` (default).
         * ``upscale``: with ``keep_size``, ``lanczos`` (default) or ``guided`` (bicubic, then a guided
           filter with the full-resolution content as guide: the content's fine detail at full size).
-
-        Regional style (the same for every pair of the call; a mask covers the content image, so give it
-        the content's aspect ratio; it is cropped with ``fit`` and area-averaged to every scale's tokens):
-
-        * ``mask``: a grey-level map of style strength. White keeps the model's alpha, black moves it to
-          the content end (0.01, where ``style_strength`` clamps), grey in between: alpha becomes per
-          token. An all-white mask gives the plain result bit for bit.
+        * ``mask``: a grey-level map of style strength over the content (give it the content's aspect
+          ratio; it is cropped with ``fit`` and area-averaged to every scale's tokens). White keeps the
+          model's alpha, black moves it to the content end (0.01, where ``style_strength`` clamps), grey
+          in between: alpha becomes per token. An all-white mask gives the plain result bit for bit.
         * ``regions``: ``[(mask, style), ...]``: inside each mask, tokens take their style queries and
           AdaLN condition from that style instead of the pair's; soft edges blend; overlapping masks
           share (weights scaled to sum 1). A region covering the whole image with style B gives what
-          stylizing with B gives. Both run the eager sampler (not with ``cuda_graphs``).
-        * ``leakage``: StyleAR's knobs against the style image's own objects showing up, ``{"style_mask":
-          salient region of the style image, "subtract": alpha, "style_noise": gamma}``
-          (:meth:`stylevar.regional.Regional.edit_styles`).
+          stylizing with B gives. Masks and regions run the eager sampler (not with ``cuda_graphs``).
+        * ``leakage``: StyleAR's knobs against the style image's own objects showing up, a
+          :class:`~stylevar.settings.Leakage` or ``{"style_mask": salient region of the style image,
+          "subtract": alpha, "style_noise": gamma}`` (:meth:`stylevar.regional.Regional.edit_styles`).
         """
+        settings = self.settings(settings, **keywords)
         contents, styles = _as_list(content), _as_list(style)
         for role, items in (("content", contents), ("style", styles)):
             if not items:
@@ -271,30 +269,8 @@ class StyleVARPipeline:
         blended = Blend(tuple(styles), tuple(blend)) if blend else None
         pairs = [Pair(contents[c], blended if blended is not None else styles[st]) for c, st in index]
         keep = None if skip is None else (lambda i, _pair, k: skip(index[i][0], index[i][1], k))
-        for results in self._stream(
-            pairs,
-            num_samples=num_samples,
-            seed=seed,
-            top_k=top_k,
-            top_p=top_p,
-            temperature=temperature,
-            style_strength=style_strength,
-            alpha=alpha,
-            batch_size=batch_size,
-            fit=fit,
-            keep_size=keep_size,
-            legacy_kv_cache=legacy_kv_cache,
-            dtype=dtype,
-            cuda_graphs=cuda_graphs,
-            output_type=output_type,
-            preserve_color=preserve_color,
-            upscale=upscale,
-            skip=keep,
-            progress=progress,
-            mask=mask,
-            regions=regions,
-            leakage=leakage,
-        ):
+        total = len(pairs) * settings.run.num_samples
+        for results in self._stream(pairs, settings, skip=keep, progress=progress, total=total):
             yield StylizeOutput(
                 images=[r.image for r in results],
                 seeds=[r.seed for r in results],
@@ -304,41 +280,21 @@ class StyleVARPipeline:
 
     def stylize_pairs(
         self,
-        pairs: Iterable[Pair | tuple[Any, Any]],
+        pairs: Iterable[Pair | tuple[ImageInput, Any]],
+        settings: StylizeSettings | None = None,
         *,
-        num_samples: int = 1,
-        seed: int | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        temperature: float | None = None,
-        style_strength: float | None = None,
-        alpha: Sequence[float] | None = None,
-        batch_size: int = 4,
-        window: int = 4,
-        cache_size: int = 256,
-        fit: str = "crop",
-        keep_size: bool = False,
-        legacy_kv_cache: bool = False,
-        dtype: torch.dtype | str | None = None,
-        cuda_graphs: bool = False,
-        output_type: str = "pil",
-        preserve_color: str = "none",
-        upscale: str = "lanczos",
-        on_bad_file: str = "fail",
         skip: Callable[[int, Pair, int], bool] | None = None,
         progress: bool = False,
         total: int | None = None,
-        pad_batches: bool | None = None,
-        mask: ImageInput | None = None,
-        regions: Sequence[tuple[ImageInput, ImageInput]] | None = None,
-        leakage: dict[str, Any] | None = None,
+        **keywords: Any,
     ) -> Iterator[PairResult]:
         """Stylize any number of pairs, streaming: yields one :class:`PairResult` per image, in order.
 
         ``pairs``: an iterable (a generator is fine: it is consumed a window at a time) of
         :class:`~stylevar.pairs.Pair` or ``(content, style)`` tuples; sources are in
         :mod:`stylevar.pairs` (folders, CSV/JSON-lines manifests). A pair's own settings (seed,
-        style strength, colour preservation, top-k/top-p/temperature) override the arguments here.
+        style strength, colour preservation, top-k/top-p/temperature) override the run's.
+        ``settings`` and ``keywords``: as :meth:`__call__`.
 
         Seeds: pair ``i``'s sample ``k`` gets ``pair.seed + k``, or ``seed + i * num_samples + k``
         when the pair has none (``seed`` None: a random base). Each image depends only on its inputs,
@@ -360,39 +316,11 @@ class StyleVARPipeline:
         decided; True/False force it). Kernels round differently at different batch sizes, so
         without it an image could move by one 8-bit level between a folder run, a manifest and a
         Ray worker. A run smaller than one batch is not padded (one image costs one image).
-        Other arguments (``mask``, ``regions`` included): see :meth:`__call__` and :meth:`iter_batches`.
         """
+        settings = self.settings(settings, **keywords)
         if total is None and hasattr(pairs, "__len__"):
-            total = len(pairs) * num_samples  # type: ignore[arg-type]
-        for results in self._stream(
-            pairs,
-            num_samples=num_samples,
-            seed=seed,
-            top_k=top_k,
-            top_p=top_p,
-            temperature=temperature,
-            style_strength=style_strength,
-            alpha=alpha,
-            batch_size=batch_size,
-            window=window,
-            cache_size=cache_size,
-            fit=fit,
-            keep_size=keep_size,
-            legacy_kv_cache=legacy_kv_cache,
-            dtype=dtype,
-            cuda_graphs=cuda_graphs,
-            output_type=output_type,
-            preserve_color=preserve_color,
-            upscale=upscale,
-            on_bad_file=on_bad_file,
-            skip=skip,
-            progress=progress,
-            total=total,
-            pad_batches=pad_batches,
-            mask=mask,
-            regions=regions,
-            leakage=leakage,
-        ):
+            total = len(pairs) * settings.run.num_samples  # type: ignore[arg-type]
+        for results in self._stream(pairs, settings, skip=skip, progress=progress, total=total):
             yield from results
 
     # ------------------------------------------------------------------ the streaming loop
@@ -400,65 +328,19 @@ class StyleVARPipeline:
     def _stream(
         self,
         pairs: Iterable[Any],
+        settings: StylizeSettings,
         *,
-        num_samples: int,
-        seed: int | None,
-        top_k: int | None,
-        top_p: float | None,
-        temperature: float | None,
-        style_strength: float | None,
-        alpha: Sequence[float] | None,
-        batch_size: int,
-        fit: str,
-        keep_size: bool,
-        legacy_kv_cache: bool,
-        dtype: torch.dtype | str | None,
-        cuda_graphs: bool,
-        output_type: str,
-        preserve_color: str,
-        upscale: str,
-        skip: Callable[[int, Pair, int], bool] | None,
-        progress: bool,
-        window: int = 4,
-        cache_size: int = 256,
-        on_bad_file: str = "fail",
+        skip: Callable[[int, Pair, int], bool] | None = None,
+        progress: bool = False,
         total: int | None = None,
-        pad_batches: bool | None = None,
-        mask: ImageInput | None = None,
-        regions: Sequence[tuple[ImageInput, ImageInput]] | None = None,
-        leakage: dict[str, Any] | None = None,
     ) -> Iterator[list[PairResult]]:
         """The loop behind every entry point: yields each batch's results (a bad pair: a list of its own)."""
-        s = self.sampling
-        defaults = {
-            "top_k": s.top_k if top_k is None else top_k,
-            "top_p": s.top_p if top_p is None else top_p,
-            "temperature": s.temperature if temperature is None else temperature,
-            "style_strength": s.style_strength if style_strength is None else style_strength,
-        }
-        SamplingConfig(**defaults)  # validates
-        if fit not in FITS:
-            raise ConfigError(f"fit must be one of {FITS}, got {fit!r}")
-        if num_samples < 1 or batch_size < 1 or window < 1:
-            raise ConfigError("num_samples, batch_size and window must be >= 1")
-        if output_type not in ("pil", "pt"):
-            raise ConfigError("output_type must be 'pil' or 'pt'")
-        if preserve_color not in COLOUR_MODES:
-            raise ConfigError(f"preserve_color must be one of {COLOUR_MODES}, got {preserve_color!r}")
-        if upscale not in UPSAMPLERS:
-            raise ConfigError(f"upscale must be one of {UPSAMPLERS}, got {upscale!r}")
-        if on_bad_file not in BAD_FILE_POLICIES:
-            raise ConfigError(f"on_bad_file must be one of {BAD_FILE_POLICIES}, got {on_bad_file!r}")
-        dtype = self.prepare_dtype(dtype)
-        if alpha is not None:
-            try:
-                self.model.resolve_alpha(alpha)
-            except ValueError as e:
-                raise ConfigError(str(e)) from None
-        base = secrets.randbelow(2**31) if seed is None else int(seed)
+        sampling, output, run = settings.sampling, settings.output, settings.run
+        self.prepare_dtype(sampling.dtype)
+        base = secrets.randbelow(2**31) if sampling.seed is None else sampling.seed
         # a bad mask or region file fails before any work
-        regional = load_regional(mask, regions, self.resolution, fit, cuda_graphs, **(leakage or {}))
-
+        regional = load_regional(settings.regions, self.resolution, output.fit, sampling.cuda_graphs)
+        num_samples, batch_size = run.num_samples, run.batch_size
         considered = 0  # images of the run so far, skipped ones included
 
         def jobs() -> Iterator[Job]:
@@ -473,48 +355,41 @@ class StyleVARPipeline:
                         continue
                     yield i, pair, k, image_seed(pair, i, k, num_samples, base)
 
-        encoded = EncodedImages(self._encode, self.resolution, fit, cache_size, on_bad_file)
+        encoded = EncodedImages(self._encode, self.resolution, output.fit, run.cache_size, run.on_bad_file)
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=total, unit="img", desc="stylizing")
         job_iter = jobs()
-        pad_to = 0  # batches are padded to this many rows (0: as they are)
+        pad_batches = run.pad_batches
 
-        def run(batch: list[Job]) -> list[PairResult]:
-            results = self._run_batch(
-                batch, encoded, full, defaults, alpha, fit, keep_size, legacy_kv_cache, dtype,
-                cuda_graphs, output_type, preserve_color, upscale, pad_to, regional,
-            )  # fmt: skip
+        def flush(batch: list[Job], full: dict[tuple, Image.Image], pad_to: int) -> list[PairResult]:
+            results = self._run_batch(batch, encoded, full, settings, pad_to, regional)
             if bar is not None:
                 bar.update(len(batch))
             return results
 
         try:
             while True:
-                win = list(itertools.islice(job_iter, batch_size * window))
+                win = list(itertools.islice(job_iter, batch_size * run.window))
                 if not win:
                     return
                 if pad_batches is None:  # decided once, on the first window: a run of >= 1 batch pads
-                    full_window = len(win) == batch_size * window
+                    full_window = len(win) == batch_size * run.window
                     pad_batches = full_window or considered >= batch_size
                 pad_to = batch_size if pad_batches else 0
-                full = encoded.prepare(
-                    win,
-                    keep_size=keep_size,
-                    preserve_color=preserve_color,
-                    batch_size=batch_size,
-                    pad_to=pad_to,
-                )
+                full = encoded.prepare(win, output=output, batch_size=batch_size, pad_to=pad_to)
                 batch: list[Job] = []
                 for job in win:
                     error = encoded.error(job[1])
-                    key = self._sampling_key(job[1], defaults)
+                    key = pair_sampling(sampling, job[1]).filters
                     if batch and (
-                        error or len(batch) == batch_size or key != self._sampling_key(batch[0][1], defaults)
+                        error
+                        or len(batch) == batch_size
+                        or key != pair_sampling(sampling, batch[0][1]).filters
                     ):
-                        yield run(batch)
+                        yield flush(batch, full, pad_to)
                         batch = []
                     if error:
                         yield [PairResult(job[0], job[2], job[3], job[1], error=error)]
@@ -523,38 +398,21 @@ class StyleVARPipeline:
                     else:
                         batch.append(job)
                 if batch:
-                    yield run(batch)
+                    yield flush(batch, full, pad_to)
         finally:
             if bar is not None:
                 bar.close()
-
-    @staticmethod
-    def _sampling_key(pair: Pair, defaults: dict[str, Any]) -> tuple:
-        """Settings that one ``generate`` call shares: a batch holds pairs that agree on them."""
-        return tuple(
-            defaults[k] if getattr(pair, k) is None else getattr(pair, k)
-            for k in ("top_k", "top_p", "temperature")
-        )
 
     def _run_batch(
         self,
         batch: list[Job],
         encoded: EncodedImages,
         full: dict[tuple, Image.Image],
-        defaults: dict[str, Any],
-        alpha: Sequence[float] | None,
-        fit: str,
-        keep_size: bool,
-        legacy_kv_cache: bool,
-        dtype: torch.dtype | None,
-        cuda_graphs: bool,
-        output_type: str,
-        preserve_color: str,
-        upscale: str,
+        settings: StylizeSettings,
         pad_to: int = 0,
         regional: Regional | None = None,
     ) -> list[PairResult]:
-        """Sample and decode one batch of jobs whose inputs are encoded (``regional``: the call's mask and
+        """Sample and decode one batch of jobs whose inputs are encoded (``regional``: the run's mask and
         region styles, see :meth:`iter_batches`).
 
         With ``pad_to``, a shorter batch is padded with copies of its last job (their images are
@@ -567,54 +425,31 @@ class StyleVARPipeline:
         c_enc = [encoded.content(p) for _, p, _, _ in batch]
         s_enc = [encoded.style(p) for _, p, _, _ in batch]
         s_feat, s_cvae = torch.stack([e[0] for e in s_enc]), torch.stack([e[1] for e in s_enc])
+        seeds = [sd for *_, sd in batch]
         if regional is not None and regional.edits_style:  # StyleAR's subtraction and noise
-            s_feat, s_cvae = regional.edit_styles(
-                s_feat, s_cvae, [encoded.style_input(p) for _, p, _, _ in batch], [sd for *_, sd in batch],
-                self._encode, max(1, pad_to),
-            )  # fmt: skip
+            styles = [encoded.style_input(p) for _, p, _, _ in batch]
+            s_feat, s_cvae = regional.edit_styles(s_feat, s_cvae, styles, seeds, self._encode, max(1, pad_to))
         cond = Conditioning(
             s_feat, torch.stack([e[0] for e in c_enc]), s_cvae, torch.stack([e[1] for e in c_enc])
         )
-        first = batch[0][1]
-        top_k, top_p, temperature = self._sampling_key(first, defaults)
-        strength, alphas = defaults["style_strength"], alpha
+        sampling = pair_sampling(settings.sampling, batch[0][1])
+        alphas = None
         if any(p.style_strength is not None for _, p, _, _ in batch):  # per-pair strength: alpha per sample
             alphas = torch.cat(
                 [
-                    self.model.resolve_alpha(
-                        alpha, defaults["style_strength"] if p.style_strength is None else p.style_strength, 1
-                    )
+                    self.model.resolve_alpha(sampling.alpha, pair_sampling(sampling, p).style_strength, 1)
                     for _, p, _, _ in batch
                 ]
             )
-            strength = 0.0
+            sampling = dataclasses.replace(sampling, style_strength=0.0)
         out = self.generate_batch(
-            cond,
-            [sd for _, _, _, sd in batch],
-            top_k=top_k,
-            top_p=top_p,
-            temperature=temperature,
-            alpha=alphas,
-            style_strength=strength,
-            legacy_kv_cache=legacy_kv_cache,
-            dtype=dtype,
-            cuda_graphs=cuda_graphs,
-            regional=regional,
-            encoder_rows=max(1, pad_to),
+            cond, seeds, sampling, alpha=alphas, regional=regional, encoder_rows=max(1, pad_to)
         )
         results = []
         for (i, pair, k, sd), img in zip(batch[:n], out.images[:n]):
-            colour = pair.preserve_color or preserve_color
             content = full.get(image_key(pair.content))
-            results.append(
-                PairResult(
-                    i,
-                    k,
-                    sd,
-                    pair,
-                    postprocess(img, content, fit, keep_size, output_type, colour, upscale),
-                )
-            )
+            image = postprocess(img, content, settings.output, pair.preserve_color)
+            results.append(PairResult(i, k, sd, pair, image))
         return results
 
     # ------------------------------------------------------------------ one batch, regional style
@@ -622,38 +457,29 @@ class StyleVARPipeline:
         self,
         cond: Conditioning,
         seeds: Sequence[int],
+        sampling: Sampling,
         *,
-        top_k: int,
-        top_p: float,
-        temperature: float,
-        alpha: Any = None,
-        style_strength: float = 0.0,
-        legacy_kv_cache: bool = False,
-        dtype: torch.dtype | None = None,
-        cuda_graphs: bool = False,
+        alpha: torch.Tensor | None = None,
         regional: Regional | None = None,
         encoder_rows: int = 1,
         token_hook: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
     ):
-        """``StyleVAR.generate`` for one batch of encoded pairs, with the call's mask (per-token alpha:
+        """``StyleVAR.generate`` for one batch of encoded pairs, with the run's mask (per-token alpha:
         white keeps the model's alpha, black the content end) and region styles (encoded once, each in
-        a batch of ``encoder_rows``, the size the pairs' styles are encoded at: the same bytes)."""
+        a batch of ``encoder_rows``, the size the pairs' styles are encoded at: the same bytes).
+        ``alpha``: a per-sample alpha computed by the caller (then ``sampling.style_strength`` is 0)."""
         regions, token_hook = None, cancel_hook(token_hook)  # a web request's Stop: at a scale boundary
         if regional is not None:
-            alpha, style_strength = regional.alpha(self.model, alpha, style_strength, cond.batch_size)
+            given = sampling.alpha if alpha is None else alpha
+            alpha, strength = regional.alpha(self.model, given, sampling.style_strength, cond.batch_size)
+            sampling = dataclasses.replace(sampling, style_strength=strength)
             regions = regional.regions(self.model, self._encode, encoder_rows, cond.batch_size)
         return self.model.generate(
             self.vae,
             cond,
+            sampling,
             seed=list(seeds),
-            top_k=top_k,
-            top_p=top_p,
-            temperature=temperature,
             alpha=alpha,
-            style_strength=style_strength,
-            legacy_kv_cache=legacy_kv_cache,
-            dtype=dtype,
-            cuda_graphs=cuda_graphs,
             regions=regions,
             token_hook=token_hook,
             decode_dtype=decode_dtype(self.model, self.device),

@@ -13,6 +13,7 @@ import torch
 from .errors import ConfigError
 from .images import to_mask, to_model_input
 from .models import ALPHA_CONTENT_END, StyleRegions, StyleVAR, scale_maps
+from .settings import Regions
 from .stream import read_input
 
 
@@ -125,50 +126,40 @@ class Regional:
         return model.regions_from_features(feat, cvae, masks, batch_size)
 
 
-def load_regional(
-    mask: Any,
-    regions: Sequence[tuple[Any, Any]] | None,
-    resolution: int,
-    fit: str,
-    cuda_graphs: bool = False,
-    *,
-    style_mask: Any = None,
-    subtract: float = 1.0,
-    style_noise: float = 0.0,
-    segmenter: Any = None,
-) -> Regional | None:
-    """A call's mask and region styles, and StyleAR's leakage knobs (the style image's salient region as a
+def load_regional(regions: Regions, resolution: int, fit: str, cuda_graphs: bool = False) -> Regional | None:
+    """A run's mask and region styles, and StyleAR's leakage knobs (the style image's salient region as a
     ``style_mask`` or found by a ``segmenter`` -- a SAM folder / Hub id or a callable, see
     :class:`Regional` --, ``subtract`` alpha, ``style_noise`` gamma), read and resized now (a bad file fails
-    before any work); None without any."""
-    if style_mask is not None and segmenter is not None:
-        raise ConfigError("give the style image's salient region once: style_mask or a segmenter, not both")
-    if not 0.0 <= subtract <= 1.0 or style_noise < 0:
-        raise ConfigError("subtract (alpha) must lie in [0, 1] and style_noise (gamma) be >= 0")
-    if subtract != 1.0 and style_mask is None and segmenter is None:
-        raise ConfigError(
-            "subtract needs the style image's salient region: give style_mask (--style-mask) or a SAM model "
-            "(--style-segmenter)"
-        )
-    if mask is None and not regions and style_mask is None and segmenter is None and style_noise == 0:
+    before any work); None without any. ``regions`` was validated when it was made
+    (:class:`stylevar.settings.Regions`)."""
+    if not regions.active:
         return None
+    leak = regions.leakage
+    segmenter = leak.segmenter
     if segmenter is not None and not callable(segmenter):
         from .perceptual.salient import SalientRegion
 
         segmenter = SalientRegion(segmenter)
-    if cuda_graphs and (mask is not None or regions):
+    if cuda_graphs and (regions.mask is not None or regions.regions):
         raise ConfigError("a mask or regions run the eager sampler: drop cuda_graphs")
-    mask_map = None if mask is None else to_mask(read_input(mask, "mask"), resolution, fit)
-    inputs = []
-    for item in regions or ():
-        if not isinstance(item, (tuple, list)) or len(item) != 2:
-            raise ConfigError("regions must be (mask, style) pairs")
-        inputs.append(
-            (
-                to_mask(read_input(item[0], "region mask"), resolution, fit),
-                to_model_input(read_input(item[1], "region style"), resolution, fit),
-            )
+    mask_map = None if regions.mask is None else to_mask(read_input(regions.mask, "mask"), resolution, fit)
+    inputs = [
+        (
+            to_mask(read_input(mask, "region mask"), resolution, fit),
+            to_model_input(read_input(style, "region style"), resolution, fit),
         )
-    smask = None if style_mask is None else to_mask(read_input(style_mask, "style mask"), resolution, fit)
-    return Regional(mask_map, inputs, style_mask=smask, subtract=subtract, style_noise=style_noise,
-                    resolution=resolution, fit=fit, segmenter=segmenter)  # fmt: skip
+        for mask, style in regions.regions
+    ]
+    smask = None
+    if leak.style_mask is not None:
+        smask = to_mask(read_input(leak.style_mask, "style mask"), resolution, fit)
+    return Regional(
+        mask_map,
+        inputs,
+        style_mask=smask,
+        subtract=leak.subtract,
+        style_noise=leak.style_noise,
+        resolution=resolution,
+        fit=fit,
+        segmenter=segmenter,
+    )

@@ -32,6 +32,7 @@ from .images import (
     to_rgb,
 )
 from .pairs import Blend, Pair
+from .settings import Output
 
 Job = tuple[int, Pair, int, int]  #: (pair index, pair, sample, seed)
 READ_THREADS = min(8, os.cpu_count() or 1)  #: threads that read a window's files
@@ -141,7 +142,9 @@ class EncodedImages:
         self.bad = LRU(4096)  # (role, key) -> reason: a bad file shared by many pairs is read once
 
     def error(self, pair: Pair) -> str | None:
-        """Why ``pair`` cannot be made (an input that could not be read), or None."""
+        """Why ``pair`` cannot be made (a refused manifest row, an input that could not be read), or None."""
+        if pair.error is not None:
+            return pair.error
         for role, item in (("content", pair.content), *(("style", x) for x in style_parts(pair.style))):
             reason = self.bad.get((role, image_key(item)))
             if reason is not None:
@@ -159,12 +162,14 @@ class EncodedImages:
         return self.caches["style"].get(style_key(pair.style))[2]
 
     def prepare(
-        self, win: list[Job], *, keep_size: bool, preserve_color: str, batch_size: int, pad_to: int = 0
+        self, win: list[Job], *, output: Output, batch_size: int, pad_to: int = 0
     ) -> dict[tuple, Image.Image]:
         """Read and encode the window's images that are not cached (``fail``: raise at the first that
         cannot be read; ``skip``: remember it). Returns the full-size contents that postprocessing needs
-        (``keep_size``, colour preservation), by key. Encoder batches are padded to ``pad_to`` rows."""
+        (``output.keep_size``, colour preservation of the run or a pair), by key. Encoder batches are
+        padded to ``pad_to`` rows."""
         caches = self.caches
+        win = [job for job in win if job[1].error is None]  # refused manifest rows: nothing to read
         # the window's keys become the most recent entries, and the caches hold at least all of them,
         # so nothing this window uses is evicted before its batch runs
         used: dict[str, set[tuple]] = {"content": set(), "style": set()}
@@ -181,7 +186,7 @@ class EncodedImages:
         need_full: set[tuple] = set()
         for _, pair, _, _ in win:
             ck = image_key(pair.content)
-            if keep_size or (pair.preserve_color or preserve_color) != "none":
+            if output.keep_size or (pair.preserve_color or output.preserve_color) != "none":
                 need_full.add(ck)
             if ck in need_full or ck not in caches["content"]:
                 todo["content"].setdefault(ck, pair.content)
@@ -263,16 +268,13 @@ def cancel_hook(inner: Callable[[int, torch.Tensor], torch.Tensor] | None = None
 
 
 def postprocess(
-    img: torch.Tensor,
-    content: Image.Image,
-    fit: str,
-    keep_size: bool,
-    output_type: str,
-    preserve_color: str = "none",
-    upscale: str = "lanczos",
+    img: torch.Tensor, content: Image.Image | None, output: Output, colour: str | None = None
 ) -> Any:
-    """A (3, R, R) result -> the output: at the content region's size with ``keep_size`` (LANCZOS or
-    guided upsampling), then colour preservation against the content region at that size."""
+    """A (3, R, R) result in [0, 1] -> the output: at the content region's size with ``output.keep_size``
+    (LANCZOS or guided upsampling), then colour preservation (``colour``, a pair's own, else the run's)
+    against the content region at that size; a PIL image or a tensor in [0, 1] (``output.output_type``)."""
+    fit, keep_size, upscale = output.fit, output.keep_size, output.upscale
+    preserve_color = colour or output.preserve_color
     x = img.detach().float().cpu().clamp(0, 1).unsqueeze(0)
     region = None
     if keep_size or preserve_color != "none":
@@ -289,6 +291,6 @@ def postprocess(
             else region.resize((x.shape[-1], x.shape[-2]), Image.Resampling.LANCZOS)
         )
         x = preserve_colour(x, pil_to_unit_tensor(ref), preserve_color)
-    if output_type == "pt":
+    if output.output_type == "pt":
         return x[0]
     return tensor_to_pil(x[0])

@@ -23,6 +23,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -35,11 +37,15 @@ import torch
 from PIL import Image
 
 from .errors import ConfigError, MissingDependencyError, VideoError
+from .files import same_file
 from .images import to_model_input
 from .models import Conditioning
 from .pipeline import ImageInput, StyleVARPipeline
 from .regional import load_regional
+from .settings import Output, Sampling, StylizeSettings, VideoOptions
 from .stream import postprocess, read_input
+
+logger = logging.getLogger(__name__)
 
 #: output container by file extension: (PyAV format, video codec, audio codec or None)
 CONTAINERS = {
@@ -58,6 +64,20 @@ COPYABLE_AUDIO = {
     "webm": {"opus", "vorbis"},
 }
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".gif", ".avi")
+#: FFmpeg's demuxers of still images: such a file is refused (``stylevar stylize`` is for images)
+STILL_FORMATS = frozenset(
+    {
+        "image2",
+        "png_pipe",
+        "jpeg_pipe",
+        "webp_pipe",
+        "bmp_pipe",
+        "tiff_pipe",
+        "ppm_pipe",
+        "pgm_pipe",
+        "pam_pipe",
+    }
+)
 
 
 def _av():
@@ -95,6 +115,10 @@ def probe(path: str | os.PathLike) -> VideoInfo:
                     f"{p}: no video stream in this file; give a video (mp4, webm, mov, gif, ...)"
                 )
             vs = ic.streams.video[0]
+            if ic.format.name in STILL_FORMATS or (vs.frames == 1 and ic.format.name != "gif"):
+                raise VideoError(
+                    f"{p} is a still image, not a video; stylize it with: stylevar stylize {p} STYLE -o OUT"
+                )
             rate = vs.average_rate or vs.guessed_rate or Fraction(10)
             duration = None
             if vs.duration is not None and vs.time_base is not None:
@@ -115,9 +139,14 @@ def probe(path: str | os.PathLike) -> VideoInfo:
 def read_frames(
     path: str | os.PathLike, start: float = 0.0, duration: float | None = None
 ) -> Iterator[tuple[float, Image.Image]]:
-    """(time in seconds, RGB frame) for each frame in [start, start + duration), decoded as needed."""
+    """(time in seconds, RGB frame) for each frame in [start, start + duration), decoded as needed.
+
+    A file that cannot be decoded from its start is a :class:`VideoError`; one whose data ends or breaks
+    after some frames (a truncated download) ends there with a warning: the frames before it are good,
+    and :func:`stylize_video` reports how many of the announced frames were read."""
     av = _av()
     p = Path(path).expanduser()
+    n = 0
     try:
         with av.open(str(p)) as ic:
             vs = ic.streams.video[0]
@@ -132,11 +161,14 @@ def read_frames(
                     continue
                 if end is not None and t >= end - eps:
                     break
+                n += 1
                 yield t, frame.to_image().convert("RGB")
     except Exception as e:
         if isinstance(e, (VideoError, GeneratorExit)):
             raise
-        raise VideoError(f"{p}: decoding failed ({type(e).__name__}: {e})") from None
+        if n == 0 or not isinstance(e, av.error.FFmpegError):
+            raise VideoError(f"{p}: decoding failed ({type(e).__name__}: {e})") from None
+        logger.warning("%s: decoding stopped after %d frames (%s: %s)", p, n, type(e).__name__, e)
 
 
 class TokenKeeper:
@@ -232,6 +264,8 @@ class VideoResult:
     rate: Fraction
     audio: str  #: "copied", "re-encoded (codec)", "none" or "dropped (gif)"
     kept_tokens: float  #: share of the kept scales' tokens taken from the previous frame (0 without)
+    #: frames the container announced (None: it did not say); more than ``frames`` means a truncated file
+    expected_frames: int | None = None
 
 
 def stylize_video(
@@ -239,56 +273,55 @@ def stylize_video(
     video: str | os.PathLike,
     style: ImageInput | Sequence[ImageInput],
     out: str | os.PathLike,
+    settings: StylizeSettings | None = None,
     *,
+    options: VideoOptions | None = None,
     style_weights: Sequence[float] | None = None,
-    keep_scales: int | None = None,
-    seed: int = 0,
-    start: float = 0.0,
-    duration: float | None = None,
-    batch_size: int = 4,
-    fit: str = "squash",
-    top_k: int | None = None,
-    top_p: float | None = None,
-    temperature: float | None = None,
-    style_strength: float | None = None,
-    alpha: Sequence[float] | None = None,
-    preserve_color: str = "none",
-    upscale: str = "lanczos",
-    mask: ImageInput | None = None,
-    regions: Sequence[tuple[ImageInput, ImageInput]] | None = None,
-    dtype: torch.dtype | str | None = None,
-    keep_criterion: str = "pixels",
-    change_threshold: float = 0.02,
-    crf: int = 18,
     progress: bool = False,
     on_frames: Callable[[list[Image.Image], list[Image.Image]], None] | None = None,
+    **keywords: Any,
 ) -> VideoResult:
     """Stylize every frame of ``video`` with ``style`` into ``out`` (module doc). ``style`` may be a list
-    with ``style_weights`` (a blend, as :meth:`StyleVARPipeline.iter_batches`); every other control is the
-    pipeline's. ``keep_scales`` (default: every scale), ``keep_criterion`` and ``change_threshold``: see
-    :class:`TokenKeeper`. ``on_frames(inputs, outputs)`` sees each batch (benchmarks measure flicker)."""
+    with ``style_weights`` (a blend, as :meth:`StyleVARPipeline.iter_batches`). ``settings`` and
+    ``keywords``: the pipeline's (:meth:`StyleVARPipeline.settings`; here ``fit`` defaults to ``squash``
+    and ``seed``, the seed of every frame, to 0; results always take the frame's size; ``batch_size`` is
+    frames at a time). ``options`` (or its fields as keywords: ``keep_scales``, ``keep_criterion``,
+    ``change_threshold``, ``start``, ``duration``, ``crf``): :class:`~stylevar.settings.VideoOptions`.
+    ``on_frames(inputs, outputs)`` sees each batch (benchmarks measure flicker)."""
     from .controls import blend_weights
 
+    video_fields = {f.name for f in dataclasses.fields(VideoOptions)}
+    opts = {k: keywords.pop(k) for k in list(keywords) if k in video_fields}
+    options = dataclasses.replace(
+        options or VideoOptions(), **{k: v for k, v in opts.items() if v is not None}
+    )
+    if settings is None:
+        settings = pipe.settings(fit="squash", seed=0)
+    settings = pipe.settings(settings, **keywords)
+    if settings.sampling.seed is None:
+        settings = settings.with_(seed=0)
+    output = dataclasses.replace(settings.output, keep_size=True, output_type="pil")
+    sampling, batch_size, fit = settings.sampling, settings.run.batch_size, output.fit
+    start, duration, crf = options.start, options.duration, options.crf
     av = _av()
     out = Path(out).expanduser()
     if out.suffix.lower() not in CONTAINERS:
         raise ConfigError(
             f"{out}: write .mp4, .mov, .mkv, .webm or .gif (got {out.suffix or 'no extension'!r})"
         )
-    if keep_scales is None:
-        keep_scales = len(pipe.model.patch_nums)
-    if keep_scales < 0 or keep_scales > len(pipe.model.patch_nums):
-        raise ConfigError(f"keep_scales must lie in [0, {len(pipe.model.patch_nums)}], got {keep_scales}")
-    if batch_size < 1 or start < 0 or (duration is not None and duration <= 0):
-        raise ConfigError("batch_size must be >= 1, start >= 0 and duration > 0")
+    if out.is_dir():
+        raise ConfigError(
+            f"{out} is a folder; give the output video's file name (e.g. {out / 'stylized.mp4'})"
+        )
+    if same_file(out, video):
+        raise ConfigError(f"{out} is the input video; write the output to another file")
+    n_scales = len(pipe.model.patch_nums)
+    keep_scales = n_scales if options.keep_scales is None else options.keep_scales
+    if keep_scales > n_scales:
+        raise ConfigError(f"keep_scales must lie in [0, {n_scales}], got {keep_scales}")
     info = probe(video)
     fmt, vcodec, acodec = CONTAINERS[out.suffix.lower()]
-    s = pipe.sampling
-    top_k = s.top_k if top_k is None else top_k
-    top_p = s.top_p if top_p is None else top_p
-    temperature = s.temperature if temperature is None else temperature
-    strength = s.style_strength if style_strength is None else style_strength
-    dtype = pipe.prepare_dtype(dtype)
+    pipe.prepare_dtype(sampling.dtype)
     R = pipe.resolution
 
     # the style (a blend of several: their encodings' weighted sum), the mask and regions: once
@@ -301,8 +334,8 @@ def stylize_video(
     wt = torch.tensor(w, device=feat.device, dtype=feat.dtype)
     style_feat = (wt.view(-1, *[1] * (feat.ndim - 1)) * feat).sum(0, keepdim=True)
     style_cvae = (wt.view(-1, 1, 1) * cvae).sum(0, keepdim=True)
-    regional = load_regional(mask, regions, R, fit)
-    keeper = TokenKeeper(keep_scales, pipe.model.patch_nums, keep_criterion, change_threshold)
+    regional = load_regional(settings.regions, R, fit)
+    keeper = TokenKeeper(keep_scales, pipe.model.patch_nums, options.keep_criterion, options.change_threshold)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.partial-{os.getpid()}{out.suffix}")
@@ -311,15 +344,12 @@ def stylize_video(
     t0 = time.perf_counter()
     n_frames = 0
     audio_mode = "none" if info.audio is None else "dropped (gif)"
+    expected = expected_frames(info, start, duration)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        total = None
-        if info.duration is not None:
-            span = info.duration - start if duration is None else min(duration, info.duration - start)
-            total = max(0, round(span * float(info.rate)))
-        bar = tqdm(total=total, unit="frame", desc="stylizing video")
+        bar = tqdm(total=expected, unit="frame", desc="stylizing video")
     try:
         with av.open(str(tmp), "w", format=fmt) as oc:
             vs = oc.add_stream(vcodec, rate=info.rate)
@@ -338,10 +368,8 @@ def stylize_video(
             def flush(batch: list[Image.Image]) -> None:
                 nonlocal n_frames
                 results = _stylize_frames(
-                    pipe, batch, style_feat, style_cvae, keeper, regional, seed=seed, fit=fit, top_k=top_k,
-                    top_p=top_p, temperature=temperature, alpha=alpha, strength=strength, dtype=dtype,
-                    preserve_color=preserve_color, upscale=upscale,
-                )  # fmt: skip
+                    pipe, batch, style_feat, style_cvae, keeper, regional, sampling, output
+                )
                 if on_frames is not None:
                     on_frames(batch, results)
                 for img in results:
@@ -379,7 +407,23 @@ def stylize_video(
         if bar is not None:
             bar.close()
     share = keeper.kept / keeper.total if keeper.total else 0.0
-    return VideoResult(out, n_frames, time.perf_counter() - t0, W, H, info.rate, audio_mode, share)
+    if expected is not None and n_frames < expected:
+        logger.warning(
+            "%s: %d of the %d frames the container announces were read", info.path, n_frames, expected
+        )
+    seconds = time.perf_counter() - t0
+    return VideoResult(out, n_frames, seconds, W, H, info.rate, audio_mode, share, expected)
+
+
+def expected_frames(info: VideoInfo, start: float = 0.0, duration: float | None = None) -> int | None:
+    """The frames a whole read of ``info``'s clip (from ``start``, for ``duration``) should give, as the
+    container announces them (its frame count, else its duration x rate); None when it says nothing."""
+    if start == 0 and duration is None and info.frames:
+        return int(info.frames)
+    if info.duration is None:
+        return None
+    span = info.duration - start if duration is None else min(duration, info.duration - start)
+    return max(0, round(span * float(info.rate)))
 
 
 def _stylize_frames(
@@ -389,33 +433,20 @@ def _stylize_frames(
     style_cvae: torch.Tensor,
     keeper: TokenKeeper,
     regional: Any,
-    *,
-    seed: int,
-    fit: str,
-    top_k: int,
-    top_p: float,
-    temperature: float,
-    alpha: Any,
-    strength: float,
-    dtype: torch.dtype | None,
-    preserve_color: str,
-    upscale: str,
+    sampling: Sampling,
+    output: Output,
 ) -> list[Image.Image]:
-    """One batch of frames (in order) -> stylized frames at their own size."""
+    """One batch of frames (in order), each sampled with ``sampling.seed`` -> stylized frames at their own size."""
     B = len(frames)
-    x = torch.stack([to_model_input(f, pipe.resolution, fit) for f in frames]).to(pipe.device)
+    x = torch.stack([to_model_input(f, pipe.resolution, output.fit) for f in frames]).to(pipe.device)
     with torch.no_grad():
         c_feat, c_cvae, c_idx = pipe.model.encode_content_tokens(pipe.vae, x)
         cond = Conditioning(
             style_feat.expand(B, *style_feat.shape[1:]), c_feat, style_cvae.expand(B, -1, -1), c_cvae
         )
-        out = pipe.generate_batch(
-            cond, [seed] * B, top_k=top_k, top_p=top_p, temperature=temperature, alpha=alpha,
-            style_strength=strength, dtype=dtype, regional=regional, token_hook=keeper.hook(x, c_idx),
-        )  # fmt: skip
-    return [
-        postprocess(img, f, fit, True, "pil", preserve_color, upscale) for img, f in zip(out.images, frames)
-    ]
+        seeds = [sampling.seed] * B
+        out = pipe.generate_batch(cond, seeds, sampling, regional=regional, token_hook=keeper.hook(x, c_idx))
+    return [postprocess(img, f, output) for img, f in zip(out.images, frames)]
 
 
 class _GifPalette:

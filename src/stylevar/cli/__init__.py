@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from .._malloc import release_memory_promptly
-from ..errors import StyleVARError
+from ..errors import Interrupted, StyleVARError
 from . import app, checkpoints, demo, dpo, evaluate, grpo, plot, sft, stylize, tokenizer, video
 from .common import Parser
 
@@ -61,8 +61,36 @@ def parse(parser: Parser, argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _stop_on_signals() -> dict:
+    """SIGTERM and SIGHUP end a command as Ctrl-C does (its summary, temporary files removed), with the
+    conventional exit codes 143 and 129 (:class:`~stylevar.errors.Interrupted`). Training commands put
+    their own handlers in place while they train (they save and stop at a step boundary)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum: int, _frame) -> None:
+        raise Interrupted(signum, signal.Signals(signum).name)
+
+    sigs = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+    return {sig: signal.signal(sig, handler) for sig in sigs}  # the previous handlers, restored by main
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(build_parser(), argv)
+    previous = _stop_on_signals()
+    try:
+        return _run(args)
+    finally:
+        import signal
+
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command not in TRAINING_COMMANDS:
         release_memory_promptly()
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
@@ -74,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StyleVARError as e:
         print(f"stylevar: error: {e}", file=sys.stderr)
         return 1
+    except Interrupted as e:
+        print(f"stylevar: stopped by {e.name}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("stylevar: interrupted", file=sys.stderr)
         return 130

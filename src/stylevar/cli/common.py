@@ -62,10 +62,19 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+_SCALARS = {"int": int, "float": float, "str": str}
+
+
 def _parse_for(f: dataclasses.Field) -> Any:
-    """The argparse ``type`` of a field: its default's type, or for tuples comma-separated values (as many
-    as the default has, unless the annotation says ``tuple[X, ...]``)."""
+    """The argparse ``type`` of a field: its default's type (for a None default, the annotation's:
+    ``int | None`` -> int), or for tuples comma-separated values (as many as the default has, unless the
+    annotation says ``tuple[X, ...]``)."""
     default = f.default
+    if default is None:
+        kinds = [t.strip() for t in str(f.type).split("|") if t.strip() != "None"]
+        if len(kinds) == 1 and kinds[0] in _SCALARS:
+            return _SCALARS[kinds[0]]
+        raise TypeError(f"field {f.name}: no command-line type for {f.type}")
     if isinstance(default, tuple):
         kind = type(default[0]) if default else str
         n = None if "..." in str(f.type) else len(default)
@@ -98,26 +107,35 @@ def flag_fields(config_cls: type, skip: Iterable[str] = ()) -> list[dataclasses.
 
 
 def add_config_flags(
-    group: Any, config_cls: type, *, keep_defaults: bool = True, skip: Iterable[str] = ()
+    group: Any,
+    config_cls: type,
+    *,
+    keep_defaults: bool = True,
+    skip: Iterable[str] = (),
+    defaults: dict[str, Any] | None = None,
+    shown: dict[str, str] | None = None,
 ) -> list[str]:
     """One ``--field-name`` flag for every field of the dataclass ``config_cls`` declared with
     :func:`stylevar.config.option` (and ``flag=True``): its help text, choices and type come from the
     field; the default is the field's (``keep_defaults``) or None, so that code can tell which flags were
-    given (a resumed run keeps its own values for the others). Returns the field names."""
+    given (a resumed run keeps its own values for the others). ``defaults`` replaces a field's default
+    for this command; ``shown`` the text of a default in the help (``the checkpoint's``). Returns the
+    field names."""
     names = []
+    defaults, shown = defaults or {}, shown or {}
     for f in flag_fields(config_cls, skip):
         meta = f.metadata
-        default = f.default
+        default = defaults.get(f.name, f.default)
         text = meta["help"].replace("%", "%%")
         kw: dict[str, Any] = {
             "default": default if keep_defaults else None,
-            "help": f"{text} (default: {_show(default)})",
+            "help": f"{text} (default: {shown.get(f.name, _show(default))})",
         }
         if isinstance(default, bool):  # --name / --no-name
             kw["action"] = argparse.BooleanOptionalAction
             kw["help"] = f"{text} (default: {'on' if default else 'off'})"
         else:
-            kw["type"] = _parse_for(f)
+            kw["type"] = _parse_for(f) if default is f.default else type(default)
         if meta.get("choices"):
             kw["choices"] = meta["choices"]
         group.add_argument(_flag(f.name), **kw)

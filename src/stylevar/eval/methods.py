@@ -20,6 +20,7 @@ from typing import Protocol
 import torch
 
 from ..devices import decode_dtype
+from ..settings import Sampling
 
 
 class Method(Protocol):
@@ -36,29 +37,12 @@ class StyleVARMethod:
     kind = "stylevar"
     reference = False
 
-    def __init__(
-        self,
-        name: str,
-        pipeline,
-        *,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        temperature: float | None = None,
-        style_strength: float | None = None,
-        dtype: str | torch.dtype | None = None,
-        cuda_graphs: bool = False,
-        legacy_kv_cache: bool = False,
-    ):
-        s = pipeline.sampling
+    def __init__(self, name: str, pipeline, sampling: Sampling | None = None):
         self.name = name
         self.pipeline = pipeline
-        self.top_k = s.top_k if top_k is None else top_k
-        self.top_p = s.top_p if top_p is None else top_p
-        self.temperature = s.temperature if temperature is None else temperature
-        self.style_strength = s.style_strength if style_strength is None else style_strength
-        self.dtype = pipeline.prepare_dtype(dtype)  # "int8" quantizes the pipeline's transformer
-        self.cuda_graphs = cuda_graphs
-        self.legacy_kv_cache = legacy_kv_cache
+        #: the checkpoint's sampling defaults unless given (:meth:`StyleVARPipeline.settings`)
+        self.sampling = sampling if sampling is not None else pipeline.settings().sampling
+        pipeline.prepare_dtype(self.sampling.dtype)  # "int8" quantizes the pipeline's transformer
 
     @property
     def resolution(self) -> int:
@@ -73,17 +57,7 @@ class StyleVARMethod:
         model, vae, dev = self.pipeline.model, self.pipeline.vae, self.pipeline.device
         cond = model.conditioning(vae, style.to(dev) * 2 - 1, content.to(dev) * 2 - 1)
         out = model.generate(
-            vae,
-            cond,
-            seed=[int(s) for s in seeds],
-            top_k=self.top_k,
-            top_p=self.top_p,
-            temperature=self.temperature,
-            style_strength=self.style_strength,
-            legacy_kv_cache=self.legacy_kv_cache,
-            dtype=self.dtype,
-            cuda_graphs=self.cuda_graphs,
-            decode_dtype=decode_dtype(model, dev),
+            vae, cond, self.sampling, seed=[int(s) for s in seeds], decode_dtype=decode_dtype(model, dev)
         )
         return out.images.clamp_(0, 1)
 

@@ -257,7 +257,9 @@ def run_evaluate(args: EvaluateRequest, say: Callable[[str], None] = print) -> d
         scorer = StyleIDScorer(
             ProtocolWeights(
                 art_inception=args.art_inception_weights,
-                fid_inception=args.inception_weights,
+                # the protocol's FID column is pytorch-fid's network: --inception-weights reach it only
+                # when they are its weights (with --fid-inception torchvision they are the other FID's)
+                fid_inception=args.inception_weights if args.fid_inception == "pytorch-fid" else None,
                 alexnet=args.alexnet_weights,
                 vgg=args.vgg_weights,
                 download=args.download,
@@ -305,7 +307,7 @@ def run_evaluate(args: EvaluateRequest, say: Callable[[str], None] = print) -> d
             pipe = loaded.pop(name, None) or load(source)
             if pipe.resolution != resolution:
                 raise ConfigError(f"{name} works at {pipe.resolution}² but the evaluation at {resolution}²")
-            return StyleVARMethod(name, pipe, **sampling)
+            return StyleVARMethod(name, pipe, pipe.settings(**sampling).sampling)
 
         settings = {"source": source, **{k: v for k, v in sampling.items() if k != "cuda_graphs"}}
         if ckpt_kwargs.get("alpha") is not None:

@@ -27,10 +27,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import StyleVARConfig
+from ..errors import ConfigError
+from ..settings import PLAIN, Sampling
 from .blocks import AdaLNBeforeHead, BlendedBlock, KVCache, StyleKV
 from .encoders import ResNetEncoder
 from .graphs import StaticRunner
-from .ops import Linear, autocast_to, linear, no_autocast
+from .ops import Linear, autocast_to, linear, no_autocast, parse_dtype
 from .sampling import Seed, make_generators, sample_tokens
 from .style_encoders import build_style_encoder
 from .vqvae import VQVAE
@@ -458,22 +460,32 @@ class StyleVAR(nn.Module):
         return self._logits(x, cond_BD)
 
     @torch.no_grad()
+    def _autocast_dtype(self, dtype: str) -> torch.dtype | None:
+        """The autocast dtype of a :class:`~stylevar.settings.Sampling` dtype for this model (None: fp32)."""
+        if dtype == "int8":
+            if not self.int8:
+                raise ConfigError(
+                    "dtype int8 needs the transformer quantized first: stylevar.models.quantized.quantize_int8_"
+                    "(model) (the pipeline does it)"
+                )
+            return None
+        out = parse_dtype(dtype)
+        if self.int8 and out is not None:
+            raise ConfigError(
+                "this model's transformer is int8 now: its other layers run in fp32; use dtype int8"
+            )
+        return out
+
     def generate(
         self,
         vae: VQVAE,
         cond: Conditioning,
+        sampling: Sampling = PLAIN,
         *,
         seed: Seed = None,
-        top_k: int = 0,
-        top_p: float = 0.0,
-        temperature: float = 1.0,
         alpha: AlphaLike = None,
-        style_strength: float = 0.0,
-        legacy_kv_cache: bool = False,
         return_logits: bool = False,
         decode: bool = True,
-        dtype: torch.dtype | None = None,
-        cuda_graphs: bool = False,
         prefix: Sequence[torch.Tensor] | None = None,
         num_scales: int | None = None,
         regions: StyleRegions | None = None,
@@ -485,24 +497,26 @@ class StyleVAR(nn.Module):
         Args:
             vae: the VQ-VAE (next-scale inputs and decoding).
             cond: :class:`Conditioning` of B pairs (repeat rows for several samples per pair).
+            sampling: :class:`stylevar.settings.Sampling`: the filters (``top_k``, ``top_p``: 0 = off),
+                ``temperature``, ``alpha`` and ``style_strength`` (see :meth:`resolve_alpha`), ``dtype``
+                (``bf16``/``fp16`` run the transformer's products and attention, and the VQ-VAE decoder,
+                under autocast in that dtype; the residual stream, normalisations, the logits, sampling
+                and the quantizer stay fp32; ``int8``: a model quantized by
+                :func:`~stylevar.models.quantized.quantize_int8_`), ``cuda_graphs`` (each scale's
+                transformer pass from static buffers, captured as a CUDA graph on the first call for
+                this batch size and dtype and replayed afterwards, :mod:`stylevar.models.graphs`; on
+                other devices the same static path runs eagerly; after changing the weights with a
+                reduced dtype, call ``static_runner(...).refresh_weights()``) and ``legacy_kv_cache``
+                (reproduce the published sampler's duplicated KV cache token for token,
+                docs/upstream.md §3.6; off: the cache matches the teacher-forced model exactly). Its
+                ``seed`` is not used here. Default: :data:`~stylevar.settings.PLAIN`, unfiltered.
             seed: see :func:`stylevar.models.sampling.make_generators`: an int seeds one
                 generator for the batch (upstream's ``g_seed``), a list seeds each sample.
-            top_k, top_p, temperature: sampling filters (0 = off; temperature 1 = off).
-            alpha, style_strength: see :meth:`resolve_alpha`; ``alpha`` may also be a per-token (B, L)
-                tensor (a mask's alpha, :func:`scale_maps`), used as given (no ``style_strength``).
-            legacy_kv_cache: reproduce the published sampler's duplicated KV cache token for token
-                (docs/upstream.md §3.6). Off: the cache matches the teacher-forced model exactly.
+            alpha: an alpha computed by the caller instead of ``sampling.alpha`` (still shifted by
+                ``sampling.style_strength``): per sample (B, S), or per token (B, L) (a mask's alpha,
+                :func:`scale_maps`), used as given.
             return_logits: also return each scale's raw logits (before temperature and filters).
             decode: decode f_hat to images (False: ``images`` is an empty tensor).
-            dtype: ``torch.bfloat16`` or ``torch.float16`` runs the transformer's products and
-                attention, and the VQ-VAE decoder, under autocast in that dtype; the residual
-                stream, normalisations, the logits, sampling and the quantizer stay fp32. ``None``
-                (default) or ``torch.float32``: everything fp32.
-            cuda_graphs: run each scale's transformer pass from static buffers, captured as a CUDA
-                graph on the first call for this batch size and dtype and replayed afterwards
-                (:mod:`stylevar.models.graphs`); on other devices the same static path runs
-                eagerly. After changing the weights with a reduced ``dtype``, call
-                ``static_runner(...).refresh_weights()``.
             prefix: tokens of the first ``len(prefix)`` scales, each (B, pn*pn) int64, taken as
                 given instead of sampled (continuations of a prefix: GRPO's middle-return value
                 estimate). They draw nothing from the generators.
@@ -519,8 +533,15 @@ class StyleVAR(nn.Module):
         """
         B = cond.batch_size
         device = cond.style_feat.device
-        if self.int8 and dtype not in (None, torch.float32):
-            raise ValueError("an int8 model runs its other layers in fp32: leave dtype unset")
+        top_k, top_p, temperature = sampling.filters
+        style_strength, legacy_kv_cache, cuda_graphs = (
+            sampling.style_strength,
+            sampling.legacy_kv_cache,
+            sampling.cuda_graphs,
+        )
+        if alpha is None:
+            alpha = sampling.alpha
+        dtype = self._autocast_dtype(sampling.dtype)
         per_token = torch.is_tensor(alpha) and alpha.ndim == 2 and alpha.shape[1] == self.L
         if per_token:
             alphas = alpha.to(device=device, dtype=torch.float32).expand(B, self.L)
@@ -542,8 +563,6 @@ class StyleVAR(nn.Module):
             if content_in is not None:  # the direct content pathway joins the target tokens' positions
                 lvl_pos = lvl_pos + content_in
         if cuda_graphs:
-            if legacy_kv_cache:
-                raise ValueError("cuda_graphs=True runs the correct KV cache only; legacy_kv_cache is eager")
             if per_token or regions is not None:
                 raise ValueError("per-token alpha (a mask) and regional styles run eagerly: drop cuda_graphs")
             runner = self.static_runner(B, device, dtype)

@@ -73,6 +73,7 @@ from ..models.lora import (
     unload_lora,
 )
 from ..models.ops import autocast_to, no_autocast
+from ..settings import Sampling
 from .config import MP_MODES, GRPOConfig
 from .grpo_loss import (
     dpo_loss,
@@ -161,6 +162,14 @@ class GRPOTrainer(Trainer):
             raise ConfigError(f"vmr_scale must lie in [1, {len(pns) - 1}], got {self.m}")
         self.panw = panw_weights(pns, cfg.panw_gamma).to(self.device)
         self.dtype = torch.bfloat16 if cfg.precision == "bf16" else None
+        #: how rollouts are sampled (the config's filters, the run's precision)
+        self.sampling = Sampling(
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
+            temperature=cfg.temperature,
+            dtype="bf16" if cfg.precision == "bf16" else "fp32",
+            cuda_graphs=cfg.cuda_graphs,
+        )
 
         gen = torch.Generator().manual_seed(cfg.seed)
         self.ref_model: StyleVAR | None = None
@@ -209,12 +218,8 @@ class GRPOTrainer(Trainer):
             self.vae,
             cond,
             seeds,
-            top_k=cfg.top_k,
-            top_p=cfg.top_p,
-            temperature=cfg.temperature,
+            self.sampling,
             chunk=cfg.rollout_batch,
-            dtype=self.dtype,
-            cuda_graphs=cfg.cuda_graphs,
             **kw,
         )
 

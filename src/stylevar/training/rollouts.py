@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models import VQVAE, Conditioning, StyleVAR
+from ..settings import Sampling
 
 
 def middle_scale(patch_nums: Sequence[int]) -> int:
@@ -46,14 +47,10 @@ def generate_rollouts(
     vae: VQVAE,
     cond: Conditioning,
     seeds: Sequence[int],
+    sampling: Sampling | None = None,
     *,
-    top_k: int = 900,
-    top_p: float = 0.96,
-    temperature: float = 1.0,
     chunk: int = 0,
     serial: bool = False,
-    dtype: torch.dtype | None = None,
-    cuda_graphs: bool = False,
     prefix: Sequence[torch.Tensor] | None = None,
     num_scales: int | None = None,
 ) -> Rollouts:
@@ -61,8 +58,10 @@ def generate_rollouts(
 
     Batched (default): ``generate`` runs on ``chunk`` rows at a time (0 = all N); every row has its
     own generator, so the tokens equal those of ``serial=True`` (one row per call, the published
-    loop) up to float rounding. ``prefix``/``num_scales``: see :meth:`StyleVAR.generate`.
+    loop) up to float rounding. ``sampling`` (default: the paper's, top-k 900, top-p 0.96),
+    ``prefix``/``num_scales``: see :meth:`StyleVAR.generate`.
     """
+    sampling = sampling or Sampling()
     N = cond.batch_size
     if len(seeds) != N:
         raise ValueError(f"{len(seeds)} seeds for {N} rollouts")
@@ -75,12 +74,8 @@ def generate_rollouts(
         out = model.generate(
             vae,
             sub,
+            sampling,
             seed=[int(seeds[i]) for i in rows],
-            top_k=top_k,
-            top_p=top_p,
-            temperature=temperature,
-            dtype=dtype,
-            cuda_graphs=cuda_graphs,
             prefix=None if prefix is None else [p[a : a + len(rows)] for p in prefix],
             num_scales=num_scales,
         )
