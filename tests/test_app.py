@@ -1,6 +1,9 @@
 """``stylevar app``: the request handler on the tiny model, and the running server driven by a real headless
 Chromium (Debian's ``chromium`` + ``chromium-driver``, via Selenium): upload two images, stylize, find the
-result; an oversized upload shows its message. The server is started and stopped by the test.
+result; an oversized upload shows its message. The server is started and stopped by the test (two: one
+open, one with ``--auth``), each with its own Gradio folder (GRADIO_TEMP_DIR), and also driven over plain
+HTTP as a hostile client would: files named instead of uploaded, routes without the login, oversized
+work, a client that goes away (docs/app.md).
 
 Needs the ``app`` extra (gradio), selenium and Chromium; skipped with the reason otherwise. Set
 ``STYLEVAR_APP_SCREENSHOT=path.png`` to keep the page's screenshot (the README's comes from here).
@@ -8,8 +11,10 @@ Needs the ``app`` extra (gradio), selenium and Chromium; skipped with the reason
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
+import json
 import os
 import shutil
 import socket
@@ -18,6 +23,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -124,14 +130,21 @@ def server_log(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(ours_dir, server_log):
+def server_cache(tmp_path_factory) -> Path:
+    """The server's Gradio upload and cache folder (its GRADIO_TEMP_DIR)."""
+    return tmp_path_factory.mktemp("gradio")
+
+
+@contextlib.contextmanager
+def _running_app(ours_dir: Path, log: Path, cache: Path, *flags: str):
+    """``stylevar app`` on the tiny model in a subprocess, its Gradio folder ``cache``: yields its URL."""
     if not HAS_GRADIO:
         pytest.skip("gradio not installed (pip install -e '.[app]')")
     port = _free_port()
-    log = server_log
     cmd = [sys.executable, "-m", "stylevar", "app", "--checkpoint", str(ours_dir), "--device", "cpu",
-           "--port", str(port), "--max-pixels", "200000", "--max-upload-mb", "2", "--queue-size", "4"]  # fmt: skip
+           "--port", str(port), "--max-pixels", "200000", "--max-upload-mb", "2", *flags]  # fmt: skip
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "NO_PROXY": "127.0.0.1,localhost"}
+    env["GRADIO_TEMP_DIR"] = str(cache)
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
@@ -139,7 +152,7 @@ def server(ours_dir, server_log):
         deadline = time.time() + 120
         while True:
             try:
-                urllib.request.urlopen(url, timeout=2).read()
+                urllib.request.urlopen(url + "health", timeout=2).read()
                 break
             except OSError:
                 if proc.poll() is not None or time.time() > deadline:
@@ -153,6 +166,27 @@ def server(ours_dir, server_log):
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(ours_dir, server_log, server_cache):
+    with _running_app(ours_dir, server_log, server_cache, "--queue-size", "4") as url:
+        yield url
+
+
+AUTH = ("user", "pw-for-tests")
+
+
+@pytest.fixture(scope="module")
+def auth_server(ours_dir, tmp_path_factory):
+    """A second server with a login (``--auth``) and a small bound on a request's work (0.5 MP of output:
+    3 samples of the 384x384 example at full resolution, not 4). Yields (url, log, cache folder)."""
+    folder = tmp_path_factory.mktemp("auth_server")
+    log, cache = folder / "server.log", folder / "gradio"
+    cache.mkdir()
+    flags = ("--auth", ":".join(AUTH), "--max-request-mpix", "0.5")
+    with _running_app(ours_dir, log, cache, *flags) as url:
+        yield url, log, cache
 
 
 @pytest.fixture(scope="module")
@@ -217,6 +251,58 @@ def test_app_in_a_real_browser(server, browser, pics, tmp_path):
     assert "Downscale it" in drv.find_element(By.TAG_NAME, "body").text
 
 
+@pytest.mark.slow
+def test_examples_and_masks_in_a_real_browser(server, browser, tmp_path):
+    """What the page sends that is not a plain upload: an example picked from the table (the server's own
+    files) is stylized, with a mask uploaded into the mask editor; a mask over --max-pixels (200,000)
+    gets the size message on the page."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    small, big = tmp_path / "mask.png", tmp_path / "big_mask.png"
+    Image.new("L", (384, 384), 255).save(small)
+    Image.new("L", (600, 600), 255).save(big)
+    drv = browser
+    for mask, expected in ((small, "seeds:"), (big, "The mask image is too large: 600x600")):
+        drv.get(server)
+        WebDriverWait(drv, 60).until(EC.element_to_be_clickable((By.ID, "stylize")))
+        drv.find_element(By.CSS_SELECTOR, "[data-testid='dataset-cell-0-0']").click()  # the first example
+        for elem_id in ("content", "style"):
+            WebDriverWait(drv, 30).until(EC.presence_of_element_located((By.CSS_SELECTOR, f"#{elem_id} img")))
+        next(b for b in drv.find_elements(By.TAG_NAME, "button") if "Where the style goes" in b.text).click()
+        WebDriverWait(drv, 30).until(
+            EC.presence_of_element_located((By.CSS_SELECTOR, "#mask input[type=file]"))
+        )
+        drv.find_element(By.CSS_SELECTOR, "#mask input[type=file]").send_keys(str(mask))
+        WebDriverWait(drv, 30).until(lambda d: "Upload an image" not in d.find_element(By.ID, "mask").text)
+        drv.find_element(By.ID, "stylize").click()
+        WebDriverWait(drv, 120).until(EC.text_to_be_present_in_element((By.TAG_NAME, "body"), expected))
+
+
+@pytest.mark.slow
+def test_the_login_in_a_real_browser(auth_server, browser):
+    """With --auth, the page's login form works through the gate that closes every other route (its
+    scripts, styles and the login route stay open), and the logged-in page uploads and stylizes."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, log, _ = auth_server
+    drv = browser
+    drv.get(url)
+    fields = WebDriverWait(drv, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "input") or None)
+    fields[0].send_keys(AUTH[0])
+    fields[1].send_keys(AUTH[1])
+    next(b for b in drv.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Login").click()
+    WebDriverWait(drv, 60).until(EC.element_to_be_clickable((By.ID, "stylize")))
+    _upload(drv, "content", EXAMPLES / "content.jpg")
+    _upload(drv, "style", EXAMPLES / "style.jpg")
+    drv.find_element(By.ID, "stylize").click()
+    WebDriverWait(drv, 120).until(EC.text_to_be_present_in_element((By.ID, "seeds"), "seeds:"))
+    assert "Traceback" not in log.read_text()
+
+
 def test_server_refuses_uploads_over_the_limit(server, tmp_path):
     """--max-upload-mb is enforced by the server itself (HTTP 413 from Gradio's upload route) before
     any image is decoded; a file under the limit is accepted."""
@@ -276,8 +362,6 @@ def _args(content, style, *, samples=1, full_res=False):
 
 
 def _health(url) -> dict:
-    import json
-
     return json.loads(urllib.request.urlopen(url + "health", timeout=10).read())
 
 
@@ -378,3 +462,277 @@ def test_load_cancellation_and_health(server):
     t1 = time.time()
     out = clients[1].predict(*_args(EXAMPLES / "content.jpg", EXAMPLES / "style.jpg"), api_name="/stylize")
     assert len(out[0]) == 1 and time.time() - t1 < 30
+
+
+# ---------------------------------------------------------------------------------------------------
+# the app's boundary: files only as uploads, logins on every route, bounded work, named parameters
+# (raw HTTP, as a hostile client would speak it: no gradio_client to upload files for it)
+
+API_PARAMETERS = ["content", "style", "style2", "blend", "strength", "preserve_color", "full_res",
+                  "num_samples", "seed", "alpha", "mask", "region_mask", "region_style", "temperature"]  # fmt: skip
+FILE_INPUTS = {"content": "content image", "style": "style image", "style2": "second style image",
+               "mask": "mask", "region_mask": "region mask", "region_style": "region style image"}  # fmt: skip
+
+
+def _http(url, login: bool = False):
+    import httpx
+
+    client = httpx.Client(base_url=url, timeout=120, trust_env=False)
+    if login:
+        r = client.post("login", data={"username": AUTH[0], "password": AUTH[1]})
+        assert r.status_code == 200, r.text[:300]
+    return client
+
+
+def _file(path) -> dict:
+    """A Gradio FileData naming ``path``, as a client may send it in place of an upload."""
+    return {"path": str(path), "meta": {"_type": "gradio.FileData"}}
+
+
+def _as_input(name: str, path) -> Any:
+    if name in ("mask", "region_mask"):  # an image editor's value
+        return {"background": _file(path), "layers": [], "composite": _file(path), "id": None}
+    return _file(path)
+
+
+def _uploaded(client, path: Path) -> str:
+    with open(path, "rb") as f:
+        r = client.post("gradio_api/upload", files={"files": (path.name, f)})
+    assert r.status_code == 200, r.text[:300]
+    return r.json()[0]
+
+
+def _data(**values) -> list:
+    """The /stylize endpoint's values in order: ``values`` by parameter name, defaults for the rest."""
+    defaults = dict(style2=None, blend=0.5, strength=0, preserve_color="none", full_res=False, num_samples=1,
+                    seed=3, alpha="", mask=None, region_mask=None, region_style=None, temperature=1.0)  # fmt: skip
+    return [values.get(name, defaults.get(name)) for name in API_PARAMETERS]
+
+
+def _stylize(client, data: list, via: str = "call") -> tuple[str, Any]:
+    """One request to the /stylize endpoint over plain HTTP, by the simple API (``call``) or by the queue's
+    own join + SSE stream (``queue``, what the page does): ("complete", output data) or ("error", msg)."""
+    if via == "call":
+        r = client.post("gradio_api/call/stylize", json={"data": data})
+        assert r.status_code == 200, r.text[:300]
+        text = client.get(f"gradio_api/call/stylize/{r.json()['event_id']}").text
+        events = [block.split("\n") for block in text.strip().split("\n\n")]
+        kind, payload = (
+            events[-1][0].removeprefix("event: "),
+            json.loads(events[-1][1].removeprefix("data: ")),
+        )
+        return (kind, payload["error"]) if kind == "error" else (kind, payload)
+    fn = next(d["id"] for d in client.get("config").json()["dependencies"] if d.get("api_name") == "stylize")
+    session = os.urandom(8).hex()
+    r = client.post("gradio_api/queue/join", json={"data": data, "fn_index": fn, "session_hash": session})
+    assert r.status_code == 200, r.text[:300]
+    with client.stream("GET", "gradio_api/queue/data", params={"session_hash": session}) as stream:
+        for line in stream.iter_lines():
+            message = json.loads(line.removeprefix("data: ")) if line.startswith("data: ") else {}
+            if message.get("msg") == "process_completed":
+                out = message["output"]
+                return ("complete", out["data"]) if message.get("success") else ("error", out["error"])
+    raise AssertionError("the queue's stream ended without a result")
+
+
+def _cache_files(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("login", [False, True], ids=["open", "auth"])
+def test_a_request_may_name_only_uploaded_files(login, request, server, server_cache, server_log, tmp_path):
+    """Every file input, by both endpoints, with and without --auth (logged in): a FileData that names a
+    server file (an image, /etc/passwd, 50 MB past the upload limit), a URL, or a path outside the upload
+    folder is refused with one line naming the input and no path; nothing is copied into Gradio's folder
+    and nothing named can be fetched back. The same request with uploads is served."""
+    if login:
+        url, log, cache = request.getfixturevalue("auth_server")
+    else:
+        url, log, cache = server, server_log, server_cache
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(secret)
+    big = tmp_path / "big.png"
+    with open(big, "wb") as f:  # 50 MB on the server's disk, over its 2 MB upload limit
+        f.truncate(50 * 1024 * 1024)
+    client = _http(url, login)
+    content, style = _uploaded(client, EXAMPLES / "content.jpg"), _uploaded(client, EXAMPLES / "style.jpg")
+    kind, out = _stylize(client, _data(content=_file(content), style=_file(style)))
+    assert kind == "complete" and len(out[0]) == 1, out  # uploads are served
+    shutil.copy(secret, cache.parent / "outside.png")
+    outside = f"{cache}/../outside.png"  # a path that starts in the upload folder and leaves it
+    before = _cache_files(cache)
+    named = [secret, Path("/etc/passwd"), big, "https://example.com/style.png", outside]
+    for name, role in FILE_INPUTS.items():
+        for via in ("call", "queue"):
+            for target in named if via == "call" else [secret]:
+                values = {"content": _file(content), "style": _file(style), name: _as_input(name, target)}
+                if name == "region_style":
+                    values["region_mask"] = _as_input("mask", content)
+                kind, message = _stylize(client, _data(**values), via)
+                assert kind == "error", (name, via, target, message)
+                assert message.startswith(f"the {role} must be a file uploaded to this page"), message
+                assert "\n" not in message and str(target) not in message and str(cache) not in message
+    assert _cache_files(cache) == before  # nothing named was copied (no new file at all)
+    for target in (secret, "/etc/passwd", big, outside):
+        assert client.get(f"gradio_api/file={target}").status_code in (403, 404)
+    (cache.parent / "outside.png").unlink()
+    assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.slow
+def test_routes_need_the_login_and_the_schema_pages_are_off(server, auth_server):
+    """With --auth, every route but /health and the login page answers 401 without the session cookie
+    (Gradio leaves /gradio_api/reset, /cancel, /heartbeat, /stream open), never 500, and logs no
+    traceback; after logging in they work. /docs, /redoc and /openapi.json are off (404) with or without
+    a login; /health is open on both servers."""
+    url, log, _ = auth_server
+    anonymous = _http(url)
+    body = {"event_id": "e", "session_hash": "s", "fn_index": 1, "data": []}
+    for method, route in [("POST", "gradio_api/reset"), ("POST", "gradio_api/cancel"),
+                          ("POST", "gradio_api/queue/join"), ("POST", "gradio_api/call/stylize"),
+                          ("POST", "gradio_api/upload"), ("POST", "gradio_api/stream/e"),
+                          ("GET", "gradio_api/heartbeat/s"), ("GET", "gradio_api/info"), ("GET", "config"),
+                          ("GET", "gradio_api/file=/etc/passwd"), ("GET", "gradio_api/startup-events")]:  # fmt: skip
+        for kw in ({}, {"json": body}):
+            r = anonymous.request(method, route, **kw)
+            assert r.status_code == 401, (method, route, kw, r.status_code, r.text[:200])
+    assert anonymous.get("").status_code == 200  # the login page
+    for u, client in ((server, _http(server)), (url, anonymous), (url, _http(url, login=True))):
+        for route in ("docs", "redoc", "openapi.json"):
+            assert client.get(route).status_code == 404, (u, route)
+        assert client.get("health").json()["status"] == "ok"
+    user = _http(url, login=True)
+    assert user.post("gradio_api/reset", json=body).status_code == 200
+    assert user.get("config").status_code == 200
+    assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.slow
+def test_the_api_parameters_have_names(server):
+    info = _http(server).get("gradio_api/info").json()["named_endpoints"]["/stylize"]["parameters"]
+    assert [p["parameter_name"] for p in info] == API_PARAMETERS
+    temperature = info[API_PARAMETERS.index("temperature")]
+    assert (
+        temperature["parameter_has_default"] and temperature["parameter_default"] == 1.0
+    )  # the checkpoint's
+
+
+@pytest.mark.slow
+def test_every_image_input_is_held_to_max_pixels(server, server_log, pics):
+    """--max-pixels (200,000 here) holds for every image input, the masks' editors included: a 600x600
+    upload as any of them gets the size message, one line."""
+    client = _http(server)
+    big, content, style = (
+        _uploaded(client, p) for p in (pics[2], EXAMPLES / "content.jpg", EXAMPLES / "style.jpg")
+    )
+    for name, role in FILE_INPUTS.items():
+        values = {"content": _file(content), "style": _file(style), name: _as_input(name, big), "blend": 0.5}
+        if name == "region_style":
+            values["region_mask"] = _as_input("mask", content)
+        if name == "region_mask":
+            values["region_style"] = _file(style)
+        kind, message = _stylize(client, _data(**values))
+        assert kind == "error", (name, message)
+        size = f"The {role.removesuffix(' image')} image is too large: 600x600 (0.4 MP); the limit here is 0.2 MP"
+        assert message.startswith(size) and "\n" not in message, message
+    assert "Traceback" not in server_log.read_text()
+
+
+@pytest.mark.slow
+def test_a_requests_work_is_bounded(auth_server):
+    """--max-request-mpix 0.5: 4 samples of the 384x384 example at full resolution (0.59 MP of output) are
+    refused with a message saying what to lower; 3 are served, and so are 8 at the model's resolution."""
+    url, log, _ = auth_server
+    client = _http(url, login=True)
+    content, style = _uploaded(client, EXAMPLES / "content.jpg"), _uploaded(client, EXAMPLES / "style.jpg")
+    files = {"content": _file(content), "style": _file(style)}
+    kind, message = _stylize(client, _data(**files, num_samples=4, full_res=True))
+    assert kind == "error", message
+    assert message == (
+        "This request is too large: 4 samples x 0.147 MP (384x384, full resolution) = 0.59 MP of output; the "
+        "limit here is 0.5 MP. Lower the samples, turn off full resolution or upload a smaller content image."
+    )
+    kind, out = _stylize(client, _data(**files, num_samples=3, full_res=True))
+    assert kind == "complete" and len(out[0]) == 3, out
+    kind, out = _stylize(client, _data(**files, num_samples=8))
+    assert kind == "complete" and len(out[0]) == 8, out
+    assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("via", ["call", "queue"])
+def test_a_client_that_goes_away_stops_its_generation(via, server):
+    """A client that closes its connection mid-generation (8 samples at full resolution: about 3.4 s on 2
+    cores when left to finish) frees the worker at the next scale boundary: /health counts it cancelled,
+    not served, within 20 s."""
+    client = _http(server)
+    content, style = _uploaded(client, EXAMPLES / "content.jpg"), _uploaded(client, EXAMPLES / "style.jpg")
+    data = _data(content=_file(content), style=_file(style), num_samples=8, full_res=True)
+    before = _health(server)
+    if via == "call":
+        r = client.post("gradio_api/call/stylize", json={"data": data})
+        stream = client.stream("GET", f"gradio_api/call/stylize/{r.json()['event_id']}")
+    else:
+        session = os.urandom(8).hex()
+        fn = next(
+            d["id"] for d in client.get("config").json()["dependencies"] if d.get("api_name") == "stylize"
+        )
+        client.post("gradio_api/queue/join", json={"data": data, "fn_index": fn, "session_hash": session})
+        stream = client.stream("GET", "gradio_api/queue/data", params={"session_hash": session})
+    with stream as response:
+        for _ in response.iter_lines():
+            if _health(server)["generating"]:
+                break
+    client.close()  # the connection goes away mid-generation
+    t0 = time.time()
+    while _health(server)["generating"]:
+        assert time.time() - t0 < 20, _health(server)
+        time.sleep(0.05)
+    after = _health(server)
+    assert after["cancelled"] == before["cancelled"] + 1 and after["served"] == before["served"], (
+        before,
+        after,
+    )
+
+
+@pytest.mark.slow
+def test_an_example_picked_on_the_page_is_served(server):
+    """The examples are the server's own files: picking one (Gradio's load_example event: their copies in
+    its cache) and stylizing it is served, though neither was uploaded."""
+    client = _http(server)
+    config = client.get("config").json()
+    fn = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "load_example")
+    session = os.urandom(8).hex()
+    client.post("gradio_api/queue/join", json={"data": [0], "fn_index": fn, "session_hash": session})
+    with client.stream("GET", "gradio_api/queue/data", params={"session_hash": session}) as stream:
+        for line in stream.iter_lines():
+            message = json.loads(line.removeprefix("data: ")) if line.startswith("data: ") else {}
+            if message.get("msg") == "process_completed":
+                break
+    content, style = (update["value"] for update in message["output"]["data"][:2])
+    kind, out = _stylize(client, _data(content=content, style=style))
+    assert kind == "complete" and len(out[0]) == 1, out
+
+
+def test_request_handler_bounds_and_temperature(tiny, pics):
+    """The handler on its own: the work bound (samples x output pixels), a mask over max_pixels, and the
+    temperature (None or the checkpoint's own: the same image; another: another image; <= 0 refused)."""
+    from stylevar.app import stylize_request
+    from stylevar.pipeline import StyleVARPipeline
+
+    pipe = StyleVARPipeline(*copy.deepcopy(tiny))
+    c, s = str(pics[0]), str(pics[1])  # content 120x90 = 0.0108 MP
+    with pytest.raises(ConfigError, match=r"3 samples x 0.0108 MP \(120x90, full resolution\) = 0.0324 MP"):
+        stylize_request(pipe, c, s, full_res=True, num_samples=3, max_request_pixels=30_000)
+    assert len(stylize_request(pipe, c, s, full_res=True, num_samples=2, max_request_pixels=30_000)[0]) == 2
+    assert len(stylize_request(pipe, c, s, num_samples=3, max_request_pixels=30_000)[0]) == 3  # 3 x 64^2
+    with pytest.raises(ImageError, match=r"The mask image is too large: 120x90"):  # the content: 80x80
+        stylize_request(pipe, s, s, mask={"composite": Image.new("RGBA", (120, 90))}, max_pixels=10_000)
+    plain = np.asarray(stylize_request(pipe, c, s, seed=5)[0][0][0])
+    same = stylize_request(pipe, c, s, seed=5, temperature=pipe.sampling.temperature)[0][0][0]
+    hot = stylize_request(pipe, c, s, seed=5, temperature=3.0)[0][0][0]
+    assert np.array_equal(np.asarray(same), plain) and not np.array_equal(np.asarray(hot), plain)
+    for bad, message in ((0, "temperature must be > 0"), (-1, "temperature must be > 0"), (float("nan"), "finite")):
+        with pytest.raises(ConfigError, match=message):
+            stylize_request(pipe, c, s, temperature=bad)

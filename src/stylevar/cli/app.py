@@ -25,12 +25,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queue-size", type=int, default=32, help="requests that may wait (default 32)")
     p.add_argument("--max-upload-mb", type=float, default=20, help="largest upload in MB (default 20)")
     p.add_argument("--max-pixels", type=float, default=40e6, help="largest image in pixels (default 40e6)")
+    p.add_argument(
+        "--max-request-mpix",
+        type=float,
+        default=40,
+        help="most output one request may ask for, in megapixels: samples x (the content's pixels with "
+        "full resolution, the model's resolution squared otherwise) (default 40)",
+    )
     p.add_argument("--title", default="", help="page title")
     p.add_argument(
         "--auth",
         default=None,
         metavar="USER:PASS",
-        help="a login for the page (Gradio's); without it, --host other than 127.0.0.1 warns",
+        help="a login for the page and its API (every route but /health; docs/app.md); without it, --host "
+        "other than 127.0.0.1 warns",
     )
     p.add_argument("--root-path", default=None, help="the public path prefix behind a reverse proxy")
     add_checkpoint_args(p)
@@ -38,11 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..app import _gradio, serve
+    from ..app import serve
+    from ..app.page import load_gradio
 
-    _gradio()  # a missing gradio fails before the checkpoint loads
-    for flag in ("concurrency", "queue_size", "max_upload_mb", "max_pixels"):
-        if getattr(args, flag) <= 0:
+    load_gradio()  # a missing gradio fails before the checkpoint loads
+    for flag in ("concurrency", "queue_size", "max_upload_mb", "max_pixels", "max_request_mpix"):
+        if not getattr(args, flag) > 0:  # NaN too
             raise ConfigError(f"--{flag.replace('_', '-')} must be > 0")
     auth = None
     if args.auth is not None:
@@ -58,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         queue_size=args.queue_size,
         max_upload_mb=args.max_upload_mb,
         max_pixels=args.max_pixels,
+        max_request_mpix=args.max_request_mpix,
         title=args.title,
         auth=auth,
         root_path=args.root_path,
