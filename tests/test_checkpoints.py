@@ -160,7 +160,7 @@ def test_wrong_kinds_and_broken_files(tmp_path, tiny, upstream_dir):
         "not a valid PyTorch checkpoint",
     )
     (tmp_path / "text.pth").write_text("hello")
-    cases["text"] = (lambda: load_pretrained(tmp_path / "text.pth", vae=vae_file), "cannot read")
+    cases["text"] = (lambda: load_pretrained(tmp_path / "text.pth", vae=vae_file), "is not a checkpoint")
     cases["missing"] = (lambda: load_pretrained(tmp_path / "nope.pth"), "not found")
     lone = tmp_path / "lone"
     lone.mkdir()

@@ -15,9 +15,14 @@ This module imports nothing heavier than the standard library (the command line 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import numbers
 import re
-from collections.abc import Sequence
+import reprlib
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,19 +50,130 @@ def parse_numbers(text: str, kind: type = float) -> list:
 
 class Serialisable:
     """``to_dict`` / ``from_dict`` for config dataclasses: JSON-ready values (tuples become lists), and
-    unknown fields refused with a one-line :class:`ConfigError` naming them."""
+    on the way back (a ``config.json``, a training checkpoint, a job file) a one-line
+    :class:`ConfigError` for unknown fields and for values of the wrong type."""
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)  # type: ignore[call-overload]
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]):
+    def from_dict(cls, d: Mapping[str, Any]):
+        """The config of the fields in ``d`` (a JSON object), each value checked against its field's
+        annotation first (:func:`check_field_types`), then by the class's own ``__post_init__``."""
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"{cls.__name__}: expected an object of fields (a dict), got {_show(d)}")
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = set(d) - names
         if unknown:
-            raise ConfigError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}")
+            raise ConfigError(f"{cls.__name__}: unknown field(s) {sorted(map(str, unknown))}")
+        check_field_types(cls, d)
         return cls(**d)
+
+
+# ------------------------------------------------------------------------ type checks of from_dict
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    """The evaluated annotations of ``cls``'s fields (``from __future__ import annotations`` makes them
+    strings); empty when they cannot be evaluated (a name imported only for type checkers): no checks."""
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # an unresolvable annotation must not make a config unloadable
+        return {}
+
+
+def _is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType)
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    """Whether a JSON-like ``value`` fits the annotation ``tp``: an int fits a float, a bool fits neither
+    an int nor a float, numbers must be finite (ints within int64), a list or tuple fits a tuple (element
+    by element)."""
+    if tp is Any:
+        return True
+    if tp is None or tp is type(None):
+        return value is None
+    if _is_union(tp):
+        return any(_matches(value, a) for a in typing.get_args(tp))
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:  # within int64: JSON allows any size, no config needs more
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool) and abs(value) < 2**63
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return False
+        try:
+            return math.isfinite(value)
+        except OverflowError:  # an int beyond a float's range
+            return False
+    origin, args = typing.get_origin(tp) or tp, typing.get_args(tp)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
+        return not args or all(_matches(v, args[0]) for v in value)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            return False
+        return not args or all(_matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items())
+    return not isinstance(origin, type) or isinstance(value, origin)
+
+
+_WORDS = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a finite number",
+    str: "a string",
+    dict: "an object",
+}
+_PLURAL = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
+
+
+def _describe(tp: Any) -> str:
+    """``tuple[float, ...] | str`` -> ``a list of numbers or a string``."""
+    if _is_union(tp):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if tp is None or tp is type(None):
+        return "null"
+    origin, args = typing.get_origin(tp) or tp, typing.get_args(tp)
+    if origin in (tuple, list):
+        if not args:
+            return "a list"
+        if args[-1] is Ellipsis or origin is list:
+            return f"a list of {_PLURAL.get(args[0], str(args[0]))}"
+        if len(set(args)) == 1:
+            return f"a list of {len(args)} {_PLURAL.get(args[0], str(args[0]))}"
+        return "a list [" + ", ".join(_describe(a) for a in args) + "]"
+    if origin is dict:
+        return "an object"
+    return _WORDS.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _type_name(tp: Any) -> str:
+    return tp.__name__ if isinstance(tp, type) and not typing.get_args(tp) else str(tp).replace("typing.", "")
+
+
+def _show(value: Any, limit: int = 40) -> str:
+    """A short repr (bounded in length and depth: the value may be a huge or deeply nested JSON list)."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxdict, short.maxstring, short.maxother = 3, 4, 3, limit, limit
+    text = short.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_field_types(cls: type, values: Mapping[str, Any]) -> None:
+    """Raise a one-line :class:`ConfigError` naming the first field of ``values`` whose value does not fit
+    its annotation in ``cls``: ``StyleVARConfig.alpha must be a list of numbers or a string (tuple[float,
+    ...] | str), got ['x']``. Fields without an evaluable annotation pass unchecked."""
+    hints = _field_types(cls)
+    for name, value in values.items():
+        tp = hints.get(name)
+        if tp is not None and not _matches(value, tp):
+            raise ConfigError(
+                f"{cls.__name__}.{name} must be {_describe(tp)} ({_type_name(tp)}), got {_show(value)}"
+            )
 
 
 _Serialisable = Serialisable  # the former private name

@@ -35,12 +35,14 @@ from .folders import (
     ADAPTER,
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
+    config_from,
     has_config,
     read_config,
+    read_section,
     read_weights,
     write_folder,
 )
-from .safe import atomic_save, read_file, short_error
+from .safe import atomic_save, read_file, short_repr
 from .state import classify, extract_state_dict
 
 #: the published code's defaults when a checkpoint's ``args`` do not say (``--lora_rank 256 --lora_alpha 512``)
@@ -259,16 +261,19 @@ def load_lora(
         if not is_lora_dir(p):
             raise CheckpointError(f"{p} is not a LoRA directory (no {ADAPTER_CONFIG})")
         _, raw = read_config(p, (ADAPTER,), what="LoRA config")
-        try:
-            cfg = LoRAConfig.from_dict(raw["lora"])
-        except (KeyError, TypeError, ConfigError) as e:
+        cfg = config_from(LoRAConfig, raw, "lora", p / ADAPTER_CONFIG)
+        info = read_section(raw, "info", p / ADAPTER_CONFIG, required=False)
+        if not isinstance(info.get("base", ""), str):
             raise CheckpointError(
-                f"{p / ADAPTER_CONFIG}: invalid LoRA configuration ({short_error(e)})"
-            ) from None
+                f'{p / ADAPTER_CONFIG}: info "base" must be the base checkpoint\'s path (a string), '
+                f"got {short_repr(info['base'])}; fix it or pass --base"
+            )
+        if raw.get("stylevar") is not None:
+            read_section(raw, "stylevar", p / ADAPTER_CONFIG)  # a model configuration: an object
         sd = read_weights(p, ADAPTER_WEIGHTS, ADAPTER)
         lora_hparams(sd, cfg.rank, None, p / ADAPTER_WEIGHTS)
         meta = dict(raw)
-        meta["info"] = dict(raw.get("info") or {})
+        meta["info"] = dict(info)
         meta["source"] = str(p)
         return cfg, lora_only(sd), meta
     obj = read_file(p, allow_pickle=allow_pickle)

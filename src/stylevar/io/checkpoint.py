@@ -28,7 +28,9 @@ from .folders import (
     CONFIG_NAME,
     MODEL_WEIGHTS,
     VAE_WEIGHTS,
+    config_from,
     read_config,
+    read_section,
     read_weights,
     write_folder,
 )
@@ -77,21 +79,21 @@ def save_pretrained(
 def load_checkpoint_dir(directory: str | os.PathLike, alpha: Any = None) -> Checkpoint:
     """Load our checkpoint folder (float32, CPU, eval mode); ``alpha`` overrides the stored per-scale alpha."""
     directory = Path(directory)
+    config_file = directory / CONFIG_NAME
     _, raw = read_config(directory, (CHECKPOINT,))
+    scfg = config_from(StyleVARConfig, raw, "stylevar", config_file)
+    vcfg = config_from(VQVAEConfig, raw, "vqvae", config_file)
+    sampling = config_from(SamplingConfig, raw, "sampling", config_file, required=False)
+    stored_info = read_section(raw, "info", config_file, required=False)
     try:
-        scfg = StyleVARConfig.from_dict(raw["stylevar"])
-        vcfg = VQVAEConfig.from_dict(raw["vqvae"])
-        sampling = SamplingConfig.from_dict(raw.get("sampling", {}))
         scfg.check_vqvae(vcfg)
-    except (KeyError, TypeError, ConfigError) as e:
-        raise CheckpointError(
-            f"{directory / CONFIG_NAME}: invalid configuration ({short_error(e)})"
-        ) from None
+    except ConfigError as e:
+        raise CheckpointError(f"{config_file}: invalid configuration ({short_error(e)})") from None
     if alpha is not None:  # the caller's value, not the file's: its error is the caller's
         scfg = dataclasses.replace(scfg, alpha=alpha_for_scales(alpha, scfg.num_scales))
     sds = {name: read_weights(directory, name, CHECKPOINT) for name in CHECKPOINT.weights}
     model = build_stylevar(scfg, sds[MODEL_WEIGHTS], directory / MODEL_WEIGHTS)
     vae = build_vqvae(vcfg, sds[VAE_WEIGHTS], directory / VAE_WEIGHTS)
-    info = dict(raw.get("info", {}))
+    info = dict(stored_info)
     info["source"] = str(directory)
     return Checkpoint(model.float(), vae.float(), sampling, info)

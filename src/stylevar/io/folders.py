@@ -25,12 +25,14 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
-from ..errors import CheckpointError
-from .safe import read_file, read_json, write_weights_dir
+from ..errors import CheckpointError, ConfigError
+from .safe import read_file, read_json, short_error, short_repr, write_weights_dir
+
+C = TypeVar("C")
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,10 @@ def read_config(
     """
     d = Path(directory)
     config_file = d / formats[0].config_name
+    if d.exists() and not d.is_dir():
+        raise CheckpointError(
+            f"{d} is a file, not a folder; a {formats[0].kind} is a folder holding {formats[0].config_name}"
+        )
     if not config_file.is_file():
         raise CheckpointError(f"{d} holds no {formats[0].config_name}; it is not a {formats[0].kind}")
     raw = read_json(config_file, what)
@@ -136,6 +142,35 @@ def read_config(
             f"{fmt.version}); upgrade stylevar"
         )
     return fmt, raw
+
+
+def read_section(
+    raw: Mapping[str, Any], key: str, config_file: Path, *, required: bool = True
+) -> dict[str, Any]:
+    """``raw[key]`` of a config read by :func:`read_config`: a JSON object (``{}`` when absent and not
+    ``required``); one :class:`CheckpointError` line naming ``config_file`` otherwise."""
+    if key not in raw:
+        if required:
+            raise CheckpointError(f'{config_file} has no "{key}" section; it is incomplete')
+        return {}
+    value = raw[key]
+    if not isinstance(value, dict):
+        raise CheckpointError(
+            f'{config_file}: "{key}" must be an object ({{...}}), got {type(value).__name__} {short_repr(value)}'
+        )
+    return value
+
+
+def config_from(
+    cls: type[C], raw: Mapping[str, Any], key: str, config_file: Path, *, required: bool = True
+) -> C:
+    """``cls.from_dict(raw[key])`` (a :class:`~stylevar.config.Serialisable` config: fields type-checked,
+    then validated), its errors as one :class:`CheckpointError` line naming ``config_file``."""
+    section = read_section(raw, key, config_file, required=required)
+    try:
+        return cls.from_dict(section)  # type: ignore[attr-defined]
+    except (TypeError, ValueError, ConfigError) as e:
+        raise CheckpointError(f"{config_file}: invalid {key} configuration ({short_error(e)})") from None
 
 
 def read_weights(directory: str | os.PathLike, name: str, fmt: FolderFormat) -> dict[str, torch.Tensor]:

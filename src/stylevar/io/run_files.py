@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError
-from .safe import atomic_save, short_error, torch_load
+from .safe import atomic_save, file_kind, short_error, torch_load, what_file_is
 
 CHECKPOINT_KINDS = ("last", "best", "rolling")
 
@@ -57,6 +57,18 @@ def load_training_checkpoint(path: str | os.PathLike, expected_format: str, what
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{what} checkpoint not found: {p}")
+    if p.is_dir():
+        raise CheckpointError(
+            f"{p} is a folder, not a file; a {what} checkpoint is a file (checkpoints/last.pt)"
+        )
+    try:
+        kind = file_kind(p)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {p}: {type(e).__name__}: {short_error(e)}") from None
+    if kind not in ("zip", "torch-pickle"):
+        raise CheckpointError(
+            f"{p} is not a {what} checkpoint: {what_file_is(p, kind)} (torch.save writes them)"
+        )
     try:
         ck = torch_load(p, weights_only=True)
     except Exception as e:

@@ -2,7 +2,8 @@
 model's configuration off its tensor shapes, and building models with it loaded strictly.
 
 Every format reader of :mod:`stylevar.io` builds its models here (on the meta device, so no memory
-or time goes into an initialisation the weights overwrite).
+or time goes into an initialisation the weights overwrite), and here every loaded weight is checked to
+be finite, whatever file it came from.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from ..config import StyleVARConfig, VQVAEConfig, alpha_for_scales
 from ..errors import CheckpointError, ConfigError
 from ..models import VQVAE, StyleVAR
-from .safe import load_strict, short_error
+from .safe import check_finite, load_strict, short_error
 
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "weights", "params")
 _PREFIXES = ("module.", "_orig_mod.")
@@ -192,7 +193,9 @@ def infer_vqvae_config(sd: Mapping[str, torch.Tensor], patch_nums: tuple[int, ..
 def build_stylevar(
     cfg: StyleVARConfig, sd: Mapping[str, torch.Tensor], path: Any = "<state dict>"
 ) -> StyleVAR:
-    """A StyleVAR with ``sd`` loaded strictly, in eval mode (built on the meta device: no wasted init, no copy)."""
+    """A StyleVAR with ``sd`` loaded strictly, in eval mode (built on the meta device: no wasted init, no copy).
+
+    Weights holding NaN or inf are refused (:func:`~stylevar.io.safe.check_finite`), naming ``path``."""
     with torch.device("meta"):
         model = StyleVAR(cfg)
     # a clip_resampler model: a whole CLIP tower's keys above the layer it reads are dropped
@@ -201,6 +204,7 @@ def build_stylevar(
         sd = dict(sd)
         drop_unbuilt(sd, "style_encoder.")
     load_strict(model, sd, f"{path} does not fit the model", assign=True)
+    check_finite(sd, path)  # NaN weights would load, and fail only when sampling
     materialize = getattr(model.style_encoder, "materialize_buffers_", None)
     if materialize is not None:  # a clip_resampler model: its tower's non-persistent buffers
         materialize()
@@ -215,7 +219,7 @@ def build_stylevar(
 
 def build_vqvae(cfg: VQVAEConfig, sd: Mapping[str, torch.Tensor], path: Any = "<state dict>") -> VQVAE:
     """A VQ-VAE with ``sd`` loaded strictly, in eval mode; a codebook-usage buffer of another scale count is
-    reset (as VAR does)."""
+    reset (as VAR does). Weights holding NaN or inf are refused, naming ``path``."""
     sd = dict(sd)
     ema = sd.get("quantize.ema_vocab_hit_SV")
     if ema is not None and ema.shape[0] != len(cfg.patch_nums):
@@ -223,4 +227,5 @@ def build_vqvae(cfg: VQVAEConfig, sd: Mapping[str, torch.Tensor], path: Any = "<
     with torch.device("meta"):
         vae = VQVAE(cfg)
     load_strict(vae, sd, f"{path} does not fit the model", assign=True)
+    check_finite(sd, path)
     return vae.eval()

@@ -17,9 +17,18 @@ from typing import Any
 from ..config import DEFAULT_PATCH_NUMS, VQVAEConfig
 from ..errors import CheckpointError, ConfigError
 from ..models import VQVAE
-from .folders import CHECKPOINT, CONFIG_NAME, TOKENIZER, VAE_WEIGHTS, read_config, read_weights, write_folder
+from .folders import (
+    CHECKPOINT,
+    CONFIG_NAME,
+    TOKENIZER,
+    VAE_WEIGHTS,
+    config_from,
+    read_config,
+    read_weights,
+    write_folder,
+)
 from .safe import read_file, short_error
-from .state import build_vqvae, classify, extract_state_dict, infer_vqvae_config
+from .state import build_vqvae, classify, extract_state_dict, infer_vqvae_config, is_tensor_dict
 from .upstream import VAE_FILENAME
 
 #: the ``"format"`` of a tokenizer training checkpoint (``RUN_DIR/checkpoints/*.pt``)
@@ -45,11 +54,29 @@ def _load_dir(d: Path, patch_nums: Sequence[int] | None, allow_pickle: bool) -> 
             f"{d} holds neither {CONFIG_NAME} (a stylevar tokenizer or checkpoint folder) nor {VAE_FILENAME}"
         )
     fmt, raw = read_config(d, (TOKENIZER, CHECKPOINT))
+    cfg = config_from(VQVAEConfig, raw, "vqvae", d / CONFIG_NAME)
     try:
-        cfg = _with_patch_nums(VQVAEConfig.from_dict(raw["vqvae"]), patch_nums)
-    except (KeyError, TypeError, ConfigError) as e:
+        cfg = _with_patch_nums(cfg, patch_nums)
+    except ConfigError as e:  # the caller's patch_nums
         raise CheckpointError(f"{d / CONFIG_NAME}: invalid VQ-VAE configuration ({short_error(e)})") from None
     return build_vqvae(cfg, read_weights(d, VAE_WEIGHTS, fmt), d / VAE_WEIGHTS)
+
+
+def _from_training_checkpoint(obj: Mapping[str, Any], p: Path, patch_nums: Sequence[int] | None) -> VQVAE:
+    """The VQ-VAE of a tokenizer training checkpoint (``{"format", "config": {"vqvae": ...}, "model": ...}``)."""
+    config = obj.get("config")
+    if not isinstance(config, Mapping):
+        raise CheckpointError(
+            f'{p}: its "config" is not an object; the tokenizer training checkpoint is damaged'
+        )
+    try:
+        cfg = _with_patch_nums(VQVAEConfig.from_dict(config.get("vqvae")), patch_nums)
+    except (TypeError, ValueError, ConfigError) as e:
+        raise CheckpointError(f"{p}: invalid VQ-VAE configuration ({short_error(e)})") from None
+    sd = obj.get("model")
+    if not is_tensor_dict(sd):
+        raise CheckpointError(f'{p}: its "model" is not a state dict of tensors; the checkpoint is damaged')
+    return build_vqvae(cfg, sd, p)
 
 
 def load_vqvae(
@@ -74,8 +101,7 @@ def load_vqvae(
         return _load_dir(p, patch_nums, allow_pickle).float()
     obj = read_file(p, allow_pickle=allow_pickle)
     if isinstance(obj, Mapping) and obj.get("format") == TOKENIZER_TRAINING_FORMAT:
-        cfg = _with_patch_nums(VQVAEConfig.from_dict(obj["config"]["vqvae"]), patch_nums)
-        return build_vqvae(cfg, obj["model"], p).float()
+        return _from_training_checkpoint(obj, p, patch_nums).float()
     trainer = obj.get("trainer") if isinstance(obj, Mapping) else None
     if isinstance(trainer, Mapping) and isinstance(
         trainer.get("vae_local"), Mapping
