@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from stylevar.config import Sampling
 from stylevar.data import TripletDataset, TripletTransform, scan
 from stylevar.demo import DemoConfig, _truth
 from stylevar.io import load_pretrained
-from stylevar.settings import Sampling
 
 PERMUTATIONS = {"GBR": [1, 2, 0], "BRG": [2, 0, 1], "RBG": [0, 2, 1]}
 

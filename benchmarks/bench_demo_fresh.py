@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
+from stylevar.config import Sampling
 from stylevar.data import TripletTransform
 from stylevar.data.synthetic import synthetic_triplet
 from stylevar.demo import figure_scores
 from stylevar.io import load_pretrained
 from stylevar.perceptual import ssim
-from stylevar.settings import Sampling
 
 
 def fresh_pairs(n: int, size: int, period: int, data_seed: int) -> dict[str, torch.Tensor]:

@@ -38,12 +38,11 @@ from pathlib import Path
 import torch
 
 from stylevar._malloc import release_memory_promptly
-from stylevar.config import d20_configs
+from stylevar.config import Sampling, d20_configs
 from stylevar.devices import bf16_decoder_, decode_dtype
 from stylevar.models import VQVAE, StyleVAR
 from stylevar.models.ops import autocast_to, parse_dtype
 from stylevar.models.reference import reference_generate
-from stylevar.settings import Sampling
 
 
 def build(device: torch.device, size: str = "d20") -> tuple[StyleVAR, VQVAE]:

@@ -733,6 +733,10 @@ def test_request_handler_bounds_and_temperature(tiny, pics):
     same = stylize_request(pipe, c, s, seed=5, temperature=pipe.sampling.temperature)[0][0][0]
     hot = stylize_request(pipe, c, s, seed=5, temperature=3.0)[0][0][0]
     assert np.array_equal(np.asarray(same), plain) and not np.array_equal(np.asarray(hot), plain)
-    for bad, message in ((0, "temperature must be > 0"), (-1, "temperature must be > 0"), (float("nan"), "finite")):
+    for bad, message in (
+        (0, "temperature must be > 0"),
+        (-1, "temperature must be > 0"),
+        (float("nan"), "finite"),
+    ):
         with pytest.raises(ConfigError, match=message):
             stylize_request(pipe, c, s, temperature=bad)

@@ -21,9 +21,10 @@ import pytest
 
 from helpers import write_smooth_pngs
 from stylevar.cli import main
+from stylevar.config import Sampling
 from stylevar.errors import ConfigError
 from stylevar.pairs import Pair, read_manifest
-from stylevar.settings import Leakage, Output, RunPolicy, Sampling, StylizeSettings
+from stylevar.settings import Leakage, Output, RunPolicy, StylizeSettings
 
 
 @pytest.fixture(scope="module")

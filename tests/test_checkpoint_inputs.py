@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from stylevar.cli import main
-from stylevar.config import SamplingConfig, StyleVARConfig, VQVAEConfig
+from stylevar.config import Sampling, StyleVARConfig, VQVAEConfig
 from stylevar.errors import CheckpointError, ConfigError
 from stylevar.io import (
     load_checkpoint_dir,
@@ -61,8 +61,8 @@ def _edited_copy(src, dest, edit, name="config.json"):
         (StyleVARConfig, {"clip_vision": [1, 2]}, "clip_vision must be an object or null (dict | None)"),
         (VQVAEConfig, {"patch_nums": [1, 2.5]}, "VQVAEConfig.patch_nums must be a list of integers"),
         (VQVAEConfig, {"using_sa": 1}, "VQVAEConfig.using_sa must be true or false (bool), got 1"),
-        (SamplingConfig, {"temperature": math.nan}, "temperature must be a finite number (float), got nan"),
-        (SamplingConfig, {"top_p": math.inf}, "SamplingConfig.top_p must be a finite number"),
+        (Sampling, {"temperature": math.nan}, "temperature must be a finite number (float), got nan"),
+        (Sampling, {"top_p": math.inf}, "Sampling.top_p must be a finite number"),
         (LoRAConfig, {"alpha": 10**400}, "LoRAConfig.alpha must be a finite number (float), got 1000"),
         (StyleVARConfig, {"depth": 2**64}, "StyleVARConfig.depth must be an integer (int), got 1844"),
         (TokenizerConfig, {"betas": [0.5]}, "TokenizerConfig.betas must be a list of 2 numbers"),
@@ -82,7 +82,7 @@ def test_from_dict_checks_each_value_against_its_annotation(cls, values, fragmen
 
 def test_from_dict_takes_what_json_gives():
     """Ints where floats are expected, lists for tuples, null for optional fields, a preset name for alpha."""
-    assert SamplingConfig.from_dict({"top_p": 1, "temperature": 2}).temperature == 2.0
+    assert Sampling.from_dict({"top_p": 1, "temperature": 2}).temperature == 2.0
     assert VQVAEConfig.from_dict({"patch_nums": [1, 2, 4]}).patch_nums == (1, 2, 4)
     assert StyleVARConfig.from_dict({"alpha": "sft", "clip_vision": None}).alpha[0] == 0.1
     assert StyleVARConfig.from_dict({"alpha": [0, 1] * 5}).alpha == (0.0, 1.0) * 5
@@ -90,7 +90,7 @@ def test_from_dict_takes_what_json_gives():
     for cls in (
         StyleVARConfig,
         VQVAEConfig,
-        SamplingConfig,
+        Sampling,
         LoRAConfig,
         TokenizerConfig,
         SFTConfig,
@@ -107,7 +107,7 @@ def test_from_dict_takes_what_json_gives():
         (lambda r: r["stylevar"].update(depth="2"), "StyleVARConfig.depth must be an integer (int), got '2'"),
         (lambda r: r["stylevar"].update(clip_vision=[1]), "StyleVARConfig.clip_vision must be an object"),
         (lambda r: r["vqvae"].update(ch=32.5), "VQVAEConfig.ch must be an integer"),
-        (lambda r: r["sampling"].update(top_k=[900]), "SamplingConfig.top_k must be an integer"),
+        (lambda r: r["sampling"].update(top_k=[900]), "Sampling.top_k must be an integer"),
         (lambda r: r.update(info=[1, 2]), '"info" must be an object ({...}), got list [1, 2]'),
         (lambda r: r.update(stylevar="d20"), '"stylevar" must be an object'),
         (lambda r: r.update(sampling=None), '"sampling" must be an object'),

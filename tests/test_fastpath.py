@@ -9,9 +9,9 @@ import torch
 from torch.nn import functional as F
 
 from helpers import smooth_images, tiny_models
+from stylevar.config import Sampling
 from stylevar.models.ops import SKINNY_ROWS, gelu_tanh_, linear
 from stylevar.models.reference import reference_generate
-from stylevar.settings import Sampling
 
 
 @pytest.mark.parametrize("rows", [1, 3, SKINNY_ROWS, SKINNY_ROWS + 1, 64])
@@ -70,7 +70,9 @@ def test_fused_sampler_reproduces_the_straightforward_sampler(legacy, cfg):
     res = vae.config.resolution
     cond = model.conditioning(vae, smooth_images(3, res, 4), smooth_images(3, res, 5))
     kw = dict(top_k=20, top_p=0.9, style_strength=0.3)
-    ref = reference_generate(model, vae, cond, legacy_kv_cache=legacy, seed=[5, 6, 7], return_logits=True, **kw)
+    ref = reference_generate(
+        model, vae, cond, legacy_kv_cache=legacy, seed=[5, 6, 7], return_logits=True, **kw
+    )
     sampling = Sampling.plain(legacy_kv_cache=legacy, **kw)
     ours = model.generate(vae, cond, sampling, seed=[5, 6, 7], return_logits=True)
     for si in range(len(model.patch_nums)):

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from helpers import smooth_images, tiny_models, torchrun_env
+from stylevar.config import Sampling
 from stylevar.models.lora import has_lora, lora_modules, lora_state_dict
-from stylevar.settings import Sampling
 from stylevar.training.grpo import (
     GRPOConfig,
     GRPOTrainer,

@@ -115,18 +115,24 @@ def test_trainer_flags_are_the_config_fields():
 
 # ---------------------------------------------------------------------------------------- configs
 def test_every_config_shares_one_serialisation_and_model_configs_are_frozen():
-    from stylevar.config import SamplingConfig, Serialisable, StyleVARConfig, VQVAEConfig
+    from stylevar.config import Sampling, Serialisable, StyleVARConfig, VQVAEConfig
     from stylevar.data import TripletTransform
     from stylevar.demo import DemoConfig
     from stylevar.errors import ConfigError
     from stylevar.eval.benchmark import EvalSettings
     from stylevar.models.lora import LoRAConfig
+    from stylevar.settings import Leakage, Output, Regions, RunPolicy, VideoOptions
     from stylevar.training.config import GRPOConfig, SFTConfig, TokenizerConfig
 
     for cls in (
         StyleVARConfig,
         VQVAEConfig,
-        SamplingConfig,
+        Sampling,
+        Output,
+        Leakage,
+        Regions,
+        RunPolicy,
+        VideoOptions,
         LoRAConfig,
         TokenizerConfig,
         SFTConfig,

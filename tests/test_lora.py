@@ -16,6 +16,7 @@ from torch import nn
 
 from helpers import smooth_images, write_upstream
 from stylevar.cli import main
+from stylevar.config import Sampling
 from stylevar.errors import CheckpointError, ConfigError
 from stylevar.io import (
     apply_lora_to_plain_state,
@@ -43,7 +44,6 @@ from stylevar.models.lora import (
     unload_lora,
 )
 from stylevar.models.ops import Linear, linear
-from stylevar.settings import Sampling
 
 ATOL = 1e-5
 RANK, ALPHA = 4, 6.0  # alpha != 2 * rank: a file whose args are ignored would merge with the wrong scale

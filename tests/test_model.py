@@ -10,9 +10,8 @@ import torch
 from torch.nn import functional as F
 
 from helpers import REPO_ROOT, smooth_images, tiny_models
-from stylevar.config import StyleVARConfig, VQVAEConfig, d20_configs
+from stylevar.config import Sampling, StyleVARConfig, VQVAEConfig, d20_configs
 from stylevar.models import VQVAE, StyleVAR, filter_logits_, sample_tokens
-from stylevar.settings import Sampling
 
 
 def _state_dict_manifest():

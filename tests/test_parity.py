@@ -17,9 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import REPO_ROOT, fill_weights
-from stylevar.config import StyleVARConfig, VQVAEConfig
+from stylevar.config import Sampling, StyleVARConfig, VQVAEConfig
 from stylevar.models import VQVAE, StyleVAR
-from stylevar.settings import Sampling
 
 FEAT_TOL = 1e-4
 LEGACY_IMG_TOL = 1e-3

@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from helpers import write_smooth_pngs
+from stylevar.config import Sampling
 from stylevar.errors import ConfigError, ImageError
 from stylevar.images import to_model_input
 from stylevar.pipeline import StyleVARPipeline
-from stylevar.settings import Sampling
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ import torch
 from test_sft_cli import FAST, _png
 
 from helpers import one_thread, smooth_images, tiny_models  # noqa: F401
+from stylevar.config import Sampling
 from stylevar.errors import CheckpointError, ConfigError
 from stylevar.models.style_encoders import CLIP_MEAN, CLIP_STD
-from stylevar.settings import Sampling
 
 CLIP = dict(
     hidden_size=32,

@@ -17,7 +17,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "ALPHA_PRESETS": "config",
-    "SamplingConfig": "config",
+    "Sampling": "config",
+    "StylizeSettings": "settings",
     "StyleVARConfig": "config",
     "VQVAEConfig": "config",
     "CheckpointError": "errors",

@@ -407,22 +407,135 @@ class StyleVARConfig(Serialisable):
             raise ConfigError("the VQ-VAE does not match the transformer (" + "; ".join(mism) + ")")
 
 
-@dataclass
-class SamplingConfig(Serialisable):
-    """Sampling defaults. The paper's evaluation: top-k 900, top-p 0.96, temperature 1."""
+# ------------------------------------------------------------------------ sampling
+#: the arithmetic of a run, and the spellings each name accepts
+DTYPES = ("fp32", "bf16", "fp16", "int8")
+DTYPE_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "qint8": "int8"}
+#: seeds are unsigned 63-bit integers (torch.Generator takes 64 bits; image k's seed is base + k)
+MAX_SEED = 2**63 - 1
+#: the sampling fields a checkpoint stores as its defaults
+STORED_SAMPLING = ("top_k", "top_p", "temperature", "style_strength")
 
-    top_k: int = 900  #: keep logits >= the k-th largest (0: off)
-    top_p: float = 0.96  #: nucleus sampling mass (0: off)
-    temperature: float = 1.0  #: logits are divided by this before filtering
-    style_strength: float = 0.0  #: alpha'_k = clamp(alpha_k + 0.5 * s, 0.01, 0.99) when s != 0
+
+def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None) -> int:
+    """``value`` as an int (a whole float such as ``3.0`` too, never a bool), inside [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        span = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ConfigError(f"{name} must be {'in ' if high is not None else ''}{span}, got {value}")
+    return int(value)
+
+
+def check_float(name: str, value: Any, *, low: float | None = None, high: float | None = None) -> float:
+    """``value`` as a finite float (an int too, never a bool), inside [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        raise ConfigError(f"{name} must lie in [{lo}, {hi}], got {value:g}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def normalise_dtype(value: Any) -> str:
+    """``fp32``/``bf16``/``fp16``/``int8`` of any accepted spelling (a ``torch.dtype`` too)."""
+    key = str(value).lower().removeprefix("torch.")
+    key = DTYPE_ALIASES.get(key, key)
+    if key not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {value!r}")
+    return key
+
+
+@dataclass(frozen=True)
+class Sampling(Serialisable):
+    """How the target's tokens are drawn (frozen, validated once). Defaults: the paper's evaluation
+    (top-k 900, top-p 0.96). A checkpoint stores its own defaults of the first four fields
+    (:attr:`stylevar.io.Checkpoint.sampling`, :meth:`stored`); :mod:`stylevar.settings` makes it the
+    sampling part of a stylization's settings; ``StyleVAR.generate`` takes it."""
+
+    top_k: int = option(900, "keep the k most likely tokens at each position (0: off)")
+    top_p: float = option(0.96, "nucleus sampling: keep the smallest set of tokens with this mass (0: off)")
+    temperature: float = option(1.0, "divide the logits by this before filtering (> 0)")
+    style_strength: float = option(
+        0.0, "shift every scale's alpha by 0.5*s, clamped to [0.01, 0.99] (-2..2; 0: the model's alpha)"
+    )
+    #: explicit per-scale alpha (one value in [0, 1] per scale), instead of the model's; the command
+    #: line sets it with --alpha (a preset name or values), which also accepts presets
+    alpha: tuple[float, ...] | None = option(None, "per-scale alpha overriding the model's", flag=False)
+    #: None: a random base, reported with the results
+    seed: int | None = option(None, "base seed: image k of a run gets seed+k")
+    dtype: str = option(
+        "fp32",
+        "arithmetic: fp32 (exact), bf16/fp16 products and attention under autocast (logits, sampling and "
+        "the quantizer stay fp32), int8 weights for the transformer (CPU)",
+        choices=DTYPES,
+    )
+    cuda_graphs: bool = option(
+        False, "replay each scale's transformer pass as a CUDA graph (GPU; captured once per batch size)"
+    )
+    legacy_kv_cache: bool = option(
+        False, "reproduce the published sampler's duplicated KV cache token for token"
+    )
 
     def __post_init__(self) -> None:
-        if self.top_k < 0:
-            raise ConfigError("top_k must be >= 0")
-        if not 0.0 <= self.top_p <= 1.0:
-            raise ConfigError("top_p must lie in [0, 1]")
+        _set(self, "top_k", check_int("top_k", self.top_k, low=0))
+        _set(self, "top_p", check_float("top_p", self.top_p, low=0.0, high=1.0))
+        _set(self, "temperature", check_float("temperature", self.temperature))
         if self.temperature <= 0:
-            raise ConfigError("temperature must be > 0")
+            raise ConfigError(f"temperature must be > 0, got {self.temperature:g}")
+        _set(self, "style_strength", check_float("style_strength", self.style_strength, low=-2.0, high=2.0))
+        if self.alpha is not None:
+            if isinstance(self.alpha, (str, bytes)) or not isinstance(self.alpha, Sequence):
+                raise ConfigError(f"alpha must be a list of per-scale values in [0, 1], got {self.alpha!r}")
+            values = tuple(check_float("alpha", a, low=0.0, high=1.0) for a in self.alpha)
+            if not values:
+                raise ConfigError("alpha must hold one value per scale, got none")
+            _set(self, "alpha", values)
+        if self.seed is not None:
+            _set(self, "seed", check_int("seed", self.seed, low=0, high=MAX_SEED))
+        _set(self, "dtype", normalise_dtype(self.dtype))
+        check_bool("cuda_graphs", self.cuda_graphs)
+        check_bool("legacy_kv_cache", self.legacy_kv_cache)
+        if self.cuda_graphs and self.legacy_kv_cache:
+            raise ConfigError("cuda_graphs runs the correct KV cache only: drop legacy_kv_cache")
+
+    @classmethod
+    def plain(cls, **changes: Any) -> Sampling:
+        """Unfiltered sampling (top-k and top-p off) with ``changes``: the published model's own default."""
+        return cls(**{"top_k": 0, "top_p": 0.0, **changes})
+
+    def stored(self) -> dict[str, Any]:
+        """The fields a checkpoint keeps as its sampling defaults (``config.json``'s ``sampling``)."""
+        return {k: getattr(self, k) for k in STORED_SAMPLING}
+
+    @property
+    def filters(self) -> tuple[int, float, float]:
+        """(top_k, top_p, temperature): what one ``generate`` call's rows must share."""
+        return self.top_k, self.top_p, self.temperature
+
+
+#: unfiltered sampling: the published model's own ``generate`` default (top-k and top-p off)
+PLAIN = Sampling.plain()
 
 
 def d20_configs() -> tuple[StyleVARConfig, VQVAEConfig]:

@@ -30,10 +30,9 @@ from typing import Any
 
 import torch
 
-from .config import Serialisable
+from .config import Sampling, Serialisable
 from .errors import ConfigError
 from .files import atomic_write_json
-from .settings import Sampling
 
 logger = logging.getLogger(__name__)
 

@@ -30,9 +30,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .config import MAX_SEED, Sampling
 from .errors import ConfigError, ImageError
 from .images import IMAGE_EXTENSIONS, list_images
-from .settings import MAX_SEED, Sampling, pair_overrides
+from .settings import pair_overrides
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps
 
-from .config import SamplingConfig
+from .config import Sampling
 from .controls import blend_weights
 from .devices import bf16_decoder_, decode_dtype, resolve_device
 from .errors import ConfigError, ImageError
@@ -38,7 +38,7 @@ from .models import VQVAE, Conditioning, StyleVAR
 from .models.quantized import run_dtype
 from .pairs import Blend, Pair, image_seed, pair_sampling
 from .regional import Regional, load_regional
-from .settings import Sampling, StylizeSettings
+from .settings import StylizeSettings
 from .stream import EncodedImages, Job, PairResult, as_pair, cancel_hook, image_key, postprocess
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class StyleVARPipeline:
         self,
         model: StyleVAR,
         vae: VQVAE,
-        sampling: SamplingConfig | None = None,
+        sampling: Sampling | None = None,
         *,
         device: str | torch.device | None = "cpu",
         info: dict[str, Any] | None = None,
@@ -88,7 +88,7 @@ class StyleVARPipeline:
         self.device = resolve_device(device)
         self.model = model.eval().requires_grad_(False).to(self.device)
         self.vae = vae.eval().requires_grad_(False).to(self.device)
-        self.sampling = sampling or SamplingConfig()
+        self.sampling = sampling or Sampling()  #: the checkpoint's sampling defaults
         self.info = info or {}
 
     # ------------------------------------------------------------------ loading / saving
@@ -170,12 +170,7 @@ class StyleVARPipeline:
         ``keep_size=True``, ``mask=...``; None leaves a field as it is). One validation, one-line
         :class:`~stylevar.errors.ConfigError`s; an unknown keyword is refused with the closest name."""
         if settings is None:
-            s = self.sampling
-            settings = StylizeSettings(
-                sampling=Sampling(
-                    top_k=s.top_k, top_p=s.top_p, temperature=s.temperature, style_strength=s.style_strength
-                )
-            )
+            settings = StylizeSettings(sampling=Sampling(**self.sampling.stored()))
         elif not isinstance(settings, StylizeSettings):
             raise ConfigError(f"settings must be a StylizeSettings, got {type(settings).__name__}")
         out = settings.with_(**keywords)

@@ -36,13 +36,14 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .config import Sampling
 from .errors import ConfigError, MissingDependencyError, VideoError
 from .files import same_file
 from .images import to_model_input
 from .models import Conditioning
 from .pipeline import ImageInput, StyleVARPipeline
 from .regional import load_regional
-from .settings import Output, Sampling, StylizeSettings, VideoOptions
+from .settings import Output, StylizeSettings, VideoOptions
 from .stream import postprocess, read_input
 
 logger = logging.getLogger(__name__)

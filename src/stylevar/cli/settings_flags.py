@@ -13,8 +13,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..config import Sampling
 from ..errors import ConfigError, ImageError
-from ..settings import Output, RunPolicy, Sampling
+from ..settings import Output, RunPolicy
 from .common import add_config_flags, config_values
 
 #: sampling flags default to the checkpoint's values (None here)

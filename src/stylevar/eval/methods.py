@@ -19,8 +19,8 @@ from typing import Protocol
 
 import torch
 
+from ..config import Sampling
 from ..devices import decode_dtype
-from ..settings import Sampling
 
 
 class Method(Protocol):

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..config import SamplingConfig, StyleVARConfig, VQVAEConfig, alpha_for_scales
+from ..config import Sampling, StyleVARConfig, VQVAEConfig, alpha_for_scales
 from ..errors import CheckpointError, ConfigError
 from ..models import VQVAE, StyleVAR
 from .folders import (
@@ -44,7 +44,7 @@ class Checkpoint:
 
     model: StyleVAR
     vae: VQVAE
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    sampling: Sampling = field(default_factory=Sampling)  #: its defaults: top-k/top-p, temperature, strength
     info: dict[str, Any] = field(default_factory=dict)
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Checkpoint:
@@ -58,7 +58,7 @@ def save_pretrained(
     model: StyleVAR,
     vae: VQVAE,
     *,
-    sampling: SamplingConfig | None = None,
+    sampling: Sampling | None = None,
     info: dict[str, Any] | None = None,
     dtype: torch.dtype | None = None,
 ) -> Path:
@@ -70,7 +70,7 @@ def save_pretrained(
     body = {
         "stylevar": model.config.to_dict(),
         "vqvae": vae.config.to_dict(),
-        "sampling": (sampling or SamplingConfig()).to_dict(),
+        "sampling": (sampling or Sampling()).stored(),
         "info": info or {},
     }
     return write_folder(CHECKPOINT, out_dir, {MODEL_WEIGHTS: model, VAE_WEIGHTS: vae}, body, dtype=dtype)
@@ -83,7 +83,7 @@ def load_checkpoint_dir(directory: str | os.PathLike, alpha: Any = None) -> Chec
     _, raw = read_config(directory, (CHECKPOINT,))
     scfg = config_from(StyleVARConfig, raw, "stylevar", config_file)
     vcfg = config_from(VQVAEConfig, raw, "vqvae", config_file)
-    sampling = config_from(SamplingConfig, raw, "sampling", config_file, required=False)
+    sampling = config_from(Sampling, raw, "sampling", config_file, required=False)
     stored_info = read_section(raw, "info", config_file, required=False)
     try:
         scfg.check_vqvae(vcfg)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..config import VARIANT_ALPHA, SamplingConfig, StyleVARConfig
+from ..config import VARIANT_ALPHA, Sampling, StyleVARConfig
 from ..errors import CheckpointError, ConfigError
 from ..models import VQVAE
 from .adapters import (
@@ -186,5 +186,5 @@ def load_upstream_file(
         **lora_info,
     }
     logger.info("loaded %s (variant %s), alpha %s (%s)", model_path, variant, list(scfg.alpha), alpha_src)
-    sampling = base_ckpt.sampling if base_ckpt is not None else SamplingConfig()
+    sampling = base_ckpt.sampling if base_ckpt is not None else Sampling()
     return Checkpoint(model.float(), None if vae is None else vae.float(), sampling, info)  # type: ignore[arg-type]

@@ -26,9 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..config import StyleVARConfig
+from ..config import PLAIN, Sampling, StyleVARConfig
 from ..errors import ConfigError
-from ..settings import PLAIN, Sampling
 from .blocks import AdaLNBeforeHead, BlendedBlock, KVCache, StyleKV
 from .encoders import ResNetEncoder
 from .graphs import StaticRunner

@@ -58,6 +58,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
+from ..config import Sampling
 from ..errors import CheckpointError, ConfigError
 from ..io import save_lora, save_pretrained
 from ..models import VQVAE, Conditioning, StyleVAR
@@ -73,7 +74,6 @@ from ..models.lora import (
     unload_lora,
 )
 from ..models.ops import autocast_to, no_autocast
-from ..settings import Sampling
 from .config import MP_MODES, GRPOConfig
 from .grpo_loss import (
     dpo_loss,

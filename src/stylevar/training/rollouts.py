@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import Sampling
 from ..models import VQVAE, Conditioning, StyleVAR
-from ..settings import Sampling
 
 
 def middle_scale(patch_nums: Sequence[int]) -> int:
