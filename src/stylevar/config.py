@@ -458,7 +458,9 @@ def check_bool(name: str, value: Any) -> bool:
 
 
 def normalise_dtype(value: Any) -> str:
-    """``fp32``/``bf16``/``fp16``/``int8`` of any accepted spelling (a ``torch.dtype`` too)."""
+    """``fp32``/``bf16``/``fp16``/``int8`` of any accepted spelling (a ``torch.dtype`` too; None: fp32)."""
+    if value is None:
+        return "fp32"
     key = str(value).lower().removeprefix("torch.")
     key = DTYPE_ALIASES.get(key, key)
     if key not in DTYPES:

@@ -53,7 +53,7 @@ def _stem(item: Any) -> str:
 
 def _input_paths(pair: Pair) -> list[str]:
     items = [pair.content, *(pair.style.images if isinstance(pair.style, Blend) else [pair.style])]
-    return [os.path.realpath(os.fspath(p)) for p in items if isinstance(p, (str, os.PathLike))]
+    return [os.fspath(p) for p in items if isinstance(p, (str, os.PathLike))]
 
 
 def resolve_output(output: str | os.PathLike, n_images: int, inputs: Iterable[Any] = ()) -> tuple[Path, bool]:
@@ -155,12 +155,12 @@ class OutputRun:
         or given as another row's automatic name), a file that is one of the run's inputs (after
         resolving links), a file name over :data:`MAX_NAME_BYTES`."""
         seen: dict[str, str] = {}
-        inputs: set[str] = set()
+        given: set[str] = set()  # the inputs as named (a style shared by every pair: once)
         n = 0
         for i, pair in enumerate(pairs):
             n += 1
             if pair.error is None:
-                inputs.update(_input_paths(pair))
+                given.update(_input_paths(pair))
             where = pair.source or f"pair {i + 1}"
             for k in range(self.num_samples):
                 target = self.target(i, pair, k)
@@ -174,8 +174,14 @@ class OutputRun:
                     label = target.name if self.single_file else target.relative_to(self.out).with_suffix("")
                     raise ConfigError(f"{where}: output {str(label)!r} is already the output of {seen[key]}")
                 seen[key] = where
+        inputs = {os.path.realpath(p) for p in given}
+        folders: dict[str, str] = {}  # each output folder resolved once (a million targets, a few folders)
         for key, where in seen.items():
-            if os.path.realpath(key) in inputs:
+            parent, name = os.path.split(key)
+            if parent not in folders:
+                folders[parent] = os.path.realpath(parent)
+            real = os.path.realpath(key) if os.path.islink(key) else os.path.join(folders[parent], name)
+            if real in inputs:
                 raise ConfigError(f"{where}: output {key} is an input of this run; choose another output")
         return n
 
