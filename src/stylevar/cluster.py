@@ -3,7 +3,7 @@
     stylevar stylize --pairs pairs.csv -o /shared/out --ray               # a running cluster, or a local one
     stylevar stylize contents/ styles/ -o /shared/out --ray ray://head:10001
 
-How it works (README, "Many pairs"): the driver turns the pairs into jobs (one per image, each with
+How it works (docs/batch.md): the driver turns the pairs into jobs (one per image, each with
 its final seed and output path; ``--skip-existing`` drops finished ones without reading them) and
 writes them to ``OUT/.stylevar-ray/jobs.jsonl``, one line per window of the one-process loop
 (``batch_size * window`` images); Ray Data reads that file in blocks and ``map_batches`` hands the

@@ -41,8 +41,8 @@ def has_fast_bf16(device: str | torch.device) -> bool:
 
     CUDA: ``torch.cuda.is_bf16_supported()`` (Ampere and newer). CPU: Intel AMX (``amx_bf16``) or the
     AVX-512 bf16 dot products (``avx512_bf16``: Cooper Lake, Zen 4 and newer), where oneDNN's bf16
-    convolutions beat fp32 (the demo's tokenizer step: 1.8x with AMX, 1.5x on a Zen 4 EPYC; README,
-    "Demo"); elsewhere bf16 on the CPU is emulated and slower, so False.
+    convolutions beat fp32 (the demo's tokenizer step: 1.8x with AMX, 1.5x on a Zen 4 EPYC;
+    docs/demo.md); elsewhere bf16 on the CPU is emulated and slower, so False.
     """
     dev = torch.device(device)
     if dev.type == "cuda":
@@ -52,8 +52,7 @@ def has_fast_bf16(device: str | torch.device) -> bool:
 
 def decode_dtype(model, device) -> torch.dtype | None:
     """The VQ-VAE decoding's autocast dtype for a run of ``model``: bf16 for an int8 model
-    (:mod:`stylevar.models.quantized`) on a CPU with AMX, where the d20 decoder runs 2.7x faster (README,
-    Speed; not measured with AVX512-BF16 alone, so such CPUs decode in the run's own dtype) or on a GPU
+    (:mod:`stylevar.models.quantized`) on a CPU with AMX, where the d20 decoder runs 2.7x faster (docs/speed.md; not measured with AVX512-BF16 alone, so such CPUs decode in the run's own dtype) or on a GPU
     that computes bf16; None (the run's own dtype) otherwise."""
     if not getattr(model, "int8", False):
         return None

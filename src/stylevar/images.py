@@ -1,6 +1,6 @@
 """Image input/output: reading any file safely, the resize policy, tensors <-> PIL, atomic writes.
 
-Policy (also in the README):
+Policy (also in docs/stylize.md):
 
 * Every PIL-readable file is accepted. EXIF orientation is applied. Palette, grayscale, CMYK,
   16-bit and float images become 8-bit RGB; transparency is composited onto white; animated

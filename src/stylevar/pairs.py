@@ -9,7 +9,7 @@ images of a few batches at a time.
 Seeds: a pair carries its own ``seed`` or none. Without one, the streaming path gives the image of
 pair ``i``, sample ``k`` the seed ``base + i * num_samples + k``; with one, ``seed + k``. A folder run
 writes the seed of every output to ``stylevar_runs.jsonl``, and the same seed in a manifest or in a
-:class:`Pair` passed to the Python API makes the same image (README, "Many pairs").
+:class:`Pair` passed to the Python API makes the same image (docs/batch.md).
 
 Manifest columns (CSV with a header row, or one JSON object per line): ``content`` and ``style``
 (paths, relative to the manifest's folder unless absolute), optional ``seed`` (int), ``output``

@@ -56,7 +56,7 @@ class Regional:
         """The batch's style features with StyleAR's subtraction and noise: s' = a*F + (1-a)*(F - F_S) + g*n
         = F - (1-a)*F_S + g*n, with F each pathway's encoding of the style image (the ResNet AdaLN vector
         and the VQ condition features) and F_S what its salient region adds: E(region on mid grey) -
-        E(mid grey), so an empty region subtracts exactly nothing (README, "Content leakage"). The noise n
+        E(mid grey), so an empty region subtracts exactly nothing (docs/evaluate.md, "Content leakage"). The noise n
         (seeded by each image's seed) goes on the VQ features, where SFT's ``style_noise`` puts it, and on the
         style tokens of a ``clip_resampler`` model (StyleAR's place for it)."""
         from .pairs import Blend

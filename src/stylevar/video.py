@@ -14,8 +14,8 @@
   content did not change under it (:class:`TokenKeeper`: the content's pixels over the token's area
   moved less than ``change_threshold``, or, the literal rule, the content's own token is unchanged);
   the rest is sampled as usual. A still background keeps its tokens at every scale while a moving
-  figure is re-sampled where it moved. ``keep_scales=0``: independent frames (same seed). README
-  ("Video") reports the measured flicker of each.
+  figure is re-sampled where it moved. ``keep_scales=0``: independent frames (same seed).
+  docs/video.md reports the measured flicker of each.
 * The output is written to a temporary file beside it and renamed when complete: an interrupted or
   failed run never leaves a half-written video. An unreadable or unsupported input, or one with no
   frames, is one :class:`~stylevar.errors.VideoError` line naming the file.
@@ -127,8 +127,15 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             elif ic.duration is not None:
                 duration = ic.duration / 1_000_000
             audio = ic.streams.audio[0].codec_context.name if ic.streams.audio else None
-            return VideoInfo(p, vs.codec_context.width, vs.codec_context.height, Fraction(rate),
-                             vs.frames or None, duration, audio)  # fmt: skip
+            return VideoInfo(
+                p,
+                vs.codec_context.width,
+                vs.codec_context.height,
+                Fraction(rate),
+                vs.frames or None,
+                duration,
+                audio,
+            )
     except VideoError:
         raise
     except Exception as e:  # PyAV's errors (invalid data, unknown format) are one line here
@@ -185,7 +192,7 @@ class TokenKeeper:
     * ``tokens``: the content's own VQ token at that scale and position is unchanged. VAR's residual
       quantizer makes those tokens non-local (a change anywhere moves the coarse tokens, hence every finer
       residual), so fewer tokens qualify; kept as the literal rule and measured against ``pixels``
-      (README, "Video").
+      (docs/video.md).
     """
 
     def __init__(

@@ -273,7 +273,9 @@ def load_pretrained(
         vae: path of the VQ-VAE file (upstream files only).
         variant: ``grpo`` or ``sft``: which released transformer, and its default alpha.
         alpha: per-scale alpha values or a preset name; overrides the checkpoint's.
-        revision, cache_dir, local_files_only: passed to ``huggingface_hub``.
+        revision: the Hub revision (branch, tag or commit), passed to ``huggingface_hub``.
+        cache_dir: the Hugging Face cache folder, passed to ``huggingface_hub``.
+        local_files_only: only files already in the cache (offline), passed to ``huggingface_hub``.
         allow_pickle: allow ``.pth`` files with arbitrary pickled objects (trusted files only).
         base: the local base (SFT) checkpoint that LoRA-only adapters apply to (ignored for full
             checkpoints). Its VQ-VAE is used unless ``vae`` is given.

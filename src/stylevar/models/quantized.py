@@ -10,7 +10,7 @@ of the d20 release take a quarter of the memory. The embeddings, the LayerNorms,
 the head (its logits feed sampling), the ResNet encoders and the VQ-VAE stay fp32.
 
 A quantized model is for inference: it cannot be trained or saved (its quantized layers hold no fp32
-weights any more). README ("Speed") reports its accuracy and speed.
+weights any more). docs/speed.md reports its accuracy and speed.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class Int8Weight:
             raise ValueError("int8 weights run on the CPU (PyTorch's quantized kernels); use bf16 on a GPU")
         n = w.shape[0]
         scales = (w.abs().amax(1).double() / 127).clamp_min(1e-12)
-        with warnings.catch_warnings():  # PyTorch announces a move of these kernels to torchao (README)
+        with warnings.catch_warnings():  # PyTorch announces a move of these kernels to torchao (docs/speed.md)
             warnings.simplefilter("ignore", UserWarning)
             qw = torch.quantize_per_channel(w, scales, torch.zeros(n, dtype=torch.long), 0, torch.qint8)
         b = None if bias is None else bias.detach().float().contiguous()
