@@ -227,7 +227,8 @@ def _mount_tmpfs(where: Path, options: str) -> bool:
 
 
 def _umount(where: Path) -> None:
-    subprocess.run(["umount", str(where)], capture_output=True)
+    if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)  # busy: detach it now, free it later
 
 
 @pytest.fixture

@@ -260,3 +260,168 @@ def test_only_inference_commands_change_the_allocator(tmp_path, monkeypatch, cap
     assert main(["train-tokenizer", str(tmp_path / "no-images"), "-o", str(tmp_path / "tok")]) != 0
     assert main(["sft", str(tmp_path / "no-data"), "-o", str(tmp_path / "sft"), "--depth", "2"]) != 0
     assert calls == [1] and cli.TRAINING_COMMANDS >= {"demo", "train-tokenizer", "sft", "grpo"}
+
+
+# ---------------------------------------------------------------------------------------- the help
+def _subparsers() -> dict:
+    import argparse
+
+    from stylevar.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {"stylevar": parser, **{f"stylevar {name}": p for name, p in sub.choices.items()}}
+
+
+def _options(parser) -> list:
+    import argparse
+
+    skip = (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)
+    return [a for a in parser._actions if not isinstance(a, skip)]
+
+
+def test_every_option_has_help_that_states_its_default():
+    """Every argument of every command explains itself, and one with a default (not None, not off) says it."""
+    missing = []
+    for command, parser in _subparsers().items():
+        for a in _options(parser):
+            name = "/".join(a.option_strings) or a.dest
+            if not (a.help or "").strip():
+                missing.append(f"{command} {name}: no help")
+            elif a.default is not None and a.default is not False and "default" not in a.help.lower():
+                missing.append(f"{command} {name}: default {a.default!r} not stated")
+    assert not missing, "\n".join(missing)
+
+
+def test_a_stated_default_is_the_real_one():
+    """``(default: X)`` in an option's help is the value the option takes when left out (``stylevar dpo``
+    sets its objective to dpo: its help says so)."""
+    import re
+
+    wrong = []
+    for command, parser in _subparsers().items():
+        formatter = parser._get_formatter()
+        for a in _options(parser):
+            if not a.help or a.default is None or isinstance(a.default, bool):
+                continue
+            m = re.search(r"\(default: ([^)]*)\)", formatter._expand_help(a))
+            if m is None:
+                continue
+            shown = m.group(1)
+            first = re.split(r"[ ,;]", shown, maxsplit=1)[0]
+            if a.default in ([], ""):
+                ok = shown.startswith("none")
+            elif isinstance(a.default, (int, float)):  # a number, or what the value means (0: one per GPU)
+                ok = not re.fullmatch(r"[-+.\de]+", first) or float(first) == a.default
+            else:
+                ok = first == (",".join(map(str, a.default)) if isinstance(a.default, tuple) else a.default)
+            if not ok:
+                wrong.append(f"{command} {'/'.join(a.option_strings)}: shows {shown!r}, takes {a.default!r}")
+    assert not wrong, "\n".join(wrong)
+    dpo = {a.dest: a for a in _subparsers()["stylevar dpo"]._actions}["objective"]
+    assert dpo.default == "dpo"
+
+
+def _example_commands(epilog: str) -> list[list[str]]:
+    """The example commands of an epilog (``\\``-continued lines joined), as argv after ``stylevar``."""
+    import shlex
+
+    commands, current = [], ""
+    for line in epilog.splitlines():
+        text = line.strip()
+        if not line.startswith("  ") or text.startswith("#"):
+            continue
+        current = f"{current} {text.removesuffix(chr(92)).strip()}".strip()
+        if not text.endswith(chr(92)):
+            argv = shlex.split(current)
+            commands.append(argv[argv.index("stylevar") + 1 :])
+            current = ""
+    return commands
+
+
+def test_every_command_ends_with_examples_that_parse():
+    from stylevar.cli import build_parser, parse
+
+    for command, parser in _subparsers().items():
+        assert parser.epilog and parser.epilog.startswith("examples:"), command
+        commands = _example_commands(parser.epilog)
+        assert len(commands) >= 2, (command, parser.epilog)
+        for argv in commands:
+            if command != "stylevar":
+                assert "stylevar " + argv[0] == command, (command, argv)
+            parse(build_parser(), argv)  # a misspelt flag or a missing argument exits
+
+
+def _help(capsys, monkeypatch, *argv: str) -> str:
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--help"])
+    assert e.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_texts_agree_with_the_code(capsys, monkeypatch):
+    from torchvision.models import VGG16_Weights, VGG19_Weights
+
+    from stylevar.cli.common import VGG16_FILE, VGG19_FILE
+    from stylevar.config import DTYPES
+    from stylevar.eval.suite import METRICS
+    from stylevar.metric_names import METRIC_GROUPS, METRIC_NAMES, SET_METRICS
+
+    # the usage names the inputs as the text does; the examples come after the options, raw
+    text = _help(capsys, monkeypatch, "stylize")
+    assert text.startswith("usage: stylevar stylize CONTENT STYLE -o OUTPUT [options]\n")
+    assert "[content]" not in text and text.index("--seed") < text.index("--ray-workers") < text.index(
+        "examples:"
+    )
+    assert "  stylevar stylize photo.jpg monet.jpg -o out.png --seed 0\n" in text and "exit codes:" in text
+    text = _help(capsys, monkeypatch, "video")
+    assert "VIDEO STYLE" in text and "into OUTPUT" in text and "-o OUTPUT, --output OUTPUT" in text
+    # one spelling of the output flag everywhere
+    for command, parser in _subparsers().items():
+        flags = {s for a in parser._actions for s in a.option_strings}
+        assert "--out" not in flags, command
+        if "-o" in flags:
+            assert next(a for a in parser._actions if "-o" in a.option_strings).option_strings == [
+                "-o",
+                "--output",
+            ], command
+    # the metric registry: one list of names, all of them in evaluate's help
+    assert tuple(METRICS) == METRIC_NAMES
+    assert {n for n, info in METRICS.items() if not info.per_image} == set(SET_METRICS)
+    assert all(set(group) <= set(METRIC_NAMES) for group in METRIC_GROUPS.values())
+    text = _help(capsys, monkeypatch, "evaluate")
+    assert all(name in text for name in (*METRIC_NAMES, *METRIC_GROUPS)) and "leakage, structure" in text
+    # torchvision's weight files, named once
+    assert VGG19_Weights.IMAGENET1K_V1.url.endswith("/" + VGG19_FILE)
+    assert VGG16_Weights.IMAGENET1K_V1.url.endswith("/" + VGG16_FILE)
+    for command in ("evaluate", "grpo", "dpo"):
+        assert VGG19_FILE in _help(capsys, monkeypatch, command)
+    assert VGG16_FILE in _help(capsys, monkeypatch, "train-tokenizer")
+    # --dtype offers the canonical names and takes the long ones
+    for command, parser in _subparsers().items():
+        for a in parser._actions:
+            if "--dtype" in a.option_strings:
+                assert set(a.choices) <= set(DTYPES), (command, a.choices)
+                assert a.type("bfloat16") == "bf16", command
+
+
+def test_usage_errors_exit_2_with_the_usage_and_import_no_torch(tmp_path, capsys):
+    cases = [
+        (["stylize", "-o", "x.png"], "give CONTENT and STYLE"),
+        (["stylize", "a.png", "-o", "x.png"], "give STYLE"),
+        (["stylize", "a.png", "b.png", "--pairs", "p.csv", "-o", "x"], "not both"),
+        (["stylize", "a.png", "b.png", "-o", "x", "--ray", "--grid"], "--grid"),
+        (["info"], "CHECKPOINT"),
+    ]
+    for argv, fragment in cases:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"usage: stylevar {argv[0]}" in err and fragment in err, (argv, err)
+    code = (
+        "import sys\nfrom stylevar.cli import main\ntry:\n    main(['stylize', '-o', 'x.png'])\n"
+        "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.stdout.split() == ["2", "False"], res.stdout + res.stderr

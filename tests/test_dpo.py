@@ -1,5 +1,5 @@
-"""DPO post-training (``GRPOConfig.objective="dpo"``, ``stylevar dpo``): the loss, the pairs, learning a reward
-and its opposite on a tiny model (as GRPO's test does), and the command end to end."""
+"""DPO post-training (``DPOTrainer``, ``GRPOConfig.objective="dpo"``, ``stylevar dpo``): the loss, the pairs,
+learning a reward and its opposite on a tiny model (as GRPO's test does), and the command end to end."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from test_grpo import ToyConditions, small_cfg
 
 from helpers import tiny_models
-from stylevar.training.grpo import GRPOTrainer
+from stylevar.training.dpo import DPOTrainer
 from stylevar.training.grpo_loss import dpo_loss, preference_pairs
 from stylevar.training.rewards import pixel_reward
 
@@ -40,7 +40,7 @@ def _learn(sign: float, tmp_path, steps: int = 20) -> tuple[float, float]:
     res = vae.config.resolution
     ds = ToyConditions(8, res, seed=20)
     ds.t = ds.c.mean((2, 3), keepdim=True).expand_as(ds.c).clone()
-    tr = GRPOTrainer(
+    tr = DPOTrainer(
         model, vae, ds, lambda x, b: sign * pixel_reward(x, b), tmp_path / f"dpo{sign:+.0f}",
         small_cfg(objective="dpo", dpo_beta=0.1, max_steps=steps, batch_size=4, group_size=8, micro_batch=32,
                   lr=1e-2, lora_rank=8, lora_alpha=16, eval_pairs=8, eval_samples=2),

@@ -1,4 +1,4 @@
-"""``stylevar evaluate`` (eval/data.py, benchmark.py, report.py, evaluate_cli.py) end to end on CPU.
+"""``stylevar evaluate`` (eval/data.py, benchmark.py, report.py, run.py) end to end on CPU.
 
 Generated data in the three layouts (OmniStyle, ImagePulse per-sample folders, COCO/WikiArt-like folders
 with awkward files), the tiny checkpoint, AdaIN and content copy with random weights the tests build. The
@@ -189,7 +189,7 @@ def _args(datasets, weights, ckpt, out, *extra):
     metrics = "all" if HAS_EXTRAS else "torchvision"
     a = [
         "evaluate",
-        "--out", str(out),
+        "--output", str(out),
         "--model", f"tiny={ckpt}",
         "--adain", "--adain-weights", str(weights["adain"]),
         "--content-copy",
@@ -345,7 +345,7 @@ def test_missing_metric_weights_fail_before_generating(datasets, ours_dir, tmp_p
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
     out = tmp_path / "eval"
     code = main(
-        ["evaluate", "--out", str(out), "--model", str(ours_dir), "--omnistyle", str(datasets["omni"]),
+        ["evaluate", "--output", str(out), "--model", str(ours_dir), "--omnistyle", str(datasets["omni"]),
          "--metrics", "style_loss,ssim", "--device", "cpu", "-q"]
     )  # fmt: skip
     assert code == 1
@@ -355,7 +355,7 @@ def test_missing_metric_weights_fail_before_generating(datasets, ours_dir, tmp_p
 
 
 def test_cli_errors_are_one_line(datasets, ours_dir, tmp_path, capsys):
-    base = ["evaluate", "--out", str(tmp_path / "o"), "--metrics", "ssim", "--device", "cpu", "-q"]
+    base = ["evaluate", "--output", str(tmp_path / "o"), "--metrics", "ssim", "--device", "cpu", "-q"]
     cases = [
         (base + ["--omnistyle", str(datasets["omni"])], "nothing to evaluate"),
         (base + ["--content-copy"], "no dataset given"),
@@ -386,7 +386,7 @@ def test_fid_weights_must_fit_the_chosen_fid_network(datasets, weights, tmp_path
     """--inception-weights goes to the network --fid-inception names; a file of the other network (their
     trunks share one key layout, so it would load) is refused in one line before any generation."""
     out = tmp_path / "o"
-    base = ["evaluate", "--out", str(out), "--content-copy", "--omnistyle", str(datasets["omni"]),
+    base = ["evaluate", "--output", str(out), "--content-copy", "--omnistyle", str(datasets["omni"]),
             "--metrics", "fid", "-n", "2", "--resolution", "32", "--timing-samples", "0",
             "--sheet-samples", "0", "--device", "cpu", "-q"]  # fmt: skip
     tv, fid = str(weights["tv_inception"]), str(weights["inception"])
@@ -406,7 +406,7 @@ def test_fid_weights_must_fit_the_chosen_fid_network(datasets, weights, tmp_path
 
 def test_content_copy_alone_needs_no_checkpoint(datasets, tmp_path):
     out = tmp_path / "cc"
-    argv = ["evaluate", "--out", str(out), "--content-copy", "--paired", f"pulse={datasets['imagepulse']}",
+    argv = ["evaluate", "--output", str(out), "--content-copy", "--paired", f"pulse={datasets['imagepulse']}",
             "--metrics", "ssim,histogram", "-n", "2", "--resolution", "32", "--device", "cpu", "-q"]  # fmt: skip
     assert main(argv) == 0
     r = _summary(out)[("pulse", "content-copy")]

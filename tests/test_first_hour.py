@@ -129,7 +129,7 @@ def test_evaluate_finds_every_model_before_generating_anything(tmp_path, ours_di
         ("grpo-ssim/final", "is no local path"),
         ("runs/typo/final", "neither a local path"),
     ):
-        code = main(["evaluate", "--out", str(out), "--model", f"A={ours_dir}", "--model", f"B={missing}",
+        code = main(["evaluate", "--output", str(out), "--model", f"A={ours_dir}", "--model", f"B={missing}",
                      "--paired", f"omni={data}", "-n", "2", "--metrics", "ssim", "--device", "cpu", "-q"])  # fmt: skip
         err = capsys.readouterr().err.strip()
         assert code == 1 and "\n" not in err, err

@@ -323,10 +323,9 @@ def test_manifest_with_recursive_names_and_duplicate_outputs(pics, ours_dir, tmp
     )
     assert main(["stylize", "--pairs", str(dup), "-o", str(tmp_path / "d"), *ck]) == 1
     assert "dup.csv:3: output 'x' is already the output of" in capsys.readouterr().err
-    assert (
-        main(["stylize", str(pics["content"][0]), "--pairs", str(dup), "-o", str(tmp_path / "e"), *ck]) == 1
-    )
-    assert "not both" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # a usage error: exit 2, the subcommand's usage
+        main(["stylize", str(pics["content"][0]), "--pairs", str(dup), "-o", str(tmp_path / "e"), *ck])
+    assert e.value.code == 2 and "not both" in capsys.readouterr().err
 
 
 def test_a_missing_or_empty_manifest_is_one_line(ours_dir, tmp_path, capsys):
@@ -338,5 +337,6 @@ def test_a_missing_or_empty_manifest_is_one_line(ours_dir, tmp_path, capsys):
         assert main(["stylize", "--pairs", str(m), "-o", str(tmp_path / "out"), *ck]) == 1
         err = capsys.readouterr().err.strip()
         assert fragment in err and "\n" not in err, err
-    assert main(["stylize", "-o", str(tmp_path / "out"), *ck]) == 1
-    assert "give CONTENT and STYLE" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["stylize", "-o", str(tmp_path / "out"), *ck])
+    assert e.value.code == 2 and "give CONTENT and STYLE" in capsys.readouterr().err

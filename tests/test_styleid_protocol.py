@@ -41,7 +41,7 @@ def folders(tmp_path_factory):
 def _argv(out, folders, weights, *extra):
     cnt, sty = folders
     return [
-        "evaluate", "--out", str(out), "--protocol", "styleid",
+        "evaluate", "--output", str(out), "--protocol", "styleid",
         "--content-dir", str(cnt), "--style-dir", str(sty), "--num-contents", "2", "--num-styles", "3",
         "--protocol-size", "96",
         "--model", f"tiny={weights['ckpt']}", "--adain-weights", str(weights["adain"]),

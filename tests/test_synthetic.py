@@ -184,6 +184,23 @@ def test_demo_runs_end_to_end_and_writes_its_metrics(tmp_path):
     assert sorted(p.name for p in samples.iterdir()) == sorted(
         f"{i:03d}_{k}.png" for i in range(4) for k in kinds
     )
+    # what `stylevar demo --quick` prints after the run: that a quick run checks the plumbing only, and a
+    # command, with the demo's sampling settings, that remakes the grid's first StyleVAR image bit for bit
+    import shlex
+
+    from stylevar.cli.demo import report
+
+    text = report(m, str(tmp_path / "demo"), device="cpu", quick=True)
+    assert "checks the plumbing only" in text and "not quality" in text and "stylevar demo -o DIR" in text
+    assert "--quick" not in report(m, str(tmp_path / "demo"), device="cpu", quick=False)
+    command = next(line for line in text.splitlines() if line.startswith("  stylevar stylize "))
+    flags = f"--top-k {cfg.top_k} --top-p {cfg.top_p:g} --temperature {cfg.temperature:g}"
+    assert cfg.top_k == 1 and flags in command and f"leave out {flags}" in text  # and how to sample freely
+    argv = shlex.split(command)[1:]
+    argv[argv.index("-o") + 1] = str(tmp_path / "again.png")
+    assert main([*argv, "-q"]) == 0
+    again, shown = (np.asarray(Image.open(p)) for p in (tmp_path / "again.png", samples / "000_stylevar.png"))
+    assert np.array_equal(again, shown)
 
     assert Image.open(tmp_path / "demo" / "grid.png").size[0] > 5 * 4 * 32
     assert (tmp_path / "demo" / "sft" / "final" / "config.json").exists()

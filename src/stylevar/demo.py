@@ -48,20 +48,14 @@ class DemoConfig(Serialisable):
     num_triplets: int = 3000  #: training triplets
     num_heldout: int = 64  #: held-out pairs (new contents and new styles)
     # tokenizer
-    #: 256 codes with the 16-wide tokenizer: ceiling SSIM 0.858 where 128 codes reach 0.829 (README, "What
-    #: limits the demo")
-    vocab_size: int = 256
+    vocab_size: int = 256  #: codebook size (docs/demo.md, "What limits the demo": why 256)
     z_channels: int = 8
-    patch_nums: tuple[int, ...] = (1, 2, 4, 8)  #: 85 tokens: SFT steps 1.47x cheaper than 6 scales' 130
-    #: GroupNorm groups of the tokenizer: VAR's 32 (one channel per group at 32 channels) would normalise
-    #: every channel on its own and erase each image's colours (README, "What limits the demo")
+    patch_nums: tuple[int, ...] = (1, 2, 4, 8)  #: token-map sides, coarse to fine (85 tokens in all)
+    #: GroupNorm groups of the tokenizer: one group, so that the narrow tokenizer keeps each image's colours
+    #: (VAR's 32 would normalise every channel on its own; docs/demo.md)
     norm_groups: int = 1
-    #: the tokenizer's base width (VQVAEConfig.ch, channels at full resolution): 16 trains 2.5x faster per
-    #: step than 32 and, with 256 codes, reconstructs better than 32 with 128 (README, "What limits the demo")
-    tokenizer_ch: int = 16
-    #: 2400 steps under bf16 take about the time of 2000 in fp32 on a Zen 4 EPYC and keep the ceiling above
-    #: 0.85 on both data draws measured (2000 steps missed it on one: README, "What limits the demo")
-    tokenizer_steps: int = 2400
+    tokenizer_ch: int = 16  #: the tokenizer's base width (VQVAEConfig.ch, channels at full resolution)
+    tokenizer_steps: int = 2400  #: tokenizer training steps (docs/demo.md: what fewer give)
     tokenizer_batch: int = 16
     tokenizer_lr: float = 2e-3
     # transformer
@@ -72,8 +66,8 @@ class DemoConfig(Serialisable):
     style_enc_dim: int = 64  #: narrow ResNet-18 encoders (full width: 22 M parameters for 32 px images)
     content_residual: bool = True  #: the direct content pathway (StyleVARConfig.content_residual)
     #: the style encoder (StyleVARConfig.style_encoder): StyleAR's ``clip_resampler``, here a small CLIP ViT
-    #: trained from scratch with the rest (``demo_clip``), or the released models' ``resnet``. The resampler's
-    #: tokens carry the style's colours better (README, "Two style encoders"); it needs transformers
+    #: trained from scratch with the rest (``demo_clip``; needs transformers), or the released models'
+    #: ``resnet`` (docs/demo.md, "Two style encoders", compares them)
     style_encoder: str = "clip_resampler"
     demo_clip: dict = field(
         default_factory=lambda: dict(
@@ -83,33 +77,28 @@ class DemoConfig(Serialisable):
     style_tokens: int = 16  #: clip_resampler: the resampler's tokens
     resampler_depth: int = 2  #: clip_resampler: perceiver layers
     resampler_dim: int = 64  #: clip_resampler: the resampler's width
-    #: clip_resampler: the style's VQ features join its tokens (StyleVARConfig.style_vq_tokens): figure colour
-    #: 32 instead of 39 levels on 512 new pairs, at 1.17x the SFT step (README, "What limits the demo")
+    #: clip_resampler: the style's VQ features join its tokens (StyleVARConfig.style_vq_tokens; docs/demo.md)
     style_vq_tokens: bool = True
     sft_steps: int = 1000
     sft_batch: int = 32
     #: SFT processes on the CPU (DDP over gloo, each with its share of the threads and of every batch); 0 =
-    #: auto: two on a CPU with two or more threads -- on the 2-core EPYC the stage took 8 % less time than in
-    #: one two-thread process (README, "What limits the demo") -- and one elsewhere
+    #: auto: two on a CPU with two or more threads, one elsewhere (docs/demo.md measures the choice)
     sft_processes: int = 0
-    #: 1e-3 with the CLIP resampler (5e-3: SSIM 0.54, 3e-3: 0.68, 2e-3: 0.74, 1e-3: 0.75; the ResNet model
-    #: prefers 3e-3: README, "What limits the demo")
-    sft_lr: float = 1e-3
+    sft_lr: float = 1e-3  #: SFT learning rate, the CLIP resampler's best (the ResNet's: 3e-3; docs/demo.md)
     #: per-token SFT loss weight (h*w)^-p per scale (SFTConfig.scale_weight_power; 0 = plain mean)
     sft_scale_weight_power: float = 0.0
     #: std of Gaussian noise on the style tokens' VQ features in SFT (SFTConfig.style_noise, StyleAR's
     #: remedy for content leakage; the features' std is ~0.26 with the demo tokenizer)
     sft_style_noise: float = 0.0
-    # sampling of the held-out pairs: the most likely token at every scale (top-k 1); plain
-    # sampling (top-k 0) scores lower on this small model (README, Demo)
+    # sampling of the held-out pairs: the most likely token at every scale (top-k 1; docs/demo.md says
+    # what plain sampling scores on this small model)
     top_k: int = 1
     top_p: float = 0.0
     temperature: float = 1.0
     #: precision of each trainer: ``auto`` is bf16 autocast where the device computes bf16 natively
     #: (CUDA since Ampere, CPUs with AMX or AVX512-BF16: :func:`stylevar.devices.has_fast_bf16`), else
-    #: fp32. The tokenizer's convolutions gain from it (1.8x per step with AMX, 1.5x with AVX512-BF16 on a
-    #: Zen 4 EPYC); the small transformer's step does not (autocast's casts cost more than its matrix
-    #: products save: 0.56 vs 0.48 s per step on that EPYC), so SFT defaults to fp32
+    #: fp32. The tokenizer's convolutions gain from it; the small transformer's step does not (autocast's
+    #: casts cost more than its matrix products save), so SFT defaults to fp32 (docs/demo.md, docs/speed.md)
     tokenizer_precision: str = "auto"
     sft_precision: str = "fp32"
     seed: int = 0
@@ -148,9 +137,22 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 #: the DemoConfig fields that decide the data and the tokenizer (a reused tokenizer must share them); the
 #: precision is compared as resolved (``auto`` that became fp32 is fp32 asked for by name)
 _TOKENIZER_FIELDS = (
-    "size", "period", "num_contents", "num_styles", "num_triplets", "num_heldout", "vocab_size", "z_channels",
-    "patch_nums", "norm_groups", "tokenizer_ch", "tokenizer_steps", "tokenizer_batch", "tokenizer_lr", "seed",
-)  # fmt: skip
+    "size",
+    "period",
+    "num_contents",
+    "num_styles",
+    "num_triplets",
+    "num_heldout",
+    "vocab_size",
+    "z_channels",
+    "patch_nums",
+    "norm_groups",
+    "tokenizer_ch",
+    "tokenizer_steps",
+    "tokenizer_batch",
+    "tokenizer_lr",
+    "seed",
+)
 #: tokenizer fields added after demos were first written: their value in a metrics.json without them
 _ADDED_LATER = {"tokenizer_ch": 32}
 
@@ -192,7 +194,7 @@ def _train_tokenizer(cfg: DemoConfig, train_root: Path, out: Path, precision: di
             num_workers=0,
             precision=precision["tokenizer"],
             # channels_last would step 1.1x faster here, but its tokenizers (another rounding, so other
-            # codes) gave StyleVAR a worse figure colour on both data draws measured (README, lever table)
+            # codes) gave StyleVAR a worse figure colour on both data draws measured (docs/demo.md, lever table)
         ),
         device=device,
     )
@@ -586,7 +588,7 @@ def _truth(held_set, cfg: DemoConfig) -> tuple[torch.Tensor, torch.Tensor, torch
     return tuple(torch.from_numpy(np.stack(x)) for x in (masks, palettes, blobs))
 
 
-#: the demo's goals (the README's Demo section says why these)
+#: the demo's goals (docs/demo.md says why these)
 GOALS = {"tokenizer_ceiling_ssim": 0.85, "figure_iou": 0.5, "figure_mae": 40.0}
 
 

@@ -1,20 +1,21 @@
 """The ``stylevar`` command line. Subcommands are thin: flags -> config -> library call.
 
-    stylevar stylize CONTENT STYLE -o OUT       stylize files or folders (every content x style pair)
-    stylevar video IN STYLE -o OUT              a stylized video (mp4, webm, mov, mkv, gif), flicker-free
+    stylevar stylize CONTENT STYLE -o OUTPUT    stylize files or folders (every content x style pair)
+    stylevar video VIDEO STYLE -o OUTPUT        a stylized video (mp4, webm, mov, mkv, gif), flicker-free
     stylevar convert UPSTREAM.pth -o DIR        upstream .pth files -> config.json + safetensors
     stylevar merge-lora LORA --base SFT -o OUT  GRPO LoRA adapters merged into plain weights
     stylevar info CHECKPOINT                    print a checkpoint's configuration
     stylevar make-synthetic / demo              procedural triplets; the whole pipeline on a CPU
     stylevar train-tokenizer / sft / grpo / dpo the trainers (torchrun for several processes)
     stylevar plot RUN_DIR                       a run's curves
-    stylevar evaluate --model M --omnistyle D   the paper's Table 2 (metrics, baselines, timing, reports)
+    stylevar evaluate -o DIR --model M ...      the paper's Table 2 (metrics, baselines, timing, reports)
     stylevar app [--checkpoint C]               a web page with every control (Gradio)
 
 One module per subcommand (``register`` adds its parser, ``run`` does the work and imports the
 library only then), so ``--help`` and argument errors answer without importing torch. An argument
-error prints the subcommand's usage and the closest valid flag; a user error of the library
-(:class:`~stylevar.errors.StyleVARError`) prints one line, no traceback.
+error prints the subcommand's usage and the closest valid flag (exit 2); a user error of the library
+(:class:`~stylevar.errors.StyleVARError`) prints one line, no traceback (exit 1). Every option's help states
+its default, and every subcommand's help ends with examples (tests/test_cli.py walks the parser).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .. import __version__
 from .._malloc import release_memory_promptly
 from ..errors import Interrupted, StyleVARError
 from . import app, checkpoints, demo, dpo, evaluate, grpo, plot, sft, stylize, tokenizer, video
-from .common import Parser
+from .common import Parser, examples
 
 #: subcommand modules in the order ``--help`` lists them
 COMMANDS = (stylize, video, checkpoints, demo, tokenizer, plot, sft, grpo, dpo, evaluate, app)
@@ -36,15 +37,32 @@ COMMANDS = (stylize, video, checkpoints, demo, tokenizer, plot, sft, grpo, dpo, 
 #: commands that train: they keep glibc's own allocator policy. Sending every allocation of 1 MiB or
 #: more to mmap (release_memory_promptly) keeps inference's peak low, but a training step allocates
 #: and frees the same activations every step, and paying page faults for each made the demo's
-#: tokenizer steps 1.57x slower (0.48 s instead of 0.31 s, README Demo)
+#: tokenizer steps 1.57x slower (0.48 s instead of 0.31 s, docs/demo.md)
 TRAINING_COMMANDS = frozenset({"demo", "train-tokenizer", "sft", "grpo", "dpo"})
 
 
 def build_parser() -> Parser:
     """The ``stylevar`` parser with every subcommand."""
-    parser = Parser(prog="stylevar", description="Reference-based style transfer with StyleVAR.")
+    parser = Parser(
+        prog="stylevar",
+        description="Reference-based style transfer with StyleVAR. `stylevar COMMAND --help` lists a "
+        "command's options, each with its default, and ends with examples.",
+        epilog=examples(
+            (
+                "stylize a photo with a painting (the released model, downloaded once)",
+                "stylevar stylize photo.jpg monet.jpg -o out.png --seed 0",
+            ),
+            ("the whole pipeline trained from nothing on a CPU (about 10 minutes)", "stylevar demo -o demo/"),
+        ),
+    )
     parser.add_argument("--version", action="version", version=f"stylevar {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more log output: -v info, -vv debug (default: warnings and errors only)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for module in COMMANDS:

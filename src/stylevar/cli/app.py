@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ConfigError
-from .common import add_checkpoint_args, load_pipeline
+from .common import add_checkpoint_args, examples, load_pipeline
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,6 +13,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "app",
         help="a web page (Gradio) to stylize uploaded images with every control",
         description="Serve a Gradio page on --host:--port (default 127.0.0.1:7860). Needs stylevar[app].",
+        epilog=examples(
+            ("the released model, on this machine only", "stylevar app"),
+            (
+                "your checkpoint for your network, behind a login",
+                "stylevar app --checkpoint runs/grpo/final --host 0.0.0.0 --auth alice:s3cret",
+            ),
+            ("behind a reverse proxy at /stylevar", "stylevar app --root-path /stylevar --port 8080"),
+        ),
     )
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
@@ -32,15 +40,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="most output one request may ask for, in megapixels: samples x (the content's pixels with "
         "full resolution, the model's resolution squared otherwise) (default 40)",
     )
-    p.add_argument("--title", default="", help="page title")
+    p.add_argument("--title", default="", help="page title (default: none)")
     p.add_argument(
         "--auth",
         default=None,
         metavar="USER:PASS",
         help="a login for the page and its API (every route but /health; docs/app.md); without it, --host "
-        "other than 127.0.0.1 warns",
+        "other than 127.0.0.1 warns (default: none)",
     )
-    p.add_argument("--root-path", default=None, help="the public path prefix behind a reverse proxy")
+    p.add_argument(
+        "--root-path", default=None, help="the public path prefix behind a reverse proxy (default: none)"
+    )
     add_checkpoint_args(p)
     p.set_defaults(func=run)
 

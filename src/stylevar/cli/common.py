@@ -14,14 +14,33 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
 
-from ..config import parse_numbers
+from ..config import DTYPE_ALIASES, DTYPES, parse_numbers
 
-DTYPE_CHOICES = ("fp32", "bf16", "fp16", "int8", "float32", "bfloat16", "float16")
+#: torchvision's ImageNet weight files the commands name (``--vgg-weights``; the file names of
+#: ``VGG19_Weights.IMAGENET1K_V1`` and ``VGG16_Weights.IMAGENET1K_V1``, checked by tests/test_cli.py)
+VGG19_FILE = "vgg19-dcbb9e9d.pth"
+VGG16_FILE = "vgg16-397923af.pth"
+EXAMPLE_WIDTH = 92  #: example commands longer than this continue on the next line
 
 
 # ---------------------------------------------------------------------------------------- the parser
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """A description in one paragraph is wrapped to the terminal as usual; text with line breaks (the
+    examples of :func:`examples`, the epilog) is printed as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text.strip():
+            return super()._fill_text(text, width, indent)
+        return argparse.HelpFormatter._fill_text(self, text, width, indent)
+
+
 class Parser(argparse.ArgumentParser):
-    """``argparse.ArgumentParser`` whose errors suggest the closest valid command or flag."""
+    """``argparse.ArgumentParser`` whose errors suggest the closest valid command or flag, and whose help
+    keeps an epilog of examples as written (:class:`HelpFormatter`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
@@ -42,6 +61,35 @@ class Parser(argparse.ArgumentParser):
 
     def option_strings(self) -> list[str]:
         return [s for action in self._actions for s in action.option_strings if s.startswith("--")]
+
+
+def examples(*cases: tuple[str, str]) -> str:
+    """An epilog of example commands: ``(what it does, command)`` pairs, printed as written (a long
+    command continued on the next lines with ``\\``, as a shell reads it)."""
+    lines = ["examples:"]
+    for what, command in cases:
+        lines.append(f"  # {what}")
+        units: list[str] = []  # a flag stays on one line with its value
+        for word in command.split():
+            if units and units[-1].startswith("-") and " " not in units[-1] and not word.startswith("-"):
+                units[-1] += " " + word
+            else:
+                units.append(word)
+        line = ""
+        for unit in units:
+            if line and len(line) + 1 + len(unit) > EXAMPLE_WIDTH:
+                lines.append(f"  {line} \\")
+                line = "    " + unit
+            else:
+                line = f"{line} {unit}" if line else unit
+        lines.append(f"  {line}")
+    return "\n".join(lines)
+
+
+def dtype_arg(text: str) -> str:
+    """``--dtype``: the canonical name (fp32, bf16, fp16, int8) of any accepted spelling (``bfloat16``)."""
+    key = text.lower().removeprefix("torch.")
+    return DTYPE_ALIASES.get(key, key)
 
 
 def suggest_flag(given: str, options: Iterable[str]) -> str | None:
@@ -119,17 +167,19 @@ def add_config_flags(
     :func:`stylevar.config.option` (and ``flag=True``): its help text, choices and type come from the
     field; the default is the field's (``keep_defaults``) or None, so that code can tell which flags were
     given (a resumed run keeps its own values for the others). ``defaults`` replaces a field's default
-    for this command; ``shown`` the text of a default in the help (``the checkpoint's``). Returns the
-    field names."""
+    for this command; ``shown`` the text of a default in the help (``the checkpoint's``). A default kept
+    on the flag is shown as argparse's ``%(default)s``, so a command that changes it (``set_defaults``:
+    ``stylevar dpo``'s objective) shows its own. Returns the field names."""
     names = []
     defaults, shown = defaults or {}, shown or {}
     for f in flag_fields(config_cls, skip):
         meta = f.metadata
         default = defaults.get(f.name, f.default)
         text = meta["help"].replace("%", "%%")
+        live = keep_defaults and f.name not in shown and not isinstance(default, tuple)
         kw: dict[str, Any] = {
             "default": default if keep_defaults else None,
-            "help": f"{text} (default: {shown.get(f.name, _show(default))})",
+            "help": f"{text} (default: {'%(default)s' if live else shown.get(f.name, _show(default))})",
         }
         if isinstance(default, bool):  # --name / --no-name
             kw["action"] = argparse.BooleanOptionalAction
@@ -138,6 +188,8 @@ def add_config_flags(
             kw["type"] = _parse_for(f) if default is f.default else type(default)
         if meta.get("choices"):
             kw["choices"] = meta["choices"]
+            if tuple(meta["choices"]) == DTYPES:  # bfloat16, float16 ... accepted, the four shown
+                kw["type"] = dtype_arg
         group.add_argument(_flag(f.name), **kw)
         names.append(f.name)
     return names
@@ -201,15 +253,19 @@ def add_checkpoint_args(p: argparse.ArgumentParser, checkpoint: bool = True) -> 
         "--alpha",
         type=alpha_arg,
         default=None,
-        help="per-scale alpha: a preset (paper, sft) or N comma-separated values",
+        help="per-scale alpha: a preset (paper, sft) or N comma-separated values (default: the checkpoint's)",
     )
     g.add_argument(
         "--base",
         default=None,
         help="base (SFT) checkpoint for a checkpoint holding only GRPO LoRA adapters",
     )
-    g.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
-    g.add_argument("--cache-dir", default=None, help="Hugging Face cache directory")
+    g.add_argument("--revision", default=None, help="Hub revision: branch, tag or commit (default: main)")
+    g.add_argument(
+        "--cache-dir",
+        default=None,
+        help="Hugging Face cache directory (default: $HF_HUB_CACHE or ~/.cache/huggingface/hub)",
+    )
     g.add_argument("--offline", action="store_true", help="use only files already in the Hugging Face cache")
     g.add_argument(
         "--trust-checkpoint",
@@ -246,7 +302,13 @@ def add_triplet_data_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup
         "data", nargs="+", metavar="DATA", help="OmniStyle/ImagePulse roots or CSV/JSONL manifests"
     )
     g = p.add_argument_group("data")
-    g.add_argument("--layout", choices=("auto", "omnistyle", "imagepulse", "manifest"), default="auto")
+    g.add_argument(
+        "--layout",
+        choices=("auto", "omnistyle", "imagepulse", "manifest"),
+        default="auto",
+        help="how DATA is laid out: auto (default) reads a file as a CSV/JSONL manifest, a folder as an "
+        "OmniStyle root when it has OmniStyle's target folder, else as an ImagePulse root",
+    )
     g.add_argument(
         "--on-bad-file",
         choices=("fail", "skip"),
@@ -261,7 +323,10 @@ def add_triplet_data_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup
         "--split-seed", type=int, default=42, help="seed of the train/val split (default 42, upstream's)"
     )
     g.add_argument(
-        "--fit", choices=("squash", "crop"), default="squash", help="squash (published) or centre crop"
+        "--fit",
+        choices=("squash", "crop"),
+        default="squash",
+        help="how an image becomes square: squash (default, the published training) or centre crop",
     )
     return g
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import examples
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -11,14 +13,40 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write procedural (content, style, target) triplets in the OmniStyle layout",
         description="Contents are shapes on a background; styles a two-colour palette and a texture; each "
         "target is the content's silhouette painted in the style (deterministic, seeded).",
+        epilog=examples(
+            ("1000 triplets of 64x64 px", "stylevar make-synthetic -o synth/"),
+            (
+                "a small held-out set with other contents and styles (another seed)",
+                "stylevar make-synthetic -o synth-heldout/ --num-contents 20 --num-styles 20 --num-triplets 20 "
+                "--seed 1",
+            ),
+            (
+                "larger images, a coarser texture",
+                "stylevar make-synthetic -o synth128/ --size 128 --period 32",
+            ),
+        ),
     )
     p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("--num-contents", type=int, default=200)
-    p.add_argument("--num-styles", type=int, default=200)
-    p.add_argument("--num-triplets", type=int, default=1000)
-    p.add_argument("--size", type=int, default=64, help="image side in pixels (a multiple of 8)")
-    p.add_argument("--period", type=int, default=0, help="texture period in pixels (default: size/8)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--num-contents", type=int, default=200, help="content images (shapes) to draw from (default: 200)"
+    )
+    p.add_argument(
+        "--num-styles",
+        type=int,
+        default=200,
+        help="style images (palette + texture) to draw from (default: 200)",
+    )
+    p.add_argument(
+        "--num-triplets",
+        type=int,
+        default=1000,
+        help="(content, style, target) triplets, distinct content x style pairs (default: 1000)",
+    )
+    p.add_argument("--size", type=int, default=64, help="image side in pixels, a multiple of 8 (default: 64)")
+    p.add_argument("--period", type=int, default=0, help="texture period in pixels (default: 0, size/8)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the drawing: another seed, other images (default: 0)"
+    )
     p.set_defaults(func=run_make_synthetic)
 
     p = sub.add_parser(
@@ -26,12 +54,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train a small tokenizer and StyleVAR on synthetic triplets (CPU, minutes), then evaluate",
         description="Makes synthetic data, trains a VQ-VAE and a StyleVAR from scratch, stylizes held-out "
         "pairs, and writes OUT/grid.png and OUT/metrics.json. About 10 minutes on 2 CPU cores. The trained "
-        "model is OUT/sft/final: stylevar stylize CONTENT STYLE -o out.png --checkpoint OUT/sft/final "
-        "(it works at 32x32 px, on images like the synthetic ones).",
+        "model is OUT/sft/final (it works at 32x32 px, on images like the synthetic ones); the run ends by "
+        "printing the stylevar stylize command, with the demo's sampling settings, that remakes its grid bit "
+        "for bit.",
+        epilog=examples(
+            ("the demo (about 10 minutes on 2 CPU cores)", "stylevar demo -o demo/"),
+            (
+                "a one-minute check that every stage runs (plumbing only: the model does not learn yet)",
+                "stylevar demo -o demo-quick/ --quick",
+            ),
+            (
+                "how much the scores vary with SFT's seed, the tokenizer reused",
+                "stylevar demo -o demo-seed1/ --sft-seed 1 --reuse-tokenizer demo/",
+            ),
+        ),
     )
     p.add_argument("-o", "--output", default="stylevar-demo", help="output folder (default: stylevar-demo)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the data, the initialisations, the batch order and the sampling (default: 0)",
+    )
     p.add_argument(
         "--sft-seed",
         type=int,
@@ -39,8 +84,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="seed of StyleVAR's initialisation and batch order (default: --seed); with --reuse-tokenizer, "
         "measures how much the held-out scores vary from one SFT run to the next",
     )
-    p.add_argument("--tokenizer-steps", type=int, default=None, help="override the tokenizer's steps")
-    p.add_argument("--sft-steps", type=int, default=None, help="override the SFT steps")
+    p.add_argument(
+        "--tokenizer-steps",
+        type=int,
+        default=None,
+        help="override the tokenizer's steps (default: the demo's, fewer with --quick)",
+    )
+    p.add_argument(
+        "--sft-steps",
+        type=int,
+        default=None,
+        help="override the SFT steps (default: the demo's, fewer with --quick)",
+    )
     p.add_argument(
         "--sft-processes",
         type=int,
@@ -68,12 +123,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the style encoder: clip_resampler (default: StyleAR's CLIP ViT + perceiver resampler, here small "
         "and trained from scratch) or resnet (the released models' ResNet-18; SFT at lr 3e-3, its best)",
     )
-    p.add_argument("--quick", action="store_true", help="a one-minute smoke run (does not learn much)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a one-minute run that checks the plumbing only (every stage runs and writes its files), not "
+        "quality: the model trains too briefly to learn, its outputs are alike and most checks fail",
+    )
     p.add_argument(
         "--reuse-tokenizer",
         metavar="DEMO_DIR",
         help="copy the tokenizer of an earlier demo run with the same data and tokenizer settings instead of "
-        "training it again (to try SFT settings sooner; the timing then leaves the tokenizer out)",
+        "training it again (to try SFT settings sooner; the timing then leaves the tokenizer out) "
+        "(default: train it)",
     )
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
     p.add_argument(
@@ -102,6 +163,14 @@ def run_make_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+#: what ``--quick`` is for, printed before and after its run
+QUICK_NOTE = (
+    "--quick checks the plumbing only (every stage runs and writes its files), not quality: its model trains "
+    "too briefly to learn, so its outputs look alike (often one flat colour) and most checks fail; that is "
+    "expected. The real demo: stylevar demo -o DIR (about 10 minutes on 2 CPU cores)"
+)
+
+
 def run_demo_command(args: argparse.Namespace) -> int:
     import torch
 
@@ -112,6 +181,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     cfg = DemoConfig(seed=args.seed)
     if args.quick:
+        print(QUICK_NOTE)
         cfg = DemoConfig(
             seed=args.seed,
             num_contents=60,
@@ -129,36 +199,68 @@ def run_demo_command(args: argparse.Namespace) -> int:
     cfg.sft_processes = args.sft_processes
     cfg.__post_init__()  # the overrides checked like a config built with them
     cfg.tokenizer_precision, cfg.sft_precision = args.tokenizer_precision, args.sft_precision
-    if args.style_encoder == "resnet":  # with the ResNet's own best learning rate (README, lever table)
+    if args.style_encoder == "resnet":  # with the ResNet's own best learning rate (docs/demo.md, lever table)
         cfg.style_encoder, cfg.sft_lr = "resnet", 3e-3
+    device = resolve_device(args.device)
     m = run_demo(
         args.output,
         cfg,
-        device=resolve_device(args.device),
+        device=device,
         progress=not args.quiet,
         keep_checkpoints=args.keep_checkpoints,
         reuse_tokenizer=args.reuse_tokenizer,
     )
+    print(report(m, args.output, device=str(device), quick=args.quick))
+    return 0
+
+
+def report(m: dict, output: str, *, device: str = "cpu", quick: bool = False) -> str:
+    """The lines ``stylevar demo`` prints after its run, from its metrics ``m`` (:func:`stylevar.demo.run_demo`'s):
+    the held-out table, the checks (with ``quick``, that failing ones are expected), where everything is, and
+    the command that remakes the grid's first StyleVAR image bit for bit (the demo's sampling settings, its
+    seed, its ``device``) and how to sample freely instead."""
+    import shlex
+
     t = m["against_target"]
-    print(f"\nheld-out pairs: {m['heldout_pairs']} (new contents and new styles), against the target:")
-    print(f"  {'':28s} {'SSIM':>7s} {'PSNR':>7s} {'L1':>7s} {'fig IoU':>8s} {'fig MAE':>8s}")
+    lines = [
+        f"\nheld-out pairs: {m['heldout_pairs']} (new contents and new styles), against the target:",
+        f"  {'':28s} {'SSIM':>7s} {'PSNR':>7s} {'L1':>7s} {'fig IoU':>8s} {'fig MAE':>8s}",
+    ]
     for name, row in t.items():
         if name == "target":
             continue
-        print(
+        lines.append(
             f"  {name:28s} {row['ssim']:7.4f} {row['psnr']:7.2f} {row['l1']:7.4f} "
             f"{row['figure_iou']:8.3f} {row['figure_mae']:8.1f}"
         )
-    print("  (fig IoU: the content's figure found in the output; fig MAE: error inside it, levels of 255)")
+    lines.append(
+        "  (fig IoU: the content's figure found in the output; fig MAE: error inside it, levels of 255)"
+    )
     failed = [k for k, ok in m["checks"].items() if not ok]
-    print(
+    lines.append(
         f"checks: {len(m['checks']) - len(failed)}/{len(m['checks'])} met"
         + (f" (not: {', '.join(failed)})" if failed else "")
     )
-    print(f"every pair: {m['samples']}/NNN_{{content,style,target,stylevar,swapped}}.png")
-    print(
-        f"took {m['timings']['total_s'] / 60:.1f} min; metrics: {args.output}/metrics.json; grid: {m['grid']}"
+    if quick:
+        lines.append(QUICK_NOTE)
+    lines += [
+        f"every pair: {m['samples']}/NNN_{{content,style,target,stylevar,swapped}}.png",
+        f"took {m['timings']['total_s'] / 60:.1f} min; metrics: {output}/metrics.json; grid: {m['grid']}",
+    ]
+    size, seed = m["config"]["size"], m["config"]["seed"]
+    sampling = m["sampling"]
+    flags = (
+        f"--top-k {sampling['top_k']} --top-p {sampling['top_p']:g} --temperature {sampling['temperature']:g}"
     )
-    print(f"the model: {m['model']}/ (it works at {cfg.size}x{cfg.size} px); use it with")
-    print(f"  stylevar stylize CONTENT STYLE -o out.png --checkpoint {m['model']}")
-    return 0
+    model, samples = shlex.quote(m["model"]), m["samples"]
+    content, style = (shlex.quote(f"{samples}/000_{kind}.png") for kind in ("content", "style"))
+    lines += [
+        f"the model: {model}/ (it works at {size}x{size} px). With the demo's sampling ({flags}) it remakes "
+        f"the grid bit for bit; the first pair's StyleVAR image, {samples}/000_stylevar.png:",
+        f"  stylevar stylize {content} {style} -o out.png "
+        f"--checkpoint {model} {flags} --seed {seed} --device {device}",
+        f"use it on other images the same way (CONTENT STYLE instead of the samples); to sample freely "
+        f"(another image for each --seed), leave out {flags}: the checkpoint's own settings then apply "
+        f"(stylevar info {model} shows them)",
+    ]
+    return "\n".join(lines)

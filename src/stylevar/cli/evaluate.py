@@ -1,6 +1,6 @@
-"""``stylevar evaluate --out DIR --model ... --omnistyle ...``: the paper's Table 2 (see :mod:`stylevar.eval.run`).
+"""``stylevar evaluate -o DIR --model ... --omnistyle ...``: the paper's Table 2 (see :mod:`stylevar.eval.run`).
 
-    stylevar evaluate --out eval/ \\
+    stylevar evaluate -o eval/ \\
         --model SFT=released:sft --model GRPO=released:grpo --adain --content-copy \\
         --omnistyle data/OmniStyle-150K --exclude-split runs/sft/split.json \\
         --imagepulse data/ImagePulse --coco data/coco/val2017 --wikiart data/wikiart -n 50
@@ -11,7 +11,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from .common import add_checkpoint_args, checkpoint_kwargs, say
+from ..config import Sampling
+from ..metric_names import METRIC_GROUPS, METRIC_NAMES
+from .common import (
+    VGG16_FILE,
+    VGG19_FILE,
+    add_checkpoint_args,
+    add_config_flags,
+    checkpoint_kwargs,
+    examples,
+    say,
+)
+from .settings_flags import CHECKPOINT_DEFAULT
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,10 +31,34 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="score checkpoints and baselines on the paper's benchmarks (Table 2) and write reports",
         description=(
             "Generate and score N samples per dataset for every model, AdaIN and a content copy; write "
-            "summary.{json,csv,md}, sample sheets and a bar chart to --out. Rerun the same command to resume."
+            "summary.{json,csv,md}, sample sheets and a bar chart to -o/--output. Rerun the same command to "
+            "resume."
+        ),
+        epilog=examples(
+            (
+                "the released SFT and GRPO models, AdaIN and a content copy on held-out OmniStyle triplets",
+                "stylevar evaluate -o eval/ --model SFT=released:sft --model GRPO=released:grpo --adain "
+                "--content-copy --omnistyle data/OmniStyle-150K --exclude-split runs/sft/split.json",
+            ),
+            (
+                "your checkpoint on COCO contents x WikiArt styles, metrics needing no optional package",
+                "stylevar evaluate -o eval-coco/ --model runs/sft/final --coco data/coco/val2017 "
+                "--wikiart data/wikiart --metrics torchvision -n 100",
+            ),
+            (
+                "StyleID's protocol (20 contents x 40 styles at 512 px) for comparison with published tables",
+                "stylevar evaluate -o eval-styleid/ --model runs/grpo/final --protocol styleid "
+                "--content-dir contents/ --style-dir styles/",
+            ),
         ),
     )
-    p.add_argument("-o", "--out", required=True, help="output folder (rerun the same command to resume)")
+    p.add_argument(
+        "-o",
+        "--output",
+        dest="out",
+        required=True,
+        help="output folder (rerun the same command to resume)",
+    )
     g = p.add_argument_group("what to evaluate")
     g.add_argument(
         "-m",
@@ -32,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=[],
         metavar="[NAME=]SOURCE",
         help="a StyleVAR checkpoint: our folder, an upstream .pth, a Hub id, or released:grpo / released:sft "
-        "(the authors' weights); repeat to compare",
+        "(the authors' weights); repeat to compare (default: none, only the baselines asked for)",
     )
     g.add_argument("--adain", action="store_true", help="also evaluate the AdaIN baseline")
     g.add_argument(
@@ -54,7 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="NAME=PATH",
-        help="another triplet dataset or manifest",
+        help="another triplet dataset or manifest; repeatable (default: none)",
     )
     g.add_argument("--content-dir", "--coco", default=None, help="content images (unpaired; e.g. COCO)")
     g.add_argument("--style-dir", "--wikiart", default=None, help="style images (unpaired; e.g. WikiArt)")
@@ -64,13 +99,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="name of the unpaired benchmark (default COCO+WikiArt)",
     )
     g.add_argument("-n", "--num-samples", type=int, default=50, help="images per dataset (default 50)")
-    g.add_argument("--seed", type=int, default=42, help="selection seed; sample i is generated with seed+i")
+    g.add_argument(
+        "--seed", type=int, default=42, help="selection seed; sample i is generated with seed+i (default: 42)"
+    )
     g.add_argument(
         "--exclude-split",
         action="append",
         default=[],
         metavar="SPLIT_JSON",
-        help="leave out the training triplets of this split.json (RUN_DIR/split.json); repeatable",
+        help="leave out the training triplets of this split.json (RUN_DIR/split.json); repeatable "
+        "(default: none)",
     )
     g.add_argument(
         "--strict-holdout",
@@ -90,9 +128,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--protocol",
         choices=("default", "styleid"),
         default="default",
-        help="styleid: every --content-dir image x every --style-dir image (20 x 40), scored as StyleID "
-        "publishes (ArtFID, FID, LPIPS, CFSD at 512 px) for the models, AdaIN and the content copy, with "
-        "peers' published numbers beside (styleid.md)",
+        help="default (the default): the paper's Table 2; styleid: every --content-dir image x every "
+        "--style-dir image (20 x 40), scored as StyleID publishes (ArtFID, FID, LPIPS, CFSD at 512 px) for "
+        "the models, AdaIN and the content copy, with peers' published numbers beside (OUTPUT/styleid.md)",
     )
     g.add_argument("--num-contents", type=int, default=20, help="--protocol styleid: contents (default 20)")
     g.add_argument("--num-styles", type=int, default=40, help="--protocol styleid: styles (default 40)")
@@ -107,14 +145,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--metrics",
         default="all",
-        help="comma list of style_loss, content_loss, lpips, ssim, dreamsim, clip, histogram, lpips_alex, cfsd, "
-        "fid, fid_art, artfid, or paper / all (default) / torchvision (no optional package needed)",
+        help=f"comma list of {', '.join(METRIC_NAMES)}, or a group: {' / '.join(METRIC_GROUPS)} "
+        "(torchvision: no optional package needed) (default: all)",
     )
     g.add_argument(
-        "--vgg-weights", default=None, help="vgg19-dcbb9e9d.pth (file or folder; default torch hub cache)"
+        "--vgg-weights",
+        default=None,
+        help=f"torchvision's {VGG19_FILE}, a file or its folder (default: the torch hub cache)",
     )
     g.add_argument(
-        "--lpips-weights", default=None, help="vgg16-397923af.pth, LPIPS's trunk (default torch hub cache)"
+        "--lpips-weights",
+        default=None,
+        help=f"torchvision's {VGG16_FILE}, LPIPS's trunk (default: the torch hub cache)",
     )
     g.add_argument(
         "--dreamsim-dir", default=None, help="DreamSim weights folder (default ~/.cache/stylevar/dreamsim)"
@@ -151,21 +193,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--download", action="store_true", help="download missing metric weights (needs the internet)"
     )
 
-    g = p.add_argument_group("sampling (StyleVAR)")
-    g.add_argument("--top-k", type=int, default=None, help="default: the checkpoint's (900)")
-    g.add_argument("--top-p", type=float, default=None, help="default: the checkpoint's (0.96)")
-    g.add_argument("--temperature", type=float, default=None)
-    g.add_argument("--style-strength", type=float, default=None)
-    g.add_argument("--dtype", choices=("fp32", "bf16", "fp16", "int8"), default="fp32")
-    g.add_argument("--cuda-graphs", action="store_true")
-    g.add_argument("--legacy-kv-cache", action="store_true", help="the published sampler, token for token")
+    g = p.add_argument_group("sampling (StyleVAR; each sample's seed is --seed + its index)")
+    filters = ("top_k", "top_p", "temperature", "style_strength")
+    shown = dict.fromkeys(filters, CHECKPOINT_DEFAULT)
+    add_config_flags(
+        g,
+        Sampling,
+        keep_defaults=False,
+        skip=("seed", "dtype", "cuda_graphs", "legacy_kv_cache"),
+        shown=shown,
+    )
+    add_config_flags(g, Sampling, skip=(*filters, "seed"))
 
     g = p.add_argument_group("run")
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     g.add_argument(
-        "--batch-size", type=int, default=8, help="images generated at once (results do not depend on it)"
+        "--batch-size",
+        type=int,
+        default=8,
+        help="images generated at once; the results do not depend on it (default: 8)",
     )
-    g.add_argument("--timing-samples", type=int, default=8, help="images timed per dataset (0 = no timing)")
+    g.add_argument(
+        "--timing-samples", type=int, default=8, help="images timed per dataset, 0: no timing (default: 8)"
+    )
     g.add_argument(
         "--timing-batch-size", type=int, default=8, help="the batched timing's batch size (default 8)"
     )
@@ -176,7 +226,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="untimed calls before each timing (default 3; 1 is too few on CPUs)",
     )
     g.add_argument("--sheet-samples", type=int, default=8, help="rows of each sample sheet (default 8)")
-    g.add_argument("--overwrite", action="store_true", help="discard results already in --out")
+    g.add_argument("--overwrite", action="store_true", help="discard results already in -o/--output")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     add_checkpoint_args(p, checkpoint=False)
     p.set_defaults(func=run)

@@ -10,11 +10,13 @@ import argparse
 
 from ..training.config import GRPOConfig
 from .common import (
+    VGG19_FILE,
     add_config_flags,
     add_triplet_data_args,
     alpha_arg,
     config_values,
     data_options,
+    examples,
     report_training,
     say,
 )
@@ -33,8 +35,23 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def build_parser(sub: argparse._SubParsersAction, name: str, *, help: str, description: str):
-    """The GRPO command's parser under ``name`` (``stylevar dpo`` shares every flag)."""
-    p = sub.add_parser(name, help=help, description=description)
+    """The GRPO command's parser under ``name`` (``stylevar dpo`` shares every flag, and its examples)."""
+    epilog = examples(
+        (
+            "from an SFT run, with the default reward (-5 DreamSim against the target)",
+            f"stylevar {name} data/OmniStyle-150K --init runs/sft/final -o runs/{name}",
+        ),
+        (
+            "a reward that needs no extra weights, on 2 GPUs (one process each)",
+            f"torchrun --nproc-per-node 2 -m stylevar {name} data/OmniStyle-150K --init runs/sft/final "
+            f"-o runs/{name} --reward ssim",
+        ),
+        (
+            "continue a stopped run (the same command with --resume)",
+            f"stylevar {name} data/OmniStyle-150K --init runs/sft/final -o runs/{name} --resume",
+        ),
+    )
+    p = sub.add_parser(name, help=help, description=description, epilog=epilog)
     g = add_triplet_data_args(p)
     g.add_argument(
         "--val",
@@ -48,11 +65,20 @@ def build_parser(sub: argparse._SubParsersAction, name: str, *, help: str, descr
     g.add_argument(
         "--init", required=True, metavar="CHECKPOINT", help="the SFT model: folder, .pth or Hub id"
     )
-    g.add_argument("--base", default=None, help="base checkpoint when --init is a LoRA-only file")
     g.add_argument(
-        "--vae", default=None, help="VQ-VAE .pth when --init is an upstream file without one beside it"
+        "--base", default=None, help="base checkpoint when --init is a LoRA-only file (default: none)"
     )
-    g.add_argument("--variant", choices=("grpo", "sft"), default=None, help="with a Hub id: which release")
+    g.add_argument(
+        "--vae",
+        default=None,
+        help="VQ-VAE .pth when --init is an upstream file (default: vae_ch160v4096z32.pth beside it)",
+    )
+    g.add_argument(
+        "--variant",
+        choices=("grpo", "sft"),
+        default=None,
+        help="with a Hub id: which release (default: grpo)",
+    )
     g.add_argument(
         "--alpha", type=alpha_arg, default=None, help="per-scale alpha (default: the checkpoint's)"
     )
@@ -63,10 +89,25 @@ def build_parser(sub: argparse._SubParsersAction, name: str, *, help: str, descr
         help='reward spec "name[@ref][:weight],...": dreamsim, clip, lpips, ssim, pixel, mse, gram, tv '
         '(default "dreamsim:5" = -5 DreamSim vs target, the paper; "ssim" and "pixel:-1" need no weights)',
     )
-    g.add_argument("--dreamsim-dir", default=None, help="DreamSim weights cache (dino_vitb16 files)")
-    g.add_argument("--clip-model", default=None, help="CLIP folder or Hub id (openai/clip-vit-base-patch32)")
-    g.add_argument("--vgg-weights", default=None, help="torchvision vgg19-dcbe5be3.pth (gram reward)")
-    g.add_argument("--lpips-net", choices=("vgg", "alex"), default="vgg")
+    g.add_argument(
+        "--dreamsim-dir",
+        default=None,
+        help="DreamSim weights cache, dino_vitb16 files (default: ~/.cache/stylevar/dreamsim)",
+    )
+    g.add_argument(
+        "--clip-model", default=None, help="CLIP folder or Hub id (default: openai/clip-vit-base-patch32)"
+    )
+    g.add_argument(
+        "--vgg-weights",
+        default=None,
+        help=f"torchvision's {VGG19_FILE}, for the gram reward (default: the torch hub cache)",
+    )
+    g.add_argument(
+        "--lpips-net",
+        choices=("vgg", "alex"),
+        default="vgg",
+        help="the lpips reward's trunk: vgg (default, the paper's metric) or alex (upstream's reward)",
+    )
     g.add_argument("--download", action="store_true", help="let reward models download missing weights")
     g = p.add_argument_group("GRPO (GRPOConfig)")
     add_config_flags(g, GRPOConfig)
@@ -75,7 +116,11 @@ def build_parser(sub: argparse._SubParsersAction, name: str, *, help: str, descr
     g.add_argument("--no-restore-peak", action="store_true", help="merge the current LoRA, not the peak's")
     g.add_argument("--cuda-graphs", action="store_true", help="rollouts replay per-scale CUDA graphs")
     g = p.add_argument_group("run")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    g.add_argument(
+        "--device",
+        default="auto",
+        help="auto (cuda:LOCAL_RANK when CUDA is present, else cpu), cpu, cuda, cuda:N (default: auto)",
+    )
     g.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoints/last.pt")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -62,8 +62,8 @@ def add_style_flags(p: argparse.ArgumentParser, *, leakage: bool = True) -> None
         action="append",
         default=[],
         metavar="STYLE2[:WEIGHT]",
-        help="blend another style image into the model's conditioning (weight default 1; repeatable); "
-        "weights, with --style-weight for STYLE, are normalised to sum 1",
+        help="blend another style image into the model's conditioning (weight 1 when left out; repeatable); "
+        "weights, with --style-weight for STYLE, are normalised to sum 1 (default: none)",
     )
     g.add_argument(
         "--style-weight",
@@ -83,7 +83,7 @@ def add_style_flags(p: argparse.ArgumentParser, *, leakage: bool = True) -> None
         action="append",
         default=[],
         metavar="MASK.png:STYLE.jpg",
-        help="another style inside a mask (white: that style, soft edges blend; repeatable)",
+        help="another style inside a mask (white: that style, soft edges blend; repeatable) (default: none)",
     )
     if not leakage:
         return

@@ -15,6 +15,7 @@ from .common import (
     alpha_arg,
     config_values,
     data_options,
+    examples,
     int_tuple,
     report_training,
     say,
@@ -28,22 +29,43 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Supervised fine-tuning from a vanilla VAR checkpoint (--init-var), any StyleVAR (--init) "
         "or a new model (--depth) on OmniStyle-150K / ImagePulse roots or manifests. Under torchrun each "
         "process trains on its slice of every global batch.",
+        epilog=examples(
+            (
+                "the paper's start: a vanilla VAR and its VQ-VAE, on OmniStyle-150K",
+                "stylevar sft data/OmniStyle-150K -o runs/sft --init-var var_d20.pth --vae vae_ch160v4096z32.pth",
+            ),
+            (
+                "a small new model from scratch on a manifest, with a tokenizer you trained",
+                "stylevar sft pairs.csv -o runs/small --depth 6 --vae runs/tok/final",
+            ),
+            (
+                "on 4 GPUs (one process each), from the released SFT model",
+                "torchrun --nproc-per-node 4 -m stylevar sft data/OmniStyle-150K -o runs/sft2 "
+                "--init Senfier-LiqiJing/StyleVAR --variant sft",
+            ),
+        ),
     )
     g = add_triplet_data_args(p)
     g.add_argument(
         "--resolution", type=int, default=None, help="image side (default and only value: the VQ-VAE's)"
     )
     g.add_argument(
-        "--content-rotation", type=float, default=0.0, help="max content rotation, degrees (paper)"
+        "--content-rotation",
+        type=float,
+        default=0.0,
+        help="max content rotation, degrees (the paper's augmentation; default: 0, off)",
     )
     g.add_argument(
-        "--content-brightness", type=float, default=0.0, help="max relative content brightness change"
+        "--content-brightness",
+        type=float,
+        default=0.0,
+        help="max relative content brightness change (default: 0, off)",
     )
     g.add_argument(
         "--style-crop",
         type=float,
         default=1.0,
-        help="smallest side fraction of a random style crop (1 = off)",
+        help="smallest side fraction of a random style crop (default: 1, off)",
     )
     p.add_argument(
         "-o", "--output", required=True, metavar="RUN_DIR", help="run folder (checkpoints, logs, final/)"
@@ -131,7 +153,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--device",
         default="auto",
-        help="auto (cuda:LOCAL_RANK when CUDA is present, else cpu), cpu, cuda, cuda:N",
+        help="auto (cuda:LOCAL_RANK when CUDA is present, else cpu), cpu, cuda, cuda:N (default: auto)",
     )
     g.add_argument(
         "--fsdp", action="store_true", help="shard the model with FSDP under torchrun (large depths)"

@@ -1,4 +1,4 @@
-"""``stylevar stylize CONTENT STYLE -o OUT``: files or folders, every content x style pair."""
+"""``stylevar stylize CONTENT STYLE -o OUTPUT``: files or folders, every content x style pair."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import add_checkpoint_args, load_pipeline
+from .common import add_checkpoint_args, examples, load_pipeline
 from .settings_flags import (
     add_output_flags,
     add_run_flags,
@@ -16,24 +16,54 @@ from .settings_flags import (
     settings_keywords,
 )
 
+EXIT_CODES = (
+    "exit codes: 0 every image written (or already there), 1 an error stopped the run (images written\n"
+    "before it stay), 2 a usage error, 3 finished but pairs were skipped (--on-bad-file skip),\n"
+    "130 interrupted (Ctrl-C), 143 SIGTERM, 129 SIGHUP"
+)
+
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "stylize",
         help="stylize content image(s) with style image(s)",
+        usage=(
+            "%(prog)s CONTENT STYLE -o OUTPUT [options]\n"
+            "       %(prog)s --pairs PAIRS.csv|.jsonl -o OUTPUT [options]"
+        ),
         description=(
             "Stylize CONTENT with STYLE. Each may be an image file or a folder of images; folders give every "
-            "content x style pair; --pairs reads the pairs from a CSV or JSON-lines manifest. Inputs are read "
-            "a few batches at a time and outputs written as they are made. Images are centre-cropped (--fit "
-            "crop) or squashed (--fit squash) to the model's square resolution. Every setting is checked "
-            "before any image is made (a manifest's rows too). Exit codes: 0 every image written (or already "
-            "there), 1 an error stopped the run (images written before it stay), 2 a usage error, 3 finished "
-            "but pairs were skipped (--on-bad-file skip), 130 interrupted (Ctrl-C), 143 SIGTERM, 129 SIGHUP."
+            "content x style pair; --pairs reads the pairs from a CSV or JSON-lines manifest instead. Inputs are "
+            "read a few batches at a time and outputs written as they are made. Images are centre-cropped (--fit "
+            "crop) or squashed (--fit squash) to the model's square resolution. Every setting is checked before "
+            "any image is made (a manifest's rows too)."
         ),
+        epilog=examples(
+            (
+                "one image, reproducible (the seed is printed when you leave it out)",
+                "stylevar stylize photo.jpg monet.jpg -o out.png --seed 0",
+            ),
+            (
+                "every photo x every painting, 2 samples each, resumable",
+                "stylevar stylize photos/ paintings/ -o results/ --num-samples 2 --skip-existing",
+            ),
+            (
+                "a manifest of pairs, at each content's own size, with the SFT release",
+                "stylevar stylize --pairs pairs.csv -o results/ --full-res --fit squash --variant sft",
+            ),
+        )
+        + "\n\n"
+        + EXIT_CODES,
     )
-    p.add_argument("content", nargs="?", help="content image or folder (or give --pairs)")
-    p.add_argument("style", nargs="?", help="style image or folder (or give --pairs)")
+    p.add_argument(
+        "content", nargs="?", metavar="CONTENT", help="content image or folder (or give --pairs instead)"
+    )
+    p.add_argument(
+        "style", nargs="?", metavar="STYLE", help="style image or folder (or give --pairs instead)"
+    )
     p.add_argument("-o", "--output", required=True, help="output file (one image) or folder")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default: auto)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("inputs")
     g.add_argument(
         "--pairs",
@@ -58,8 +88,6 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         action="store_true",
         help="leave out outputs that already exist, without reading their inputs (resume a run)",
     )
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
-    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_sampling_flags(p)
     add_output_flags(p)
     add_run_flags(p)
@@ -72,7 +100,8 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=None,
         metavar="auto|ADDRESS",
         help="run on a Ray cluster (pip install 'stylevar[ray]'): 'auto' joins a running cluster or "
-        "starts a local one; ADDRESS is a head node (ray://host:10001 or host:6379)",
+        "starts a local one; ADDRESS is a head node (ray://host:10001 or host:6379) (default: no Ray, "
+        "one process)",
     )
     g.add_argument(
         "--ray-workers",
@@ -81,10 +110,13 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="with --ray: pipeline actors (default: one per GPU, or one per --ray-cpus CPUs without GPUs)",
     )
     g.add_argument(
-        "--ray-cpus", type=int, default=1, help="with --ray on CPU nodes: CPUs per pipeline actor (default 1)"
+        "--ray-cpus",
+        type=int,
+        default=1,
+        help="with --ray on CPU nodes: CPUs per pipeline actor (default: 1)",
     )
     add_checkpoint_args(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, _parser=p)  # run's usage errors print this usage
     return p
 
 
@@ -107,13 +139,8 @@ def _pair_source(args: argparse.Namespace, blend_images: list[tuple[Path, float]
     once to check the whole plan, once to stylize them (a manifest is never held in memory)."""
     import dataclasses
 
-    from ..errors import ConfigError
     from ..pairs import Blend, collect_images, folder_pairs, output_names, read_manifest
 
-    if args.pairs and (args.content or args.style):
-        raise ConfigError("give CONTENT STYLE or --pairs PAIRS.csv, not both")
-    if not args.pairs and not (args.content and args.style):
-        raise ConfigError("give CONTENT and STYLE (image files or folders), or --pairs PAIRS.csv|.jsonl")
     contents: list[Path] = []
     if args.pairs:
 
@@ -139,8 +166,22 @@ def _pair_source(args: argparse.Namespace, blend_images: list[tuple[Path, float]
     return blended, contents
 
 
+def check_usage(args: argparse.Namespace) -> None:
+    """CONTENT and STYLE, or --pairs; --grid without --ray: anything else is a usage error (exit 2, with
+    the usage), like a misspelt flag."""
+    if args.pairs and (args.content or args.style):
+        args._parser.error("give CONTENT STYLE or --pairs PAIRS.csv|.jsonl, not both")
+    if not args.pairs and not (args.content and args.style):
+        missing = "STYLE" if args.content else "CONTENT and STYLE"
+        args._parser.error(f"give {missing} (image files or folders), or --pairs PAIRS.csv|.jsonl")
+    if args.ray and args.grid:
+        args._parser.error("--grid collects every image in one process; leave it out with --ray")
+
+
 def run(args: argparse.Namespace) -> int:
     import time
+
+    check_usage(args)  # before anything is imported or read
 
     from ..errors import ConfigError, StyleVARError
     from ..images import save_image_atomic
@@ -150,8 +191,6 @@ def run(args: argparse.Namespace) -> int:
 
     keywords = settings_keywords(args)
     StylizeSettings().with_(**keywords)  # every flag checked before any file is read
-    if args.ray and args.grid:
-        raise ConfigError("--grid collects every image in one process; leave it out with --ray")
     make_pairs, contents = _pair_source(args, blends(args))
     first = next(iter(make_pairs()), None)  # a missing file, a malformed first row: before counting
     if first is None:

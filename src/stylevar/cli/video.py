@@ -1,10 +1,10 @@
-"""``stylevar video IN STYLE -o OUT``: a stylized video (see :mod:`stylevar.video`)."""
+"""``stylevar video VIDEO STYLE -o OUTPUT``: a stylized video (see :mod:`stylevar.video`)."""
 
 from __future__ import annotations
 
 import argparse
 
-from .common import add_checkpoint_args, add_config_flags, config_values, load_pipeline
+from .common import add_checkpoint_args, add_config_flags, config_values, examples, load_pipeline
 from .settings_flags import (
     add_output_flags,
     add_run_flags,
@@ -22,17 +22,28 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "video",
         help="stylize a video (mp4, webm, mov, mkv, gif) frame by frame, without flicker",
         description=(
-            "Stylize every frame of VIDEO with STYLE into the -o file (.mp4, .mov, .mkv, .webm or .gif), "
+            "Stylize every frame of VIDEO with STYLE into OUTPUT (.mp4, .mov, .mkv, .webm or .gif), "
             "keeping the frame size and rate and the audio. Frames are read, stylized and written a batch at "
             "a time. Every frame uses the same seed, and every scale keeps the previous frame's tokens "
             "wherever the content did not change under them (--keep-scales 0: independent frames). The "
             "output is written whole or not at all. Needs PyAV: pip install 'stylevar[video]'."
         ),
+        epilog=examples(
+            ("a clip in one style, sound kept", "stylevar video clip.mp4 monet.jpg -o clip_monet.mp4"),
+            (
+                "the first 5 seconds as a GIF, each frame independent (may flicker)",
+                "stylevar video clip.mp4 monet.jpg -o preview.gif --duration 5 --keep-scales 0",
+            ),
+            (
+                "two styles blended, on a GPU in bf16",
+                "stylevar video clip.mp4 monet.jpg -o out.mp4 --blend hokusai.jpg:0.5 --device cuda --dtype bf16",
+            ),
+        ),
     )
-    p.add_argument("video", help="the input video (a still image: use stylevar stylize)")
-    p.add_argument("style", help="the style image")
+    p.add_argument("video", metavar="VIDEO", help="the input video (a still image: use stylevar stylize)")
+    p.add_argument("style", metavar="STYLE", help="the style image")
     p.add_argument("-o", "--output", required=True, help="the output video (.mp4, .mov, .mkv, .webm, .gif)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default: auto)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     shown = {"keep_scales": "all", "duration": "to the end"}
     add_config_flags(p.add_argument_group("video"), VideoOptions, shown=shown)

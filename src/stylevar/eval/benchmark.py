@@ -231,7 +231,7 @@ class Evaluation:
                 diffs.append(f"method {name} ({', '.join(changed)})")
         if diffs:
             raise ConfigError(
-                f"{self.out} holds an evaluation with other settings: {'; '.join(diffs)}; use another --out, "
+                f"{self.out} holds an evaluation with other settings: {'; '.join(diffs)}; use another --output, "
                 "or --overwrite to discard the saved results"
             )
 

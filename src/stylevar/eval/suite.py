@@ -40,6 +40,7 @@ from torch.nn import functional as F
 
 from .. import perceptual as P
 from ..errors import ConfigError
+from ..metric_names import METRIC_GROUPS, METRIC_NAMES
 from ..perceptual import metrics as M
 
 PathLike = str | os.PathLike
@@ -72,10 +73,9 @@ METRICS: dict[str, MetricInfo] = {
 ART_MIN_SIDE = 75  #: the smallest input of Inception-v3 without a resize
 #: set metrics computed from Inception features, and the network each needs
 SET_FEATURES = {"fid": "fid", "fid_art": "art", "artfid": "art"}
-PAPER_METRICS = ("style_loss", "content_loss", "lpips", "ssim", "dreamsim", "clip")
-ALL_METRICS = tuple(METRICS)
-#: the metrics that need no optional package (``stylevar[rewards]``): VGG-19 and Inception are torchvision
-TORCHVISION_METRICS = ("style_loss", "content_loss", "ssim", "histogram", "cfsd", "leakage", "structure")
+#: the registry's names, in its order: :data:`stylevar.metric_names.METRIC_NAMES`, which the command line
+#: reads without importing torch (tests/test_cli.py checks that the two agree)
+ALL_METRICS = METRIC_NAMES
 
 
 def parse_metrics(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -85,7 +85,7 @@ def parse_metrics(text: str | Sequence[str]) -> tuple[str, ...]:
     for item in (i.strip() for i in items):
         if not item:
             continue
-        group = {"paper": PAPER_METRICS, "all": ALL_METRICS, "torchvision": TORCHVISION_METRICS}.get(item)
+        group = METRIC_GROUPS.get(item)
         if group is not None:
             out.extend(group)
         elif item in METRICS:

@@ -103,9 +103,15 @@ class StaticRunner:
             kvs = self.style_kv or [None] * len(self.caches)
             for block, cache, ada, kv in zip(self.blocks, self.caches, self.ada, kvs):
                 x = block(
-                    x, self.guides[si], self.cond_BD, self.alpha[si], attn_bias=None, cache=cache, ada=ada,
+                    x,
+                    self.guides[si],
+                    self.cond_BD,
+                    self.alpha[si],
+                    attn_bias=None,
+                    cache=cache,
+                    ada=ada,
                     style_kv=kv,
-                )  # fmt: skip
+                )
         return self.model._logits(x, self.cond_BD, self.head_ada)
 
     @torch.no_grad()

@@ -15,9 +15,7 @@ are :mod:`stylevar.io.adapters`.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import math
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -338,36 +336,3 @@ def load_lora_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], stric
                     "(another LoRA rank?)"
                 )
             own[k].copy_(v)
-
-
-#: names that moved to :mod:`stylevar.io.adapters` (files and state-dict forms): the old path still
-#: works and warns (as :func:`stylevar._deprecated.moved`, written out here: models/ imports nothing
-#: outside models, config and errors; the target is imported by name, not a dependency of this module)
-_MOVED = frozenset(
-    {
-        "ADAPTER_CONFIG",
-        "ADAPTER_WEIGHTS",
-        "UPSTREAM_RANK",
-        "UPSTREAM_ALPHA_PER_RANK",
-        "apply_lora_to_plain_state",
-        "bake_wrapped_state",
-        "is_lora_dir",
-        "load_lora",
-        "lora_hparams",
-        "lora_hparams_from_checkpoint",
-        "lora_only",
-        "save_lora",
-    }
-)
-
-
-def __getattr__(name: str):
-    if name not in _MOVED:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(
-        f"{__name__}.{name} has moved to stylevar.io.adapters.{name}; import it from there "
-        "(the old path will be removed in a later release)",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return getattr(importlib.import_module("stylevar.io.adapters"), name)

@@ -1,4 +1,4 @@
-"""Training: the run harness and its three trainers (tokenizer, SFT, GRPO), VAR initialisation, rewards.
+"""Training: the run harness and its trainers (tokenizer, SFT, GRPO, DPO), VAR initialisation, rewards.
 
     from stylevar.training import SFTConfig, SFTTrainer
     SFTTrainer(model, vae, train_set, "runs/sft", SFTConfig(max_steps=1000)).fit()
@@ -22,6 +22,7 @@ _EXPORTS = {
     "train_tokenizer": "tokenizer",
     "SFTTrainer": "sft",
     "GRPOTrainer": "grpo",
+    "DPOTrainer": "dpo",
     "InitReport": "var_init",
     "init_from_var": "var_init",
     "load_resnet18_weights": "var_init",

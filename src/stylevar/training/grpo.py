@@ -1,6 +1,7 @@
 """GRPO reinforcement fine-tuning (docs/upstream.md §6, the paper's stage 2), batched and done right.
 
-One optimizer step (per process):
+One optimizer step (per process) is two hooks: :meth:`GRPOTrainer.generate_and_score` (steps 1-3,
+which :class:`~stylevar.training.dpo.DPOTrainer` shares) and :meth:`GRPOTrainer.update` (4-6, GRPO's own):
 
 1. ``batch_size`` (content, style, target) conditions, encoded once;
 2. **rollouts**: ``group_size`` samples per condition, generated *together* by the model's own
@@ -76,13 +77,12 @@ from ..models.lora import (
 from ..models.ops import autocast_to, no_autocast
 from .config import MP_MODES, GRPOConfig
 from .grpo_loss import (
-    dpo_loss,
+    LossOutput,
     group_advantages,
     grpo_loss,
     keep_mask,
     pack_mask,
     panw_weights,
-    preference_pairs,
     relevance_token_weights,
     scale_entropy,
     scale_mask,
@@ -103,8 +103,10 @@ __all__ = [
     "GRPOConfig",
     "GRPOState",
     "GRPOTrainer",
+    "PassStats",
     "ReferenceController",
     "Rollouts",
+    "ScoredRollouts",
     "generate_rollouts",
     "middle_scale",
     "rollout_seed",
@@ -115,6 +117,49 @@ __all__ = [
 class GRPOState(RunState):
     best_eval: float = -math.inf
     history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class ScoredRollouts:
+    """One step's rollouts and rewards on this process: what an objective's :meth:`~GRPOTrainer.update` uses.
+
+    ``N`` sequences are optimised, condition-major, ``group_size`` per condition (in a VMR prefix step,
+    one per prefix: its continuations are only scored).
+    """
+
+    step: int
+    phase: str  # "full", or VMR's "prefix" / "suffix"
+    cond: Conditioning  # N rows: each sequence's condition
+    tokens: list[torch.Tensor]  # per scale (N, pn*pn): the sampled token indices
+    returns: torch.Tensor  # (N,) each sequence's reward (a prefix's: VMR's value of its continuations)
+    token_weights: torch.Tensor  # (L,) PANW over the phase's scales, summing to 1
+    policy_weights: torch.Tensor | None  # (N, L) Mask Propagation's weights of the policy term, or None
+    reward_stats: torch.Tensor  # (4,) mean, std, min, max of all rollouts' rewards, over processes
+    num_rollouts: int  # images generated on this process (G*K per condition in a prefix step)
+    rollout_s: float
+    reward_s: float
+
+
+@dataclass
+class PassStats:
+    """What GRPO's optimisation passes measured: the last pass's loss terms, the behaviour policy's
+    per-scale entropy (first pass), each rollout's raw KL and kept flag (last pass), the last grad norm."""
+
+    entropy: torch.Tensor  # (SN,)
+    kl_raw: torch.Tensor  # (N,)
+    kept: torch.Tensor  # (N,) bool: False where the rollout's loss was non-finite or its KL spiked
+    terms: dict[str, float] = field(default_factory=dict)  # policy, kl, clip_frac, ratio_mean, ratio_max
+    grad_norm: float = 0.0
+
+    def add(self, out: LossOutput, rows: list[int], frac: float) -> None:
+        """Accumulate one micro-batch (``rows``, a fraction ``frac`` of the rollouts) of the current pass."""
+        self.terms["policy"] += out.policy
+        self.terms["kl"] += out.kl
+        self.terms["clip_frac"] += out.clip_frac * frac
+        self.terms["ratio_mean"] += out.ratio_mean * frac
+        self.terms["ratio_max"] = max(self.terms["ratio_max"], out.ratio_max)
+        self.kl_raw[rows] = out.kl_raw
+        self.kept[rows] = out.kept
 
 
 # ============================================================================================ trainer
@@ -128,6 +173,7 @@ class GRPOTrainer(Trainer):
     best_metric, best_mode, best_field = "eval_reward", "max", "best_eval"
     validate_at_start, validate_at_epoch_end = True, False
     rate_key = None  # the records time rollouts, rewards and updates themselves
+    objective = "grpo"  # the GRPOConfig.objective this trainer optimises
 
     def __init__(
         self,
@@ -143,6 +189,11 @@ class GRPOTrainer(Trainer):
         info: dict | None = None,
     ):
         cfg = config or GRPOConfig()
+        if cfg.objective != self.objective:
+            raise ConfigError(
+                f"{type(self).__name__} trains objective={self.objective!r}, not {cfg.objective!r} "
+                "(dpo: stylevar.training.dpo.DPOTrainer)"
+            )
         super().__init__(
             cfg,
             train_set,
@@ -284,18 +335,47 @@ class GRPOTrainer(Trainer):
         dist.all_reduce(t)
         return t / self.world
 
+    def _token_weights(self, phase: str) -> torch.Tensor:
+        """PANW's per-token weights (L,) over the scales this phase optimises (VMR), summing to 1."""
+        pns = self.model.patch_nums
+        if phase == "prefix":
+            tw = self.panw * scale_mask(pns, range(self.m)).to(self.device)
+        elif phase == "suffix":
+            tw = self.panw * scale_mask(pns, range(self.m, len(pns))).to(self.device)
+        else:
+            tw = self.panw
+        return tw / tw.sum()
+
+    def _sampled_set(self, logits: torch.Tensor) -> torch.Tensor | None:
+        """The sampler's top-k/top-p set at each position of ``logits`` (``logprob_dist="sampled"``), else None."""
+        cfg = self.cfg
+        if cfg.logprob_dist != "sampled":
+            return None
+        return keep_mask(logits, cfg.top_k, cfg.top_p, cfg.temperature)
+
+    def _token_logprobs(
+        self, logits: torch.Tensor, tokens: torch.Tensor, keep: torch.Tensor | None
+    ) -> torch.Tensor:
+        """(n, L) log-probs of ``tokens`` under ``logits`` in the distribution ``logprob_dist`` names."""
+        cfg = self.cfg
+        return token_logprobs(logits, tokens, dist=cfg.logprob_dist, temperature=cfg.temperature, keep=keep)
+
     # ------------------------------------------------------------------------------ one step
     def train_step(self, group: list[dict]) -> dict:
-        """One GRPO step on this process's conditions (``group``: one batch of them); the step's statistics."""
+        """One step on this process's conditions (``group``: one batch of them); the step's statistics."""
         (mb,) = group
+        return self.update(self.generate_and_score(mb))
+
+    def generate_and_score(self, mb: dict) -> ScoredRollouts:
+        """Steps 1-3 of the module docstring: rollouts of this process's conditions, their rewards (VMR:
+        the prefixes' values), this phase's token weights; the reference controller sees the mean reward."""
         cfg = self.cfg
         step = self.state.step
         phase = self._phase(step)
-        G, K, SN = cfg.group_size, cfg.vmr_k, len(self.model.patch_nums)
+        G, K = cfg.group_size, cfg.vmr_k
         t0 = time.perf_counter()
         cond, rb, index = self._cond(mb)
         B = cond.batch_size
-        # 1. rollouts ---------------------------------------------------------------------------
         seeds = [rollout_seed(cfg.seed, step, i, g) for i in index for g in range(G)]
         cond_g = cond.repeat_interleave(G)  # condition-major: b0g0 .. b0g(G-1), b1g0 ..
         if phase == "prefix":
@@ -308,92 +388,112 @@ class GRPOTrainer(Trainer):
             ro = self._rollouts(cond_g, seeds)
             rb_roll = rb.repeat_interleave(G)
         t_roll = time.perf_counter() - t0
-        # 2. rewards and advantages ---------------------------------------------------------------
         t0 = time.perf_counter()
         rewards, relevance = self._rewards(ro.images, rb_roll)
-        if phase == "prefix":
-            values = soft_value(rewards.view(B * G, K), cfg.vmr_tau)
-            adv = group_advantages(values.view(B, G), cfg.std_floor).flatten()
-            tokens = [
-                t[::K] for t in ro.tokens
-            ]  # one sequence per prefix (prefix log-probs ignore the suffix)
+        tokens, returns = ro.tokens, rewards
+        if phase == "prefix":  # one sequence per prefix (prefix log-probs ignore the suffix), valued by VMR
+            returns = soft_value(rewards.view(B * G, K), cfg.vmr_tau)
+            tokens = [t[::K] for t in ro.tokens]
             if relevance is not None:
                 relevance = relevance.view(B * G, K, *relevance.shape[1:]).mean(1)
-        else:
-            adv = group_advantages(rewards.view(B, G), cfg.std_floor).flatten()
-            tokens = ro.tokens
-        N = adv.shape[0]
-        if phase == "prefix":
-            tw = self.panw * scale_mask(self.model.patch_nums, range(self.m)).to(self.device)
-        elif phase == "suffix":
-            tw = self.panw * scale_mask(self.model.patch_nums, range(self.m, SN)).to(self.device)
-        else:
-            tw = self.panw
-        tw = tw / tw.sum()
+        tw = self._token_weights(phase)
         pw = None
         if relevance is not None:
             pw = tw * relevance_token_weights(relevance, self.model.patch_nums, cfg.mp_mix).to(self.device)
         t_rew = time.perf_counter() - t0
-        # 3. reference controller: EMA and peak (snapshot = the weights that made these rollouts)
+        # the reference controller: EMA and peak (snapshot = the weights that made these rollouts)
         stats = self._all_mean(
             torch.stack([rewards.mean(), rewards.std(), rewards.min(), rewards.max()]).to(self.device)
         )
         take = self._snapshot if cfg.restore_peak else None
         self.controller.observe(stats[0].item(), take)
-        if cfg.objective == "dpo":
-            return self._dpo_update(
-                step, phase, tokens, cond_g, rewards, tw, stats, ro.images.shape[0], t_roll, t_rew
-            )
-        # 4. optimisation passes ------------------------------------------------------------------
+        return ScoredRollouts(
+            step=step,
+            phase=phase,
+            cond=cond_g,
+            tokens=tokens,
+            returns=returns,
+            token_weights=tw,
+            policy_weights=pw,
+            reward_stats=stats,
+            num_rollouts=ro.images.shape[0],
+            rollout_s=t_roll,
+            reward_s=t_rew,
+        )
+
+    def update(self, s: ScoredRollouts) -> dict:
+        """GRPO's update (steps 4-6): group-normalised advantages, the optimisation passes, the reference
+        update; the step's record."""
+        cfg = self.cfg
         t0 = time.perf_counter()
-        flat = torch.cat(tokens, dim=1)
+        adv = group_advantages(s.returns.view(-1, cfg.group_size), cfg.std_floor).flatten()
+        passes = self._ppo_passes(s, adv)
+        t_upd = time.perf_counter() - t0
+        kept = passes.kept
+        kl_raw = self._all_mean(
+            torch.stack([torch.where(kept, passes.kl_raw, 0).sum() / kept.sum().clamp_min(1)])
+        )
+        decision = self._merge_if_due(kl_raw)
+        rec = {
+            **self._reward_record(s),
+            "adv_mean": adv.mean().item(),
+            "adv_abs_mean": adv.abs().mean().item(),
+            "kl_raw": kl_raw.item(),
+            "kl_weighted": passes.terms["kl"],
+            "policy_loss": passes.terms["policy"],
+            "clip_frac": passes.terms["clip_frac"],
+            "ratio_mean": passes.terms["ratio_mean"],
+            "ratio_max": passes.terms["ratio_max"],
+            "dropped_rollouts": int((~kept).sum().item()),
+            "grad_norm": passes.grad_norm,
+            **self._run_record(s, decision, t_upd),
+        }
+        for si, e in enumerate(passes.entropy.tolist()):
+            rec[f"entropy/scale{si}"] = e
+        return rec
+
+    def _ppo_passes(self, s: ScoredRollouts, adv: torch.Tensor) -> PassStats:
+        """``ppo_epochs`` passes over the rollouts in micro-batches, one optimizer step each: PPO's clipped
+        surrogate + beta * k3 KL to the reference (:func:`~.grpo_loss.grpo_loss`). The first pass's
+        log-probs are the behaviour policy's (``old``) and, with ``beta > 0``, the reference's."""
+        cfg = self.cfg
+        N = adv.shape[0]
+        flat = torch.cat(s.tokens, dim=1)
         old_lp = torch.empty(N, flat.shape[1], device=self.device)
         ref_lp = torch.empty_like(old_lp) if cfg.beta > 0 else None
         keeps: list[torch.Tensor | None] = [None] * N
-        entropy = torch.zeros(SN)
         mbs = [list(range(a, min(N, a + cfg.micro_batch))) for a in range(0, N, cfg.micro_batch)]
-        agg: dict[str, float] = {}
-        kl_raw_all = torch.zeros(N, device=self.device)
-        kept_all = torch.ones(N, dtype=torch.bool, device=self.device)
-        gnorm = 0.0
+        ps = PassStats(
+            entropy=torch.zeros(len(self.model.patch_nums)),
+            kl_raw=torch.zeros(N, device=self.device),
+            kept=torch.ones(N, dtype=torch.bool, device=self.device),
+        )
         for pass_i in range(cfg.ppo_epochs):
+            first = pass_i == 0
             self.optimizer.zero_grad(set_to_none=True)
-            agg = {"policy": 0.0, "kl": 0.0, "clip_frac": 0.0, "ratio_mean": 0.0, "ratio_max": 0.0}
+            ps.terms = {"policy": 0.0, "kl": 0.0, "clip_frac": 0.0, "ratio_mean": 0.0, "ratio_max": 0.0}
             for rows in mbs:
                 idx = torch.tensor(rows, device=self.device)
-                tok = [t[rows] for t in tokens]
-                c = cond_g.index_select(idx)
+                tok = [t[rows] for t in s.tokens]
+                c = s.cond.index_select(idx)
                 logits = self._forward_logits(tok, c)
-                keep = None
-                if cfg.logprob_dist == "sampled":
-                    if pass_i == 0:
-                        keep = keep_mask(logits, cfg.top_k, cfg.top_p, cfg.temperature)
-                        if cfg.ppo_epochs > 1:
-                            packed = pack_mask(keep)  # 1 bit per entry, kept for the later passes
-                            for j, r in enumerate(rows):
-                                keeps[r] = packed[j]
-                    else:
-                        keep = torch.stack([unpack_mask(keeps[r], logits.shape[-1]) for r in rows])
-                lp = token_logprobs(
-                    logits, flat[rows], dist=cfg.logprob_dist, temperature=cfg.temperature, keep=keep
-                )
-                if pass_i == 0:
+                keep = self._behaviour_set(logits, rows, keeps, first)
+                lp = self._token_logprobs(logits, flat[rows], keep)
+                if first:
                     old_lp[rows] = lp.detach()
-                    entropy += torch.tensor(scale_entropy(logits, self.model.begin_ends)) * len(rows) / N
+                    ps.entropy += torch.tensor(scale_entropy(logits, self.model.begin_ends)) * len(rows) / N
                     if ref_lp is not None:
                         with torch.no_grad():
                             rl = self._forward_logits(tok, c, reference=True)
-                            ref_lp[rows] = token_logprobs(
-                                rl, flat[rows], dist=cfg.logprob_dist, temperature=cfg.temperature, keep=keep
-                            )
+                            ref_lp[rows] = self._token_logprobs(rl, flat[rows], keep)
                 del logits
                 out = grpo_loss(
                     lp,
                     old_lp[rows],
                     None if ref_lp is None else ref_lp[rows],
                     adv[rows],
-                    tw,
-                    policy_weights=None if pw is None else pw[rows],
+                    s.token_weights,
+                    policy_weights=None if s.policy_weights is None else s.policy_weights[rows],
                     beta=cfg.beta,
                     clip_eps=cfg.clip_eps,
                     kl_direction=cfg.kl_direction,
@@ -402,113 +502,24 @@ class GRPOTrainer(Trainer):
                     normaliser=N,
                 )
                 out.loss.backward()
-                frac = len(rows) / N
-                agg["policy"] += out.policy
-                agg["kl"] += out.kl
-                agg["clip_frac"] += out.clip_frac * frac
-                agg["ratio_mean"] += out.ratio_mean * frac
-                agg["ratio_max"] = max(agg["ratio_max"], out.ratio_max)
-                kl_raw_all[rows] = out.kl_raw
-                kept_all[rows] = out.kept
-            gnorm = self._reduce_and_step()
-        t_upd = time.perf_counter() - t0
-        # 5. merges -------------------------------------------------------------------------------
-        kl_raw = self._all_mean(
-            torch.stack([torch.where(kept_all, kl_raw_all, 0).sum() / kept_all.sum().clamp_min(1)])
-        )
-        decision = self._merge_if_due(kl_raw)
-        rec = {
-            **self._reward_record(step, phase, stats),
-            "adv_mean": adv.mean().item(),
-            "adv_abs_mean": adv.abs().mean().item(),
-            "kl_raw": kl_raw.item(),
-            "kl_weighted": agg["kl"],
-            "policy_loss": agg["policy"],
-            "clip_frac": agg["clip_frac"],
-            "ratio_mean": agg["ratio_mean"],
-            "ratio_max": agg["ratio_max"],
-            "dropped_rollouts": int((~kept_all).sum().item()),
-            "grad_norm": gnorm,
-            "merge": decision or "",
-            "merges": len(self.controller.merges),
-            "rollouts": ro.images.shape[0] * self.world,
-            "rollout_s": t_roll,
-            "reward_s": t_rew,
-            "update_s": t_upd,
-        }
-        for si, e in enumerate(entropy.tolist()):
-            rec[f"entropy/scale{si}"] = e
-        return rec
+                ps.add(out, rows, len(rows) / N)
+            ps.grad_norm = self._reduce_and_step()
+        return ps
 
-    def _dpo_update(
-        self, step, phase, tokens, cond_g, rewards, tw, stats, n_rollouts, t_roll, t_rew
-    ) -> dict:  # fmt: skip
-        """DPO's update (``objective="dpo"``): each condition's best and worst rollout by reward form a
-        preference pair; sequence log-probs (token log-probs weighted like GRPO's, PANW summing to the
-        number of tokens) under the policy and the LoRA-off reference; the DPO loss; one optimizer step.
-        The loss couples a pair's two rollouts, so it is computed from no-grad sequence log-probs and its
-        gradient applied through d(loss)/d(log-prob) per rollout, micro-batch by micro-batch: exactly
-        DPO's gradient at these weights, with the memory of one micro-batch."""
-        cfg = self.cfg
-        t0 = time.perf_counter()
-        G = cfg.group_size
-        chosen, rejected = preference_pairs(rewards.view(-1, G).to(self.device))
-        sel = torch.cat((chosen, rejected)).tolist()
-        P = len(chosen)
-        flat = torch.cat(tokens, dim=1)
-        L = flat.shape[1]
-        w = (tw / tw.sum()) * L  # a sequence's log-prob: its tokens', PANW-weighted, summing to L weights
-
-        def seq_logp(rows: list[int], reference: bool = False) -> torch.Tensor:
-            idx = torch.tensor(rows, device=self.device)
-            logits = self._forward_logits(
-                [t[rows] for t in tokens], cond_g.index_select(idx), reference=reference
-            )
-            keep = (
-                keep_mask(logits, cfg.top_k, cfg.top_p, cfg.temperature)
-                if cfg.logprob_dist == "sampled"
-                else None
-            )
-            lp = token_logprobs(
-                logits, flat[rows], dist=cfg.logprob_dist, temperature=cfg.temperature, keep=keep
-            )
-            return (w * lp).sum(1)
-
-        mbs = [sel[a : a + cfg.micro_batch] for a in range(0, len(sel), cfg.micro_batch)]
-        pol = torch.zeros(len(rewards), device=self.device)
-        ref = torch.zeros_like(pol)
-        stats_dpo = {"dpo_loss": 0.0, "dpo_margin": 0.0, "dpo_acc": 0.0}
-        gnorm = 0.0
-        self.optimizer.zero_grad(set_to_none=True)
-        if P:
-            with torch.no_grad():
-                for rows in mbs:
-                    pol[rows] = seq_logp(rows)
-                    ref[rows] = seq_logp(rows, reference=True)
-            s = pol.detach().clone().requires_grad_(True)
-            loss, stats_dpo = dpo_loss(s[chosen], s[rejected], ref[chosen], ref[rejected], cfg.dpo_beta)
-            (coef,) = torch.autograd.grad(loss, s)  # d loss / d sequence log-prob, per rollout
-            for rows in mbs:
-                (coef[rows] * seq_logp(rows)).sum().backward()
-        if P or self.world > 1:  # every process joins the gradient all-reduce, with or without pairs
-            gnorm = self._reduce_and_step()
-        t_upd = time.perf_counter() - t0
-        log_ratio = ((pol - ref)[sel].abs().mean() / L) if P else torch.zeros((), device=self.device)
-        kl_raw = self._all_mean(log_ratio.reshape(1))
-        decision = self._merge_if_due(kl_raw)
-        return {
-            **self._reward_record(step, phase, stats),
-            "pairs": P,
-            **stats_dpo,
-            "kl_raw": kl_raw.item(),
-            "grad_norm": gnorm,
-            "merge": decision or "",
-            "merges": len(self.controller.merges),
-            "rollouts": n_rollouts * self.world,
-            "rollout_s": t_roll,
-            "reward_s": t_rew,
-            "update_s": t_upd,
-        }
+    def _behaviour_set(
+        self, logits: torch.Tensor, rows: list[int], keeps: list[torch.Tensor | None], first: bool
+    ) -> torch.Tensor | None:
+        """:meth:`_sampled_set` of the behaviour policy: taken on the first pass and, when passes follow,
+        kept in ``keeps`` (1 bit per entry) for them."""
+        if not first:
+            if self.cfg.logprob_dist != "sampled":
+                return None
+            return torch.stack([unpack_mask(keeps[r], logits.shape[-1]) for r in rows])
+        keep = self._sampled_set(logits)
+        if keep is not None and self.cfg.ppo_epochs > 1:
+            for r, packed in zip(rows, pack_mask(keep)):
+                keeps[r] = packed
+        return keep
 
     def _merge_if_due(self, kl_raw: torch.Tensor) -> str | None:
         """The reference controller's decision for this step's raw KL, carried out (a merge), or None."""
@@ -517,16 +528,28 @@ class GRPOTrainer(Trainer):
             self._merge(decision)
         return decision
 
-    def _reward_record(self, step: int, phase: str, stats: torch.Tensor) -> dict:
-        """The log fields every objective shares: the step and the rollouts' reward statistics."""
+    def _reward_record(self, s: ScoredRollouts) -> dict:
+        """The log fields every objective opens with: the step and the rollouts' reward statistics."""
+        stats = s.reward_stats
         return {
-            "step": step + 1,
-            "phase": phase,
+            "step": s.step + 1,
+            "phase": s.phase,
             "reward_mean": stats[0].item(),
             "reward_std": stats[1].item(),
             "reward_min": stats[2].item(),
             "reward_max": stats[3].item(),
             "reward_ema": self.controller.ema,
+        }
+
+    def _run_record(self, s: ScoredRollouts, decision: str | None, update_s: float) -> dict:
+        """The log fields every objective closes with: merges, rollouts and the time of each part."""
+        return {
+            "merge": decision or "",
+            "merges": len(self.controller.merges),
+            "rollouts": s.num_rollouts * self.world,
+            "rollout_s": s.rollout_s,
+            "reward_s": s.reward_s,
+            "update_s": update_s,
         }
 
     def _reduce_and_step(self) -> float:

@@ -479,6 +479,7 @@ def _base_ref(init: str) -> str:
 
 def _grpo(job: GRPOJob, device: torch.device, rank: int, world: int, say: Say) -> GRPORun:
     from ..data import TripletDataset, TripletTransform, scan, validate_triplets
+    from .dpo import DPOTrainer
     from .grpo import GRPOTrainer
     from .rewards import build_reward
 
@@ -525,7 +526,7 @@ def _grpo(job: GRPOJob, device: torch.device, rank: int, world: int, say: Say) -
     tf = TripletTransform(resolution=vae.config.resolution, fit=opts.fit)
     train_set = TripletDataset(train, tf, on_bad=opts.on_bad_file)
     val_set = TripletDataset(val, tf, on_bad=opts.on_bad_file) if val else None
-    trainer = GRPOTrainer(
+    trainer = (DPOTrainer if cfg.objective == "dpo" else GRPOTrainer)(
         model,
         vae,
         train_set,

@@ -25,8 +25,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .._deprecated import moved
-
 logger = logging.getLogger(__name__)
 
 
@@ -176,13 +174,3 @@ class StopSignals:
         for s, h in self._old.items():
             signal.signal(s, h)
         self._old = {}
-
-
-#: checkpoint files moved to :mod:`stylevar.io`
-__getattr__ = moved(
-    __name__,
-    {
-        name: f"stylevar.io:{name}"
-        for name in ("atomic_save", "save_checkpoint", "resume_path", "load_training_checkpoint")
-    },
-)

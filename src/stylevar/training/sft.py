@@ -32,7 +32,6 @@ import torch.distributed as dist
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .._deprecated import moved
 from ..io import build_stylevar, save_pretrained
 from ..models import VQVAE, StyleVAR
 from ..models.ops import autocast_to, no_autocast
@@ -347,12 +346,3 @@ class SFTTrainer(Trainer):
             self.vae,
             info={"trained_by": "stylevar sft", "steps": self.state.step},
         )
-
-
-#: names that moved out of this module
-__getattr__ = moved(
-    __name__,
-    {
-        "NonFiniteLossError": "stylevar.errors:NonFiniteLossError",
-    },
-)

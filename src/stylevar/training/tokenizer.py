@@ -46,7 +46,6 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .._deprecated import moved
 from ..config import VQVAEConfig
 from ..data import folders
 from ..errors import CheckpointError, ConfigError
@@ -528,19 +527,3 @@ def _check_fixed(cfg: VQVAEConfig, given: dict[str, Any], why: str) -> None:
             raise ConfigError(f"unknown VQ-VAE setting {k!r}")
         if (list(v) if isinstance(v, tuple) else v) != have[k]:
             raise ConfigError(f"{why} ({k}={have[k]}); drop --{k.replace('_', '-')} {v}")
-
-
-#: names that moved out of this module
-__getattr__ = moved(
-    __name__,
-    {
-        "NonFiniteLossError": "stylevar.errors:NonFiniteLossError",
-        "RECON_LOSSES": "stylevar.training.config:RECON_LOSSES",
-        "ImageFolderDataset": "stylevar.data:ImageFolderDataset",
-        "collect_images": "stylevar.data:collect_images",
-        "split_images": "stylevar.data:split_images",
-        "VGGPerceptualLoss": "stylevar.perceptual:VGGPerceptualLoss",
-        "load_vqvae": "stylevar.io:load_vqvae",
-        "save_vqvae": "stylevar.io:save_vqvae",
-    },
-)
