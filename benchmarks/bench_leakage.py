@@ -34,7 +34,7 @@ def main() -> None:
     from stylevar.data import TripletDataset, TripletTransform, scan
     from stylevar.demo import DemoConfig, _truth, figure_scores, leakage_scores
     from stylevar.perceptual import ssim
-    from stylevar.pipeline import StyleVARPipeline
+    from stylevar.stylize.pipeline import StyleVARPipeline
 
     root = Path(args.demo)
     m = json.loads((root / "metrics.json").read_text())

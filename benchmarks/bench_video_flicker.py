@@ -51,7 +51,7 @@ def make_clip(path: Path, *, frames: int, size: int, rate: int, crf: int, seed: 
                 oc.mux(p)
         for p in vs.encode():
             oc.mux(p)
-    from stylevar.video import read_frames
+    from stylevar.stylize.video import read_frames
 
     for _, f in read_frames(path):
         out.append(np.asarray(f, dtype=np.float32) / 255)
@@ -62,7 +62,7 @@ def measure(
     pipe, clip: Path, style: str, out_dir: Path, *, keep: int, same_seed: bool, top_k: int, batch: int,
     criterion: str = "pixels", threshold: float = 0.02,
 ):  # fmt: skip
-    from stylevar.video import stylize_video
+    from stylevar.stylize.video import stylize_video
 
     got: list[np.ndarray] = []
 
@@ -77,7 +77,7 @@ def measure(
         )  # fmt: skip
         return got, r.kept_tokens
     # naive: each frame its own seed (frame by frame, the way peers stylize video)
-    from stylevar.video import read_frames
+    from stylevar.stylize.video import read_frames
 
     for i, (_, f) in enumerate(read_frames(clip)):
         got.append(np.asarray(pipe(f, style, seed=i, top_k=top_k, top_p=0.0, fit="squash",
@@ -108,7 +108,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    from stylevar.pipeline import StyleVARPipeline
+    from stylevar.stylize.pipeline import StyleVARPipeline
 
     torch.set_num_threads(torch.get_num_threads())
     if args.checkpoint:

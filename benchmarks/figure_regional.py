@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from stylevar.images import label_font, load_image, tensor_to_pil, to_model_input
-from stylevar.pipeline import StyleVARPipeline
+from stylevar.stylize.pipeline import StyleVARPipeline
 
 
 def main() -> None:

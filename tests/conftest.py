@@ -195,6 +195,6 @@ def pipe(tiny):
     """A CPU pipeline on a copy of the tiny model (a pipeline freezes its model: not the shared one)."""
     import copy
 
-    from stylevar.pipeline import StyleVARPipeline
+    from stylevar.stylize.pipeline import StyleVARPipeline
 
     return StyleVARPipeline(*copy.deepcopy(tiny), device="cpu")

@@ -45,7 +45,7 @@ def pics(tmp_path_factory):
 
 def test_request_handler(tiny, pics):
     from stylevar.app import example_pairs, stylize_request
-    from stylevar.pipeline import StyleVARPipeline
+    from stylevar.stylize.pipeline import StyleVARPipeline
 
     pipe = StyleVARPipeline(*copy.deepcopy(tiny))  # the pipeline freezes its model: not the shared one
     calls = []
@@ -79,7 +79,7 @@ def test_request_handler_masks(tiny, pics, tmp_path):
     from PIL import Image
 
     from stylevar.app import stylize_request
-    from stylevar.pipeline import StyleVARPipeline
+    from stylevar.stylize.pipeline import StyleVARPipeline
 
     pipe = StyleVARPipeline(*copy.deepcopy(tiny))
     plain = stylize_request(pipe, str(pics[0]), str(pics[1]), seed=4)[0][0][0]
@@ -719,7 +719,7 @@ def test_request_handler_bounds_and_temperature(tiny, pics):
     """The handler on its own: the work bound (samples x output pixels), a mask over max_pixels, and the
     temperature (None or the checkpoint's own: the same image; another: another image; <= 0 refused)."""
     from stylevar.app import stylize_request
-    from stylevar.pipeline import StyleVARPipeline
+    from stylevar.stylize.pipeline import StyleVARPipeline
 
     pipe = StyleVARPipeline(*copy.deepcopy(tiny))
     c, s = str(pics[0]), str(pics[1])  # content 120x90 = 0.0108 MP

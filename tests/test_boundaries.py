@@ -23,8 +23,8 @@ from helpers import write_smooth_pngs
 from stylevar.cli import main
 from stylevar.config import Sampling
 from stylevar.errors import ConfigError
-from stylevar.pairs import Pair, read_manifest
-from stylevar.settings import Leakage, Output, RunPolicy, StylizeSettings
+from stylevar.stylize.pairs import Pair, read_manifest
+from stylevar.stylize.settings import Leakage, Output, RunPolicy, StylizeSettings
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +228,9 @@ def _mount_tmpfs(where: Path, options: str) -> bool:
 
 def _umount(where: Path) -> None:
     if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)  # busy: detach it now, free it later
+        subprocess.run(
+            ["umount", "-l", str(where)], capture_output=True
+        )  # busy: detach it now, free it later
 
 
 @pytest.fixture

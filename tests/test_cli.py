@@ -138,7 +138,7 @@ def test_keep_size_squash_and_jpeg(tmp_path, data, ours_dir):
 
 def test_fast_path_options_match_the_python_pipeline(tmp_path, data, ours_dir):
     """--dtype bf16 --cuda-graphs (the static path runs eagerly on the CPU) writes what the pipeline gives."""
-    from stylevar.pipeline import StyleVARPipeline
+    from stylevar.stylize.pipeline import StyleVARPipeline
 
     out = tmp_path / "fast.png"
     c, s = str(data["content"][0]), str(data["style"][0])

@@ -40,8 +40,8 @@ def _files(folder: Path) -> dict[str, bytes]:
 def test_ray_writes_the_one_process_files_and_survives_a_killed_worker(
     ray_session, grid_pics, ours_dir, tmp_path, capsys
 ):
-    from stylevar.cluster import stylize_on_ray
-    from stylevar.pairs import folder_pairs
+    from stylevar.stylize.cluster import stylize_on_ray
+    from stylevar.stylize.pairs import folder_pairs
 
     contents, styles = grid_pics
     c_dir, s_dir = str(contents[0].parent), str(styles[0].parent)

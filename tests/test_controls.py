@@ -17,7 +17,7 @@ from stylevar import controls as C
 from stylevar.cli import main
 from stylevar.errors import ConfigError
 from stylevar.images import pil_to_unit_tensor
-from stylevar.pipeline import StyleVARPipeline
+from stylevar.stylize.pipeline import StyleVARPipeline
 
 
 @pytest.fixture(scope="module")

@@ -112,7 +112,7 @@ def test_every_config_shares_one_serialisation_and_model_configs_are_frozen():
     from stylevar.errors import ConfigError
     from stylevar.eval.benchmark import EvalSettings
     from stylevar.models.lora import LoRAConfig
-    from stylevar.settings import Leakage, Output, Regions, RunPolicy, VideoOptions
+    from stylevar.stylize.settings import Leakage, Output, Regions, RunPolicy, VideoOptions
     from stylevar.training.config import GRPOConfig, SFTConfig, TokenizerConfig
 
     for cls in (

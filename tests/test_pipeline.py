@@ -13,7 +13,7 @@ from helpers import write_smooth_pngs
 from stylevar.config import Sampling
 from stylevar.errors import ConfigError, ImageError
 from stylevar.images import to_model_input
-from stylevar.pipeline import StyleVARPipeline
+from stylevar.stylize.pipeline import StyleVARPipeline
 
 
 @pytest.fixture(scope="module")

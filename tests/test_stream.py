@@ -13,7 +13,7 @@ from PIL import Image
 from helpers import write_smooth_pngs
 from stylevar.cli import main
 from stylevar.errors import ConfigError, ImageError
-from stylevar.pairs import (
+from stylevar.stylize.pairs import (
     Blend,
     Pair,
     count_manifest,
@@ -158,7 +158,7 @@ def test_per_pair_settings_equal_run_settings(pipe, pics):
 
 def test_each_image_is_read_and_encoded_once_per_cache(pipe, pics, monkeypatch):
     """A style shared by every pair is read once and encoded once, across windows."""
-    import stylevar.stream as P
+    import stylevar.stylize.stream as P
 
     reads: list[str] = []
     real_load = P.load_image
@@ -231,7 +231,7 @@ def test_blend_pairs_match_style_weights(pipe, pics):
 # ---------------------------------------------------------------------------------- the command line
 def test_folder_manifest_and_api_make_the_same_images(pics, ours_dir, tmp_path, capsys):
     """The seed of a folder run's image, given in a manifest or to the API, makes the same file."""
-    from stylevar.pipeline import StyleVARPipeline
+    from stylevar.stylize.pipeline import StyleVARPipeline
 
     ck = ["--checkpoint", str(ours_dir), "--device", "cpu", "-q"]
     folder_out = tmp_path / "folder"

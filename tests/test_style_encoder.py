@@ -309,7 +309,7 @@ def test_sft_cli_trains_a_clip_resampler_model_and_the_pipeline_uses_it(ours_dir
 
     from stylevar.cli import main
     from stylevar.io import load_pretrained
-    from stylevar.pipeline import StyleVARPipeline
+    from stylevar.stylize.pipeline import StyleVARPipeline
 
     omni = tmp_path / "omni"
     for c in range(2):

@@ -14,7 +14,7 @@ from stylevar.errors import ConfigError, VideoError
 
 av = pytest.importorskip("av")
 
-from stylevar.video import TokenKeeper, probe, read_frames, stylize_video  # noqa: E402
+from stylevar.stylize.video import TokenKeeper, probe, read_frames, stylize_video  # noqa: E402
 
 
 def make_clip(path, *, frames=12, w=80, h=60, rate=10, audio=True, moving=True):
@@ -204,7 +204,7 @@ def test_video_inputs_and_outputs_are_checked(pipe, clip, style, tmp_path, caplo
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(data[: len(data) // 2])
     assert probe(cut).frames == 16
-    with caplog.at_level("WARNING", logger="stylevar.video"):
+    with caplog.at_level("WARNING", logger="stylevar.stylize.video"):
         r = stylize_video(pipe, cut, style, tmp_path / "cut_out.mp4", top_k=8, keep_scales=0)
     assert r.expected_frames == 16 and 0 < r.frames < 16
     assert f"{r.frames} of the 16 frames the container announces were read" in caplog.text

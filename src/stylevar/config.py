@@ -407,6 +407,15 @@ class StyleVARConfig(Serialisable):
             raise ConfigError("the VQ-VAE does not match the transformer (" + "; ".join(mism) + ")")
 
 
+# ------------------------------------------------------------------------ images and outputs
+#: how an input becomes the model's square: centre crop or squash (:mod:`stylevar.images`)
+FITS = ("crop", "squash")
+#: colour preservation modes (:func:`stylevar.stylize.controls.preserve_colour`)
+COLOUR_MODES = ("none", "luminance", "stats")
+#: upsamplers back to the content's size (:mod:`stylevar.stylize.controls`)
+UPSAMPLERS = ("lanczos", "guided")
+
+
 # ------------------------------------------------------------------------ sampling
 #: the arithmetic of a run, and the spellings each name accepts
 DTYPES = ("fp32", "bf16", "fp16", "int8")
@@ -472,7 +481,7 @@ def normalise_dtype(value: Any) -> str:
 class Sampling(Serialisable):
     """How the target's tokens are drawn (frozen, validated once). Defaults: the paper's evaluation
     (top-k 900, top-p 0.96). A checkpoint stores its own defaults of the first four fields
-    (:attr:`stylevar.io.Checkpoint.sampling`, :meth:`stored`); :mod:`stylevar.settings` makes it the
+    (:attr:`stylevar.io.Checkpoint.sampling`, :meth:`stored`); :mod:`stylevar.stylize.settings` makes it the
     sampling part of a stylization's settings; ``StyleVAR.generate`` takes it."""
 
     top_k: int = option(900, "keep the k most likely tokens at each position (0: off)")

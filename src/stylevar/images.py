@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
+from .config import FITS
 from .errors import ImageError
 from .files import atomic_write
-from .settings import FITS
 
 IMAGE_EXTENSIONS = {
     ".png",

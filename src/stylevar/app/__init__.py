@@ -8,7 +8,7 @@ Upload (or pick an example) content and style image, set the controls (style str
 to blend in, colour preservation, full-resolution output, samples and seed; per-scale alpha and the
 sampling temperature under "Advanced"), press Stylize. Results appear in a gallery with their seeds
 (reuse one to get that image again) and download at full size. Every control is the pipeline's own
-(:mod:`stylevar.controls`).
+(:mod:`stylevar.stylize.controls`).
 
 Serving (docs/app.md): binds to 127.0.0.1 unless ``--host`` says otherwise (then it warns that the page
 has no authentication; ``--auth USER:PASS`` adds Gradio's login, and then every route but ``/health`` and

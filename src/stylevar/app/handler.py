@@ -222,11 +222,11 @@ class ServerState:
 
 
 def run_cancellable(work, cancel: threading.Event, state: ServerState, poll: float = 0.2):
-    """Run ``work()`` in a thread (the caller's context, with :data:`stylevar.stream.CANCEL` set to
+    """Run ``work()`` in a thread (the caller's context, with :data:`stylevar.stylize.stream.CANCEL` set to
     ``cancel``), yielding None every ``poll`` seconds while it runs, then its result. Closing this
     generator (Gradio does on Stop and on a closed page) sets ``cancel``: the sampler stops at its next
     scale boundary and the thread ends."""
-    from ..stream import CANCEL
+    from ..stylize.stream import CANCEL
 
     box: dict[str, Any] = {}
 

@@ -108,7 +108,7 @@ def build_app(
     title: str = "",
     state: ServerState | None = None,
 ):
-    """The Gradio Blocks page around ``pipe`` (a :class:`~stylevar.pipeline.StyleVARPipeline`): every
+    """The Gradio Blocks page around ``pipe`` (a :class:`~stylevar.stylize.pipeline.StyleVARPipeline`): every
     image within ``max_pixels``, every request's output within ``max_request_pixels`` (:func:`check_work`),
     files only as uploads (:class:`Uploads`). Its API endpoint ``/stylize`` takes the parameters of
     :func:`stylize_request`, by name."""

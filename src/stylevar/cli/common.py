@@ -290,7 +290,7 @@ def checkpoint_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def load_pipeline(args: argparse.Namespace) -> Any:
     """The pipeline of ``--checkpoint`` and the checkpoint options, on ``--device``."""
-    from ..pipeline import StyleVARPipeline
+    from ..stylize.pipeline import StyleVARPipeline
 
     return StyleVARPipeline.from_pretrained(args.checkpoint, device=args.device, **checkpoint_kwargs(args))
 

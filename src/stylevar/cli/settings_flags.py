@@ -1,9 +1,9 @@
-"""The flags of a stylization, made from :mod:`stylevar.settings` (``stylevar stylize`` and ``video``).
+"""The flags of a stylization, made from :mod:`stylevar.stylize.settings` (``stylevar stylize`` and ``video``).
 
 Sampling, output and run flags are generated from the settings' fields (help text, choices, defaults);
 what a field cannot say by itself -- a style blend (``--blend STYLE2:WEIGHT``), region styles
 (``--region MASK:STYLE``), StyleAR's leakage knobs -- is declared here once. :func:`settings_keywords`
-turns the parsed flags into the keywords of :meth:`stylevar.pipeline.StyleVARPipeline.settings`, where
+turns the parsed flags into the keywords of :meth:`stylevar.stylize.pipeline.StyleVARPipeline.settings`, where
 they pass the one validation. Nothing here imports torch.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 from ..config import Sampling
 from ..errors import ConfigError, ImageError
-from ..settings import Output, RunPolicy
+from ..stylize.settings import Output, RunPolicy
 from .common import add_config_flags, config_values
 
 #: sampling flags default to the checkpoint's values (None here)

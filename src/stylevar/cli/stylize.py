@@ -139,7 +139,7 @@ def _pair_source(args: argparse.Namespace, blend_images: list[tuple[Path, float]
     once to check the whole plan, once to stylize them (a manifest is never held in memory)."""
     import dataclasses
 
-    from ..pairs import Blend, collect_images, folder_pairs, output_names, read_manifest
+    from ..stylize.pairs import Blend, collect_images, folder_pairs, output_names, read_manifest
 
     contents: list[Path] = []
     if args.pairs:
@@ -185,9 +185,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import ConfigError, StyleVARError
     from ..images import save_image_atomic
-    from ..outputs import OutputError, OutputRun, resolve_output
-    from ..pairs import count_manifest
-    from ..settings import StylizeSettings
+    from ..stylize.outputs import OutputError, OutputRun, resolve_output
+    from ..stylize.pairs import count_manifest
+    from ..stylize.settings import StylizeSettings
 
     keywords = settings_keywords(args)
     StylizeSettings().with_(**keywords)  # every flag checked before any file is read
@@ -251,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _local_rows(results, run_, save, grid_rows: dict | None):
     """The log rows of the one-process loop's results, each image saved first."""
-    from ..pairs import log_row
+    from ..stylize.pairs import log_row
 
     for r in results:
         row = log_row(r.pair, r.sample, r.seed)
@@ -268,7 +268,7 @@ def _ray_rows(args: argparse.Namespace, pairs, keywords: dict, run_, skip, n_ima
     """The log rows of a Ray run (the workers save the images)."""
     import secrets
 
-    from ..cluster import stylize_on_ray
+    from ..stylize.cluster import stylize_on_ray
     from .common import checkpoint_kwargs
 
     if keywords.get("seed") is None:  # one base seed for every worker, printed in the log

@@ -1,4 +1,4 @@
-"""``stylevar video VIDEO STYLE -o OUTPUT``: a stylized video (see :mod:`stylevar.video`)."""
+"""``stylevar video VIDEO STYLE -o OUTPUT``: a stylized video (see :mod:`stylevar.stylize.video`)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from .settings_flags import (
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from ..settings import VideoOptions
+    from ..stylize.settings import VideoOptions
 
     p = sub.add_parser(
         "video",
@@ -59,8 +59,8 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from ..settings import StylizeSettings, VideoOptions
-    from ..video import stylize_video
+    from ..stylize.settings import StylizeSettings, VideoOptions
+    from ..stylize.video import stylize_video
 
     keywords = settings_keywords(args, video=True)
     StylizeSettings().with_(**keywords)  # every flag checked before the model loads

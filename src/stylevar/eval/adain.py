@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..controls import coral
 from ..errors import CheckpointError, ConfigError, MissingWeightsError
 from ..io.safe import load_strict, read_state_dict, why
 from ..perceptual.common import Frozen, PathLike, check_images, resolve_cache_dir
+from ..stylize.controls import coral
 
 RELEASE_URL = "https://github.com/naoto0804/pytorch-AdaIN/releases/download/v0.0.0"
 ENCODER_FILE = "vgg_normalised.pth"

@@ -178,7 +178,7 @@ def build_benchmarks(args: EvaluateRequest) -> list:
 def run_evaluate(args: EvaluateRequest, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) the evaluation ``args`` describes; returns the results (also in ``args.out``)."""
     from ..devices import resolve_device
-    from ..pipeline import StyleVARPipeline
+    from ..stylize.pipeline import StyleVARPipeline
     from .benchmark import EvalSettings, Evaluation, MethodEntry
     from .data import describe
     from .methods import AdaINMethod, ContentCopy, StyleVARMethod

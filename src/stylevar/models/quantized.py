@@ -33,7 +33,9 @@ class Int8Weight:
             raise ValueError("int8 weights run on the CPU (PyTorch's quantized kernels); use bf16 on a GPU")
         n = w.shape[0]
         scales = (w.abs().amax(1).double() / 127).clamp_min(1e-12)
-        with warnings.catch_warnings():  # PyTorch announces a move of these kernels to torchao (docs/speed.md)
+        with (
+            warnings.catch_warnings()
+        ):  # PyTorch announces a move of these kernels to torchao (docs/speed.md)
             warnings.simplefilter("ignore", UserWarning)
             qw = torch.quantize_per_channel(w, scales, torch.zeros(n, dtype=torch.long), 0, torch.qint8)
         b = None if bias is None else bias.detach().float().contiguous()

@@ -460,7 +460,7 @@ class StyleVAR(nn.Module):
 
     @torch.no_grad()
     def _autocast_dtype(self, dtype: str) -> torch.dtype | None:
-        """The autocast dtype of a :class:`~stylevar.settings.Sampling` dtype for this model (None: fp32)."""
+        """The autocast dtype of a :class:`~stylevar.stylize.settings.Sampling` dtype for this model (None: fp32)."""
         if dtype == "int8":
             if not self.int8:
                 raise ConfigError(
@@ -496,7 +496,7 @@ class StyleVAR(nn.Module):
         Args:
             vae: the VQ-VAE (next-scale inputs and decoding).
             cond: :class:`Conditioning` of B pairs (repeat rows for several samples per pair).
-            sampling: :class:`stylevar.settings.Sampling`: the filters (``top_k``, ``top_p``: 0 = off),
+            sampling: :class:`stylevar.stylize.settings.Sampling`: the filters (``top_k``, ``top_p``: 0 = off),
                 ``temperature``, ``alpha`` and ``style_strength`` (see :meth:`resolve_alpha`), ``dtype``
                 (``bf16``/``fp16`` run the transformer's products and attention, and the VQ-VAE decoder,
                 under autocast in that dtype; the residual stream, normalisations, the logits, sampling
@@ -508,7 +508,7 @@ class StyleVAR(nn.Module):
                 reduced dtype, call ``static_runner(...).refresh_weights()``) and ``legacy_kv_cache``
                 (reproduce the published sampler's duplicated KV cache token for token,
                 docs/upstream.md §3.6; off: the cache matches the teacher-forced model exactly). Its
-                ``seed`` is not used here. Default: :data:`~stylevar.settings.PLAIN`, unfiltered.
+                ``seed`` is not used here. Default: :data:`~stylevar.stylize.settings.PLAIN`, unfiltered.
             seed: see :func:`stylevar.models.sampling.make_generators`: an int seeds one
                 generator for the batch (upstream's ``g_seed``), a list seeds each sample.
             alpha: an alpha computed by the caller instead of ``sampling.alpha`` (still shifted by

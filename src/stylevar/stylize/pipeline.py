@@ -28,14 +28,14 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps
 
-from .config import Sampling
+from ..config import Sampling
+from ..devices import bf16_decoder_, decode_dtype, resolve_device
+from ..errors import ConfigError, ImageError
+from ..images import load_image, pil_from_tensor_input, to_rgb
+from ..io import Checkpoint, load_pretrained, save_pretrained
+from ..models import VQVAE, Conditioning, StyleVAR
+from ..models.quantized import run_dtype
 from .controls import blend_weights
-from .devices import bf16_decoder_, decode_dtype, resolve_device
-from .errors import ConfigError, ImageError
-from .images import load_image, pil_from_tensor_input, to_rgb
-from .io import Checkpoint, load_pretrained, save_pretrained
-from .models import VQVAE, Conditioning, StyleVAR
-from .models.quantized import run_dtype
 from .pairs import Blend, Pair, image_seed, pair_sampling
 from .regional import Regional, load_regional
 from .settings import StylizeSettings
@@ -165,7 +165,7 @@ class StyleVARPipeline:
 
     # ------------------------------------------------------------------ settings
     def settings(self, settings: StylizeSettings | None = None, **keywords: Any) -> StylizeSettings:
-        """The run's :class:`~stylevar.settings.StylizeSettings`: ``settings`` (default: the defaults with
+        """The run's :class:`~stylevar.stylize.settings.StylizeSettings`: ``settings`` (default: the defaults with
         this checkpoint's sampling defaults) with ``keywords`` applied by field name (``top_k=1``,
         ``keep_size=True``, ``mask=...``; None leaves a field as it is). One validation, one-line
         :class:`~stylevar.errors.ConfigError`s; an unknown keyword is refused with the closest name."""
@@ -193,7 +193,7 @@ class StyleVARPipeline:
 
         Args:
             content, style: a path, PIL image or tensor in [0, 1] ((3, H, W) or (B, 3, H, W)), or a list.
-            settings: a :class:`~stylevar.settings.StylizeSettings` (default: the checkpoint's sampling
+            settings: a :class:`~stylevar.stylize.settings.StylizeSettings` (default: the checkpoint's sampling
                 defaults and the defaults of every other field).
             keywords: any field of the settings by name, overriding ``settings`` -- sampling (``top_k``,
                 ``top_p``, ``temperature``, ``style_strength``, ``alpha``, ``seed``: image k
@@ -236,7 +236,7 @@ class StyleVARPipeline:
         image's ResNet feature and VQ condition features), weights normalised to sum 1. Results are
         then those of a single style (style index 0).
 
-        The settings (:mod:`stylevar.settings`; controls in :mod:`stylevar.controls`):
+        The settings (:mod:`stylevar.stylize.settings`; controls in :mod:`stylevar.stylize.controls`):
 
         * ``preserve_color``: ``luminance`` (the result's luma, the content's chroma) or ``stats`` (the
           result's colour mean/covariance matched to the content's); ``none`` (default).
@@ -251,8 +251,8 @@ class StyleVARPipeline:
           share (weights scaled to sum 1). A region covering the whole image with style B gives what
           stylizing with B gives. Masks and regions run the eager sampler (not with ``cuda_graphs``).
         * ``leakage``: StyleAR's knobs against the style image's own objects showing up, a
-          :class:`~stylevar.settings.Leakage` or ``{"style_mask": salient region of the style image,
-          "subtract": alpha, "style_noise": gamma}`` (:meth:`stylevar.regional.Regional.edit_styles`).
+          :class:`~stylevar.stylize.settings.Leakage` or ``{"style_mask": salient region of the style image,
+          "subtract": alpha, "style_noise": gamma}`` (:meth:`stylevar.stylize.regional.Regional.edit_styles`).
         """
         settings = self.settings(settings, **keywords)
         contents, styles = _as_list(content), _as_list(style)
@@ -286,8 +286,8 @@ class StyleVARPipeline:
         """Stylize any number of pairs, streaming: yields one :class:`PairResult` per image, in order.
 
         ``pairs``: an iterable (a generator is fine: it is consumed a window at a time) of
-        :class:`~stylevar.pairs.Pair` or ``(content, style)`` tuples; sources are in
-        :mod:`stylevar.pairs` (folders, CSV/JSON-lines manifests). A pair's own settings (seed,
+        :class:`~stylevar.stylize.pairs.Pair` or ``(content, style)`` tuples; sources are in
+        :mod:`stylevar.stylize.pairs` (folders, CSV/JSON-lines manifests). A pair's own settings (seed,
         style strength, colour preservation, top-k/top-p/temperature) override the run's.
         ``settings`` and ``keywords``: as :meth:`__call__`.
 

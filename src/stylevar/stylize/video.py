@@ -1,6 +1,6 @@
 """Stylized video: frames streamed through the pipeline a batch at a time, written with PyAV.
 
-    from stylevar.video import stylize_video
+    from stylevar.stylize.video import stylize_video
     stylize_video(pipe, "clip.mp4", "monet.jpg", "out.mp4", keep_scales=2, seed=0)
 
 * **Containers**: MP4 / MOV / MKV (H.264), WebM (VP9), GIF; the size and the frame rate of the input are
@@ -36,11 +36,11 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .config import Sampling
-from .errors import ConfigError, MissingDependencyError, VideoError
-from .files import same_file
-from .images import to_model_input
-from .models import Conditioning
+from ..config import Sampling
+from ..errors import ConfigError, MissingDependencyError, VideoError
+from ..files import same_file
+from ..images import to_model_input
+from ..models import Conditioning
 from .pipeline import ImageInput, StyleVARPipeline
 from .regional import load_regional
 from .settings import Output, StylizeSettings, VideoOptions
@@ -210,7 +210,7 @@ class TokenKeeper:
 
     def _unchanged(self, x: torch.Tensor, content_idx: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
         """Per frame of the batch, (L,) bool: where it did not change since the frame before (None: first)."""
-        from .models import scale_maps
+        from ..models import scale_maps
 
         out: list[torch.Tensor | None] = []
         prev, prev_idx = self.prev_content, dict(self.prev_idx)
@@ -294,7 +294,7 @@ def stylize_video(
     ``keywords``: the pipeline's (:meth:`StyleVARPipeline.settings`; here ``fit`` defaults to ``squash``
     and ``seed``, the seed of every frame, to 0; results always take the frame's size; ``batch_size`` is
     frames at a time). ``options`` (or its fields as keywords: ``keep_scales``, ``keep_criterion``,
-    ``change_threshold``, ``start``, ``duration``, ``crf``): :class:`~stylevar.settings.VideoOptions`.
+    ``change_threshold``, ``start``, ``duration``, ``crf``): :class:`~stylevar.stylize.settings.VideoOptions`.
     ``on_frames(inputs, outputs)`` sees each batch (benchmarks measure flicker)."""
     from .controls import blend_weights
 

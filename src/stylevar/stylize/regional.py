@@ -1,6 +1,6 @@
 """Regional style for the pipeline: a call's style-strength mask and region styles, read once, turned into
 the per-token alpha and the :class:`~stylevar.models.StyleRegions` of each batch (see
-:meth:`stylevar.pipeline.StyleVARPipeline.iter_batches`)."""
+:meth:`stylevar.stylize.pipeline.StyleVARPipeline.iter_batches`)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError
-from .images import to_mask, to_model_input
-from .models import ALPHA_CONTENT_END, StyleRegions, StyleVAR, scale_maps
+from ..errors import ConfigError
+from ..images import to_mask, to_model_input
+from ..models import ALPHA_CONTENT_END, StyleRegions, StyleVAR, scale_maps
 from .settings import Regions
 from .stream import read_input
 
@@ -131,13 +131,13 @@ def load_regional(regions: Regions, resolution: int, fit: str, cuda_graphs: bool
     ``style_mask`` or found by a ``segmenter`` -- a SAM folder / Hub id or a callable, see
     :class:`Regional` --, ``subtract`` alpha, ``style_noise`` gamma), read and resized now (a bad file fails
     before any work); None without any. ``regions`` was validated when it was made
-    (:class:`stylevar.settings.Regions`)."""
+    (:class:`stylevar.stylize.settings.Regions`)."""
     if not regions.active:
         return None
     leak = regions.leakage
     segmenter = leak.segmenter
     if segmenter is not None and not callable(segmenter):
-        from .perceptual.salient import SalientRegion
+        from ..perceptual.salient import SalientRegion
 
         segmenter = SalientRegion(segmenter)
     if cuda_graphs and (regions.mask is not None or regions.regions):

@@ -31,7 +31,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import (
+from ..config import (
+    COLOUR_MODES,
+    FITS,
+    UPSAMPLERS,
     Sampling,
     Serialisable,
     check_bool,
@@ -40,14 +43,8 @@ from .config import (
     check_int,
     option,
 )
-from .errors import ConfigError
+from ..errors import ConfigError
 
-#: how an input becomes the model's square: centre crop or squash (:mod:`stylevar.images`)
-FITS = ("crop", "squash")
-#: colour preservation modes (:func:`stylevar.controls.preserve_colour`)
-COLOUR_MODES = ("none", "luminance", "stats")
-#: upsamplers back to the content's size (:mod:`stylevar.controls`)
-UPSAMPLERS = ("lanczos", "guided")
 OUTPUT_TYPES = ("pil", "pt")
 BAD_FILE_POLICIES = ("fail", "skip")
 
@@ -92,7 +89,7 @@ class Output(Serialisable):
 @dataclass(frozen=True)
 class Leakage(Serialisable):
     """StyleAR's knobs against the style image's own objects appearing in the result
-    (:meth:`stylevar.regional.Regional.edit_styles`): the style's salient region, given as a mask or
+    (:meth:`stylevar.stylize.regional.Regional.edit_styles`): the style's salient region, given as a mask or
     found by a SAM model, is partly subtracted from its features; noise on its VQ features."""
 
     #: the style image's salient region: a mask image (path or PIL image)
@@ -171,7 +168,7 @@ class Regions(Serialisable):
 
 @dataclass(frozen=True)
 class RunPolicy(Serialisable):
-    """How a run goes through its pairs (:meth:`stylevar.pipeline.StyleVARPipeline.stylize_pairs`)."""
+    """How a run goes through its pairs (:meth:`stylevar.stylize.pipeline.StyleVARPipeline.stylize_pairs`)."""
 
     num_samples: int = option(1, "images per pair, each with its own seed")
     batch_size: int = option(4, "images generated at once")
@@ -187,7 +184,7 @@ class RunPolicy(Serialisable):
         choices=BAD_FILE_POLICIES,
     )
     #: pad short batches to ``batch_size`` (the same bytes wherever an image is made); None: a run of at
-    #: least one batch pads (:meth:`stylevar.pipeline.StyleVARPipeline.stylize_pairs`)
+    #: least one batch pads (:meth:`stylevar.stylize.pipeline.StyleVARPipeline.stylize_pairs`)
     pad_batches: bool | None = option(None, "pad short batches to batch_size", flag=False)
 
     def __post_init__(self) -> None:
@@ -278,7 +275,7 @@ def pair_overrides(**values: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class VideoOptions(Serialisable):
-    """What ``stylevar video`` adds to a stylization (:func:`stylevar.video.stylize_video`)."""
+    """What ``stylevar video`` adds to a stylization (:func:`stylevar.stylize.video.stylize_video`)."""
 
     keep_scales: int | None = option(
         None,

@@ -1,6 +1,6 @@
 """The streaming loop's parts: its results, and the bounded memory of encoded images.
 
-:meth:`stylevar.pipeline.StyleVARPipeline.stylize_pairs` takes (pair, sample) jobs a window at a time;
+:meth:`stylevar.stylize.pipeline.StyleVARPipeline.stylize_pairs` takes (pair, sample) jobs a window at a time;
 :class:`EncodedImages` reads and encodes the images of each window that it does not already hold
 (an LRU cache per role, so a style shared by many pairs is read and encoded once) and remembers which
 files could not be read. Nothing here grows with the number of pairs.
@@ -20,9 +20,8 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps
 
-from .controls import blend_weights, guided_upsample, preserve_colour
-from .errors import Cancelled, ConfigError, ImageError
-from .images import (
+from ..errors import Cancelled, ConfigError, ImageError
+from ..images import (
     crop_box,
     load_image,
     pil_from_tensor_input,
@@ -31,6 +30,7 @@ from .images import (
     to_model_input,
     to_rgb,
 )
+from .controls import blend_weights, guided_upsample, preserve_colour
 from .pairs import Blend, Pair
 from .settings import Output
 
@@ -104,7 +104,7 @@ def as_pair(item: Any) -> Pair:
     if isinstance(item, (tuple, list)) and len(item) == 2:
         return Pair(item[0], item[1])
     raise ConfigError(
-        f"a pair must be a stylevar.pairs.Pair or a (content, style) tuple, got {type(item).__name__}"
+        f"a pair must be a stylevar.stylize.pairs.Pair or a (content, style) tuple, got {type(item).__name__}"
     )
 
 

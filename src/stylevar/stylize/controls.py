@@ -22,8 +22,8 @@ from collections.abc import Sequence
 import torch
 from torch.nn import functional as F
 
-from .errors import ConfigError
-from .settings import COLOUR_MODES
+from ..config import COLOUR_MODES
+from ..errors import ConfigError
 
 # BT.601 full-range RGB <-> YCbCr (JPEG's), on [0, 1] values
 _RGB2YCC = torch.tensor(

@@ -3,7 +3,7 @@
 A million pairs must not be a million objects in memory before the first image is made, so every
 source here is an iterator: :func:`folder_pairs` walks folders (every content x every style),
 :func:`read_manifest` reads a CSV or JSON-lines file row by row. Each yields :class:`Pair`; the
-pipeline's streaming path (:meth:`stylevar.pipeline.StyleVARPipeline.stylize_pairs`) decodes the
+pipeline's streaming path (:meth:`stylevar.stylize.pipeline.StyleVARPipeline.stylize_pairs`) decodes the
 images of a few batches at a time.
 
 Seeds: a pair carries its own ``seed`` or none. Without one, the streaming path gives the image of
@@ -30,9 +30,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .config import MAX_SEED, Sampling
-from .errors import ConfigError, ImageError
-from .images import IMAGE_EXTENSIONS, list_images
+from ..config import MAX_SEED, Sampling
+from ..errors import ConfigError, ImageError
+from ..images import IMAGE_EXTENSIONS, list_images
 from .settings import pair_overrides
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson")
@@ -76,7 +76,7 @@ class Pair:
     error: str | None = None
 
     def __post_init__(self) -> None:
-        """The pair's own settings pass the run's validation (:func:`stylevar.settings.pair_overrides`)."""
+        """The pair's own settings pass the run's validation (:func:`stylevar.stylize.settings.pair_overrides`)."""
         values = {name: getattr(self, name) for name in PAIR_SETTINGS}
         try:
             checked = pair_overrides(**values)
@@ -86,7 +86,7 @@ class Pair:
             object.__setattr__(self, name, value)
 
 
-#: a pair's own settings, overriding the run's (:class:`stylevar.settings.Sampling` and ``Output`` fields)
+#: a pair's own settings, overriding the run's (:class:`stylevar.stylize.settings.Sampling` and ``Output`` fields)
 PAIR_SETTINGS = ("seed", "style_strength", "preserve_color", "top_k", "top_p", "temperature")
 
 
@@ -100,7 +100,7 @@ def pair_sampling(sampling: Sampling, pair: Pair) -> Sampling:
 def image_seed(pair: Pair, index: int, sample: int, num_samples: int, base: int) -> int:
     """The seed of pair ``index``'s sample ``sample``: ``pair.seed + sample``, or
     ``base + index * num_samples + sample`` when the pair has none (the one rule every path uses), as an
-    unsigned 63-bit number (a base near :data:`~stylevar.settings.MAX_SEED` wraps around)."""
+    unsigned 63-bit number (a base near :data:`~stylevar.stylize.settings.MAX_SEED` wraps around)."""
     if pair.seed is not None:
         return (pair.seed + sample) % (MAX_SEED + 1)
     return (base + index * num_samples + sample) % (MAX_SEED + 1)

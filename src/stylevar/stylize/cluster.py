@@ -8,7 +8,7 @@ its final seed and output path; ``--skip-existing`` drops finished ones without 
 writes them to ``OUT/.stylevar-ray/jobs.jsonl``, one line per window of the one-process loop
 (``batch_size * window`` images); Ray Data reads that file in blocks and ``map_batches`` hands the
 windows to a pool of actors, each holding one
-:class:`~stylevar.pipeline.StyleVARPipeline` (one GPU per actor on GPU nodes, ``cpus_per_worker``
+:class:`~stylevar.stylize.pipeline.StyleVARPipeline` (one GPU per actor on GPU nodes, ``cpus_per_worker``
 CPUs on CPU nodes). Each actor stylizes its batch with the same streaming loop as one process and
 writes the images itself (atomically); the driver only collects one small row per image for the
 log and the summary. An image depends only on its inputs, settings and seed, so the files are the
@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .files import atomic_write
+from ..errors import ConfigError
+from ..files import atomic_write
 from .pairs import Blend, Pair, image_seed, log_row
 from .settings import StylizeSettings
 
@@ -55,7 +55,7 @@ def job_rows(
 ) -> Iterator[dict[str, Any]]:
     """One flat row per image still to make: paths as strings, the image's final seed, its output path.
 
-    Seeds follow :meth:`~stylevar.pipeline.StyleVARPipeline.stylize_pairs` (pair ``i``, sample ``k``:
+    Seeds follow :meth:`~stylevar.stylize.pipeline.StyleVARPipeline.stylize_pairs` (pair ``i``, sample ``k``:
     ``pair.seed + k`` or ``seed + i * num_samples + k``), so a worker stylizing one row with
     ``num_samples=1`` makes exactly the image a one-process run makes.
     """
@@ -135,7 +135,7 @@ class PipelineWorker:
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         """``batch["window"]``: JSON lists of job rows, each list one window of the one-process loop
         (so each image is made in the same batch, with the same neighbours, as there)."""
-        from .images import save_image_atomic
+        from ..images import save_image_atomic
 
         out: dict[str, list] = {"row": []}
         for text in batch["window"]:
@@ -172,15 +172,15 @@ def stylize_on_ray(
     total: int | None = None,
     fault_marker: str | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Stylize ``pairs`` on Ray; yields one log row per image (:func:`stylevar.pairs.log_row` with
+    """Stylize ``pairs`` on Ray; yields one log row per image (:func:`stylevar.stylize.pairs.log_row` with
     ``output``, or ``error`` for a pair whose input could not be read), in completion order.
 
     ``load_kwargs``: :meth:`StyleVARPipeline.from_pretrained` arguments (each actor loads the model
     itself; ``device`` defaults to ``cuda`` on GPU actors, ``cpu`` otherwise). ``settings``: the run's
-    settings as keywords (fields of :class:`~stylevar.settings.StylizeSettings`, JSON-ready values; ``seed``
+    settings as keywords (fields of :class:`~stylevar.stylize.settings.StylizeSettings`, JSON-ready values; ``seed``
     must be set: every worker derives the same seeds from it). They are checked here, before any worker
     starts, and each worker makes the same settings object of them with its checkpoint's sampling
-    defaults for what is not given (:meth:`~stylevar.pipeline.StyleVARPipeline.settings`). ``address``:
+    defaults for what is not given (:meth:`~stylevar.stylize.pipeline.StyleVARPipeline.settings`). ``address``:
     ``auto`` joins a
     running cluster (``RAY_ADDRESS``, or one started by ``ray start`` on this machine) or starts a local
     one; otherwise a head node's address. A Ray session already initialised by the caller is used

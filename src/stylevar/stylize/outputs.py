@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, StyleVARError
-from .files import atomic_write
-from .images import IMAGE_EXTENSIONS
+from ..errors import ConfigError, StyleVARError
+from ..files import atomic_write
+from ..images import IMAGE_EXTENSIONS
 from .pairs import Blend, Pair
 
 #: longest output file name (bytes): NAME_MAX (255) less room for the temporary file's prefix and suffix
