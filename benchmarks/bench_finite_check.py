@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import platform
 import shutil
 import statistics
 import tempfile
@@ -30,19 +29,10 @@ from unittest import mock
 import torch
 
 from stylevar.config import StyleVARConfig, VQVAEConfig
+from stylevar.devices import cpu_name
 from stylevar.io import load_pretrained, save_pretrained
 from stylevar.io.safe import first_nonfinite
 from stylevar.models import VQVAE, StyleVAR
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def random_state(module_cls, cfg, seed: int) -> dict[str, torch.Tensor]:

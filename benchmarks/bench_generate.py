@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ import torch
 
 from stylevar._malloc import release_memory_promptly
 from stylevar.config import Sampling, d20_configs
-from stylevar.devices import bf16_decoder_, decode_dtype
+from stylevar.devices import bf16_decoder_, cpu_name, decode_dtype
 from stylevar.models import VQVAE, StyleVAR
 from stylevar.models.ops import autocast_to, parse_dtype
 from stylevar.models.reference import reference_generate
@@ -106,16 +105,6 @@ def rss_peak_mib() -> float | None:
     except OSError:
         return None
     return None
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def matmul_rate(device: torch.device, dtype: torch.dtype, seconds: float = 3.0) -> float:

@@ -70,3 +70,17 @@ def bf16_decoder_(vae, model, device) -> bool:
     vae.decoder.to(torch.bfloat16)
     vae.post_quant_conv.to(torch.bfloat16)
     return True
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), for the machine line beside every measured figure."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
