@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from helpers import rand_images, smooth_images
-from stylevar import controls as C
 from stylevar.cli import main
 from stylevar.errors import ConfigError
 from stylevar.images import pil_to_unit_tensor
+from stylevar.stylize import controls as C
 from stylevar.stylize.pipeline import StyleVARPipeline
 
 
