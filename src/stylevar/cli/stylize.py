@@ -135,14 +135,22 @@ def _larger_than(paths: list[Path], side: int) -> bool:
 
 
 def _pair_source(args: argparse.Namespace, blend_images: list[tuple[Path, float]]):
-    """(a function making the run's pairs afresh, their content files or []): the pairs are made twice,
-    once to check the whole plan, once to stylize them (a manifest is never held in memory)."""
+    """(a function making the run's pairs afresh, their content files or [], the number of pairs or of a
+    manifest's rows): the pairs are made twice, once to check the whole plan, once to stylize them (a
+    manifest is never held in memory)."""
     import dataclasses
 
-    from ..stylize.pairs import Blend, collect_images, folder_pairs, output_names, read_manifest
+    from ..stylize.pairs import (
+        Blend,
+        collect_images,
+        folder_pairs,
+        output_names,
+        read_manifest,
+    )
 
     contents: list[Path] = []
     if args.pairs:
+        count = None  # counted once the manifest is known to be readable
 
         def make():
             return read_manifest(args.pairs, on_bad_row=args.on_bad_file)
@@ -151,19 +159,20 @@ def _pair_source(args: argparse.Namespace, blend_images: list[tuple[Path, float]
         contents, c_root = collect_images(args.content, "content", args.recursive)
         styles, s_root = collect_images(args.style, "style", args.recursive)
         c_names, s_names = output_names(contents, c_root), output_names(styles, s_root)
+        count = len(contents) * len(styles)
 
         def make():
             return folder_pairs(contents, styles, c_names, s_names)
 
     if not blend_images:
-        return make, contents
+        return make, contents, count
     weights = (args.style_weight, *(w for _, w in blend_images))
     extra = tuple(str(p) for p, _ in blend_images)
 
     def blended():  # every pair's style blended with the --blend images inside the model
         return (dataclasses.replace(pair, style=Blend((pair.style, *extra), weights)) for pair in make())
 
-    return blended, contents
+    return blended, contents, count
 
 
 def check_usage(args: argparse.Namespace) -> None:
@@ -191,13 +200,14 @@ def run(args: argparse.Namespace) -> int:
 
     keywords = settings_keywords(args)
     StylizeSettings().with_(**keywords)  # every flag checked before any file is read
-    make_pairs, contents = _pair_source(args, blends(args))
+    make_pairs, contents, n_pairs = _pair_source(args, blends(args))
     first = next(iter(make_pairs()), None)  # a missing file, a malformed first row: before counting
     if first is None:
         raise ConfigError(f"{args.pairs} holds no pairs")
     num_samples = keywords["num_samples"]
-    n_pairs = count_manifest(args.pairs) if args.pairs else sum(1 for _ in make_pairs())
-    out, single_file = resolve_output(args.output, n_pairs * num_samples, [first.content, first.style])
+    if n_pairs is None:
+        n_pairs = count_manifest(args.pairs)
+    out, single_file = resolve_output(args.output, n_pairs * num_samples)
     run_ = OutputRun(out, single_file, num_samples, args.format)
     n_pairs = run_.check(make_pairs())  # whole plan, before any image is made
     if single_file and n_pairs * num_samples > 1:

@@ -460,7 +460,7 @@ class StyleVAR(nn.Module):
 
     @torch.no_grad()
     def _autocast_dtype(self, dtype: str) -> torch.dtype | None:
-        """The autocast dtype of a :class:`~stylevar.stylize.settings.Sampling` dtype for this model (None: fp32)."""
+        """The autocast dtype of a :class:`~stylevar.config.Sampling` dtype for this model (None: fp32)."""
         if dtype == "int8":
             if not self.int8:
                 raise ConfigError(
@@ -496,7 +496,7 @@ class StyleVAR(nn.Module):
         Args:
             vae: the VQ-VAE (next-scale inputs and decoding).
             cond: :class:`Conditioning` of B pairs (repeat rows for several samples per pair).
-            sampling: :class:`stylevar.stylize.settings.Sampling`: the filters (``top_k``, ``top_p``: 0 = off),
+            sampling: :class:`stylevar.config.Sampling`: the filters (``top_k``, ``top_p``: 0 = off),
                 ``temperature``, ``alpha`` and ``style_strength`` (see :meth:`resolve_alpha`), ``dtype``
                 (``bf16``/``fp16`` run the transformer's products and attention, and the VQ-VAE decoder,
                 under autocast in that dtype; the residual stream, normalisations, the logits, sampling

@@ -56,11 +56,11 @@ def _input_paths(pair: Pair) -> list[str]:
     return [os.fspath(p) for p in items if isinstance(p, (str, os.PathLike))]
 
 
-def resolve_output(output: str | os.PathLike, n_images: int, inputs: Iterable[Any] = ()) -> tuple[Path, bool]:
+def resolve_output(output: str | os.PathLike, n_images: int) -> tuple[Path, bool]:
     """(the output path, whether it is one file) of ``-o``: a name with an image extension is one file
     (then exactly one image may be made), anything else a folder. Refused with one line: a file name for
     several images, a non-image extension for one image (``result.txt``), a folder where a file is meant
-    and the other way round, and an output that is one of ``inputs`` (after resolving links)."""
+    and the other way round. (An output that is an input is found by :meth:`OutputRun.check`.)"""
     out = Path(output).expanduser()
     suffix = out.suffix.lower()
     single = suffix in IMAGE_EXTENSIONS
@@ -75,11 +75,6 @@ def resolve_output(output: str | os.PathLike, n_images: int, inputs: Iterable[An
         )
     if not single and out.exists() and not out.is_dir():
         raise ConfigError(f"{out} exists and is not a folder; choose another output path")
-    if single:
-        real = os.path.realpath(out)
-        for item in inputs:
-            if isinstance(item, (str, os.PathLike)) and os.path.realpath(os.fspath(item)) == real:
-                raise ConfigError(f"{out} is an input of this run; write the output to another file")
     return out, single
 
 

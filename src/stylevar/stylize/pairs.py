@@ -86,8 +86,18 @@ class Pair:
             object.__setattr__(self, name, value)
 
 
-#: a pair's own settings, overriding the run's (:class:`stylevar.stylize.settings.Sampling` and ``Output`` fields)
+#: a pair's own settings, overriding the run's (:class:`stylevar.config.Sampling` and ``Output`` fields)
 PAIR_SETTINGS = ("seed", "style_strength", "preserve_color", "top_k", "top_p", "temperature")
+
+
+#: the sampling fields that one ``generate`` call's rows must share
+FILTERS = ("top_k", "top_p", "temperature")
+
+
+def filters_of(sampling: Sampling, pair: Pair) -> tuple[int, float, float]:
+    """(top_k, top_p, temperature) of ``pair`` in a run sampled with ``sampling``: what the rows of one
+    ``generate`` call share (read off the fields: no new settings object per image)."""
+    return tuple(v if (v := getattr(pair, k)) is not None else getattr(sampling, k) for k in FILTERS)
 
 
 def pair_sampling(sampling: Sampling, pair: Pair) -> Sampling:

@@ -36,7 +36,7 @@ from ..io import Checkpoint, load_pretrained, save_pretrained
 from ..models import VQVAE, Conditioning, StyleVAR
 from ..models.quantized import run_dtype
 from .controls import blend_weights
-from .pairs import Blend, Pair, image_seed, pair_sampling
+from .pairs import Blend, Pair, filters_of, image_seed, pair_sampling
 from .regional import Regional, load_regional
 from .settings import StylizeSettings
 from .stream import EncodedImages, Job, PairResult, as_pair, cancel_hook, image_key, postprocess
@@ -376,16 +376,14 @@ class StyleVARPipeline:
                 pad_to = batch_size if pad_batches else 0
                 full = encoded.prepare(win, output=output, batch_size=batch_size, pad_to=pad_to)
                 batch: list[Job] = []
+                batch_key = None  # the filters one generate call shares
                 for job in win:
                     error = encoded.error(job[1])
-                    key = pair_sampling(sampling, job[1]).filters
-                    if batch and (
-                        error
-                        or len(batch) == batch_size
-                        or key != pair_sampling(sampling, batch[0][1]).filters
-                    ):
+                    key = filters_of(sampling, job[1])
+                    if batch and (error or len(batch) == batch_size or key != batch_key):
                         yield flush(batch, full, pad_to)
                         batch = []
+                    batch_key = key if not batch else batch_key
                     if error:
                         yield [PairResult(job[0], job[2], job[3], job[1], error=error)]
                         if bar is not None:

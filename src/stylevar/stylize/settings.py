@@ -261,6 +261,8 @@ def pair_overrides(**values: Any) -> dict[str, Any]:
     ``style_strength``, ``preserve_color``) as the run's are checked; returns them normalised (None
     values dropped). Raises :class:`ConfigError` naming the bad one."""
     given = {k: v for k, v in values.items() if v is not None}
+    if not given:  # most pairs (every pair of a folder run): nothing to check
+        return {}
     sampling = {
         k: v for k, v in given.items() if k in ("seed", "top_k", "top_p", "temperature", "style_strength")
     }
