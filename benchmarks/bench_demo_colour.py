@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from stylevar.config import Sampling
 from stylevar.data import TripletDataset, TripletTransform, scan
-from stylevar.demo import DemoConfig, _truth
+from stylevar.demo import DemoConfig, heldout_truth
 from stylevar.io import load_pretrained
 
 PERMUTATIONS = {"GBR": [1, 2, 0], "BRG": [2, 0, 1], "RBG": [0, 2, 1]}
@@ -45,7 +45,10 @@ def main() -> None:
     model, vae = ckpt.model.eval(), ckpt.vae.eval()
     held = TripletDataset(scan(args.demo / "data" / "heldout"), TripletTransform(resolution=cfg["size"]))
     batch = next(iter(DataLoader(held, batch_size=len(held))))
-    masks = _truth(held, DemoConfig.from_dict(cfg))[0]  # the content figures, regenerated from the names
+    demo = DemoConfig.from_dict(cfg)
+    masks = heldout_truth(held, demo.seed + 1, demo.size, demo.period)[
+        0
+    ]  # the content figures, regenerated from the names
     seeds = [cfg["seed"] + i for i in range(len(held))]
 
     @torch.no_grad()

@@ -32,7 +32,7 @@ def main() -> None:
     from PIL import Image
 
     from stylevar.data import TripletDataset, TripletTransform, scan
-    from stylevar.demo import DemoConfig, _truth, figure_scores, leakage_scores
+    from stylevar.demo import DemoConfig, figure_scores, heldout_truth, leakage_scores
     from stylevar.perceptual import ssim
     from stylevar.stylize.pipeline import StyleVARPipeline
 
@@ -42,7 +42,7 @@ def main() -> None:
     pipe = StyleVARPipeline.from_pretrained(root / "sft" / "final")
     held = TripletDataset(scan(root / "data" / "heldout"), TripletTransform(resolution=cfg.size))
     n = min(args.n, len(held.triplets))
-    masks, palettes, blobs = _truth(held, cfg)
+    masks, palettes, blobs = heldout_truth(held, cfg.seed + 1, cfg.size, cfg.period)
     masks, palettes, blobs = masks[:n], palettes[:n], blobs[:n]
     targets = torch.stack([held[i]["target"] for i in range(n)]).add(1).mul(0.5)
     rows = []

@@ -156,14 +156,14 @@ def test_demo_runs_end_to_end_and_writes_its_metrics(tmp_path):
     # the standard error of each channel's MAE over the pairs, recomputed from the written samples
     from PIL import Image
 
-    from stylevar.demo import _truth, figure_scores
+    from stylevar.demo import figure_scores, heldout_truth
 
     def read(kind):
         files = [tmp_path / "demo" / "samples" / f"{i:03d}_{kind}.png" for i in range(4)]
         return torch.stack([torch.from_numpy(np.array(Image.open(f))).permute(2, 0, 1) / 255 for f in files])
 
     held = TripletDataset(scan(tmp_path / "demo" / "data" / "heldout"), TripletTransform(resolution=cfg.size))
-    masks, palettes, _ = _truth(held, cfg)
+    masks, palettes, _ = heldout_truth(held, cfg.seed + 1, cfg.size, cfg.period)
     _, per_pair = figure_scores(read("stylevar"), read("target"), masks, palettes)
     se = per_pair.std(0) / 2  # four pairs
     # (the samples are 8-bit PNGs, the metrics were taken before rounding)
@@ -233,15 +233,15 @@ def test_demo_runs_end_to_end_and_writes_its_metrics(tmp_path):
     assert not (tmp_path / "seed1" / "sft" / "val.json").exists()
     assert w0.keys() == w1.keys() and any(not torch.equal(w0[k], w1[k]) for k in w0)
     # the precision counts as resolved: ``auto`` that became fp32 here is fp32 asked for by name
-    from stylevar.demo import _reused_tokenizer
+    from stylevar.demo.stages import reused_tokenizer
 
     resolved = m["precision"]["tokenizer"]
     named = DemoConfig(**{**cfg.to_dict(), "tokenizer_precision": resolved})
-    vae = _reused_tokenizer(tmp_path / "demo", named, tmp_path / "named", m["precision"], {}, lambda *_: None)
+    vae = reused_tokenizer(tmp_path / "demo", named, tmp_path / "named", m["precision"], {}, lambda *_: None)
     assert vae.config.vocab_size == cfg.vocab_size
     flipped = {**m["precision"], "tokenizer": "bf16" if resolved == "fp32" else "fp32"}
     with pytest.raises(ConfigError, match="resolved precision"):
-        _reused_tokenizer(tmp_path / "demo", named, tmp_path / "flipped", flipped, {}, lambda *_: None)
+        reused_tokenizer(tmp_path / "demo", named, tmp_path / "flipped", flipped, {}, lambda *_: None)
     other = DemoConfig(**{**cfg.to_dict(), "tokenizer_steps": 3})
     with pytest.raises(ConfigError, match="tokenizer_steps"):
         run_demo(
