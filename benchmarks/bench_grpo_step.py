@@ -26,7 +26,8 @@ import torch
 
 from stylevar.config import DEFAULT_PATCH_NUMS, StyleVARConfig, VQVAEConfig
 from stylevar.models import VQVAE, StyleVAR
-from stylevar.training.grpo import GRPOConfig, GRPOTrainer
+from stylevar.training.config import GRPOConfig
+from stylevar.training.grpo import GRPOTrainer
 from stylevar.training.rewards import build_reward
 
 

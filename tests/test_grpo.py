@@ -16,15 +16,11 @@ import torch
 from helpers import smooth_images, tiny_models, torchrun_env
 from stylevar.config import Sampling
 from stylevar.models.lora import has_lora, lora_modules, lora_state_dict
-from stylevar.training.grpo import (
-    GRPOConfig,
-    GRPOTrainer,
-    ReferenceController,
-    generate_rollouts,
-    middle_scale,
-    rollout_seed,
-)
+from stylevar.training.config import GRPOConfig
+from stylevar.training.grpo import GRPOTrainer
+from stylevar.training.reference_update import ReferenceController
 from stylevar.training.rewards import RewardBatch, build_reward, pixel_reward
+from stylevar.training.rollouts import generate_rollouts, middle_scale, rollout_seed
 
 
 class ToyConditions(torch.utils.data.Dataset):
@@ -195,7 +191,7 @@ def test_ppo_passes_let_the_clip_act_and_sampled_logprobs(models, tmp_path):
 def test_vmr_alternates_prefix_and_suffix_steps(models, tmp_path):
     tr = make_trainer(models, tmp_path, vmr=True, vmr_k=2, vmr_prefix_updates=3, max_steps=4, n=8)
     assert tr.m == 1
-    assert [tr._phase(s) for s in range(8)] == ["prefix"] * 3 + ["suffix"] + ["prefix"] * 3 + ["suffix"]
+    assert [tr.scorer.phase(s) for s in range(8)] == ["prefix"] * 3 + ["suffix"] + ["prefix"] * 3 + ["suffix"]
     st = tr.fit(progress=False)
     steps = [h for h in st.history if "phase" in h]
     assert [h["phase"] for h in steps] == ["prefix", "prefix", "prefix", "suffix"]
@@ -208,7 +204,7 @@ def test_mask_propagation_runs_and_weights_tokens(models, tmp_path, mode):
     tr = make_trainer(models, tmp_path, mask_propagation=mode, mp_mix=1.0)
     rb = RewardBatch(target=torch.rand(3, 3, 16, 16), content=None, style=None)
     imgs = torch.rand(3, 3, 16, 16)
-    r, rel = tr._rewards(imgs, rb)
+    r, rel = tr.scorer.rewards(imgs, rb)
     assert r.shape == (3,) and rel.shape == (3, 16, 16) and (rel >= 0).all()
     if mode == "error":
         assert torch.allclose(rel, (imgs - rb.target).abs().mean(1))

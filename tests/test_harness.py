@@ -247,11 +247,16 @@ def test_too_little_data_is_one_line(tmp_path):
 
 
 def test_the_three_trainers_are_harness_trainers():
-    from stylevar.training.grpo import GRPOState, GRPOTrainer
+    from stylevar.training.grpo import GRPOTrainer
+    from stylevar.training.policy import PolicyState
     from stylevar.training.sft import SFTState, SFTTrainer
     from stylevar.training.tokenizer import TokenizerState, TokenizerTrainer
 
-    for cls, state in ((TokenizerTrainer, TokenizerState), (SFTTrainer, SFTState), (GRPOTrainer, GRPOState)):
+    for cls, state in (
+        (TokenizerTrainer, TokenizerState),
+        (SFTTrainer, SFTState),
+        (GRPOTrainer, PolicyState),
+    ):
         assert issubclass(cls, Trainer) and cls.state_cls is state and issubclass(state, RunState)
         for hook in ("fit", "save", "resume", "_batches", "check_finite", "_validate_and_keep_best"):
             assert getattr(cls, hook) is getattr(Trainer, hook), (cls.__name__, hook)  # not overridden

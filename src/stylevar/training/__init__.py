@@ -21,6 +21,7 @@ _EXPORTS = {
     "TokenizerTrainer": "tokenizer",
     "train_tokenizer": "tokenizer",
     "SFTTrainer": "sft",
+    "PolicyTrainer": "policy",
     "GRPOTrainer": "grpo",
     "DPOTrainer": "dpo",
     "InitReport": "var_init",

@@ -1,13 +1,13 @@
 """DPO post-training on the model's own rollouts (StyleAR; ``stylevar dpo``).
 
-A step is GRPO's up to the rewards (:meth:`GRPOTrainer.generate_and_score
-<stylevar.training.grpo.GRPOTrainer.generate_and_score>`: ``group_size`` rollouts per condition, seeded
+A step starts as GRPO's, up to the rewards (:meth:`PolicyTrainer.generate_and_score
+<stylevar.training.policy.PolicyTrainer.generate_and_score>`: ``group_size`` rollouts per condition, seeded
 and scored the same way); then each condition's best and worst rollout by reward form a preference pair
 (:func:`~.grpo_loss.preference_pairs`; a group whose rewards are all equal gives none) and DPO's loss
 (:func:`~.grpo_loss.dpo_loss`, ``dpo_beta``) on their sequence log-probs against the reference (the
 model with LoRA off) makes one optimizer step.
 
-Everything else is the GRPO trainer's: LoRA or full fine-tuning, the reference controller and its
+Everything else is :class:`~.policy.PolicyTrainer`'s, shared with GRPO: LoRA or full fine-tuning, the reference controller and its
 merges, the held-out reward, checkpoints (GRPO's format) and exact resume, torchrun, the export. The
 configuration is :class:`~.config.GRPOConfig` with ``objective="dpo"`` (no VMR: DPO ranks whole rollouts).
 """
@@ -18,17 +18,19 @@ import time
 
 import torch
 
-from .grpo import GRPOTrainer, ScoredRollouts
 from .grpo_loss import dpo_loss, preference_pairs
+from .policy import PolicyTrainer
+from .rollout_scoring import ScoredRollouts
 
 __all__ = ["DPOTrainer"]
 
 
-class DPOTrainer(GRPOTrainer):
+class DPOTrainer(PolicyTrainer):
     """DPO fine-tuning of a :class:`~stylevar.models.StyleVAR` on preference pairs that ``reward_fn`` ranks
-    among its own rollouts; the arguments are :class:`~stylevar.training.grpo.GRPOTrainer`'s, with a
+    among its own rollouts; the arguments are :class:`~stylevar.training.policy.PolicyTrainer`'s, with a
     config whose ``objective`` is ``"dpo"``."""
 
+    label = "DPO"
     objective = "dpo"
 
     def update(self, s: ScoredRollouts) -> dict:
