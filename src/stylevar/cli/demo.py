@@ -64,6 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                 "stylevar demo -o demo-quick/ --quick",
             ),
             (
+                "the demo on real photographs and real styles (about 15 minutes)",
+                "stylevar demo --real -o demo-real/",
+            ),
+            (
                 "how much the scores vary with SFT's seed, the tokenizer reused",
                 "stylevar demo -o demo-seed1/ --sft-seed 1 --reuse-tokenizer demo/",
             ),
@@ -143,8 +147,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="keep the runs' training checkpoints (OUT/*/checkpoints, to resume or inspect them; "
         "deleted by default: only the models in */final are needed to use them)",
     )
+    p.add_argument(
+        "--real",
+        action="store_true",
+        help="the demo on real photographs (the sample photos scikit-image and scikit-learn ship) and real "
+        "styles (Magenta's pretrained 26-style network as the teacher), offline; needs the photos and teachers "
+        "extras; about 15 minutes on 2 CPU cores (default: the synthetic demo)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run_demo_command)
+    p.set_defaults(func=run_demo_command, _parser=p)
 
 
 def run_make_synthetic(args: argparse.Namespace) -> int:
@@ -177,20 +188,37 @@ def run_demo_command(args: argparse.Namespace) -> int:
     from ..demo import DemoConfig, run_demo
     from ..devices import resolve_device
 
+    if args.real and args.reuse_tokenizer:
+        args._parser.error("--reuse-tokenizer is for the synthetic demo; run --real without it")
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = DemoConfig(seed=args.seed)
-    if args.quick:
-        print(QUICK_NOTE)
-        cfg = DemoConfig(
-            seed=args.seed,
-            num_contents=60,
-            num_styles=60,
-            num_triplets=400,
-            num_heldout=16,
-            tokenizer_steps=40,
-            sft_steps=40,
-        )
+    if args.real:
+        from ..demo.real import RealDemoConfig
+
+        cfg = RealDemoConfig(seed=args.seed)
+        if args.quick:
+            print(QUICK_NOTE.replace("stylevar demo -o DIR (about 10", "stylevar demo --real -o DIR (about 15"))
+            cfg = RealDemoConfig(
+                seed=args.seed,
+                crops_per_image=4,
+                styles_per_content=2,
+                heldout_pairs=8,
+                tokenizer_steps=40,
+                sft_steps=40,
+            )
+    else:
+        cfg = DemoConfig(seed=args.seed)
+        if args.quick:
+            print(QUICK_NOTE)
+            cfg = DemoConfig(
+                seed=args.seed,
+                num_contents=60,
+                num_styles=60,
+                num_triplets=400,
+                num_heldout=16,
+                tokenizer_steps=40,
+                sft_steps=40,
+            )
     if args.tokenizer_steps is not None:
         cfg.tokenizer_steps = args.tokenizer_steps
     if args.sft_steps is not None:
@@ -202,14 +230,14 @@ def run_demo_command(args: argparse.Namespace) -> int:
     if args.style_encoder == "resnet":  # with the ResNet's own best learning rate (docs/demo.md, lever table)
         cfg.style_encoder, cfg.sft_lr = "resnet", 3e-3
     device = resolve_device(args.device)
-    m = run_demo(
-        args.output,
-        cfg,
-        device=device,
-        progress=not args.quiet,
-        keep_checkpoints=args.keep_checkpoints,
-        reuse_tokenizer=args.reuse_tokenizer,
-    )
+    common = dict(device=device, progress=not args.quiet, keep_checkpoints=args.keep_checkpoints)
+    if args.real:
+        from ..demo.real import run_real_demo
+
+        m = run_real_demo(args.output, cfg, **common)
+        print(real_report(m, args.output, device=str(device), quick=args.quick))
+        return 0
+    m = run_demo(args.output, cfg, reuse_tokenizer=args.reuse_tokenizer, **common)
     print(report(m, args.output, device=str(device), quick=args.quick))
     return 0
 
@@ -219,7 +247,6 @@ def report(m: dict, output: str, *, device: str = "cpu", quick: bool = False) ->
     the held-out table, the checks (with ``quick``, that failing ones are expected), where everything is, and
     the command that remakes the grid's first StyleVAR image bit for bit (the demo's sampling settings, its
     seed, its ``device``) and how to sample freely instead."""
-    import shlex
 
     t = m["against_target"]
     lines = [
@@ -247,14 +274,22 @@ def report(m: dict, output: str, *, device: str = "cpu", quick: bool = False) ->
         f"every pair: {m['samples']}/NNN_{{content,style,target,stylevar,swapped}}.png",
         f"took {m['timings']['total_s'] / 60:.1f} min; metrics: {output}/metrics.json; grid: {m['grid']}",
     ]
+    return "\n".join(lines + use_lines(m, m["samples"], device))
+
+
+def use_lines(m: dict, samples: str, device: str) -> list[str]:
+    """Where a demo's model is, the command that remakes its first StyleVAR sample bit for bit (the demo's
+    sampling settings, its seed, ``device``), and how to sample freely instead."""
+    import shlex
+
     size, seed = m["config"]["size"], m["config"]["seed"]
     sampling = m["sampling"]
     flags = (
         f"--top-k {sampling['top_k']} --top-p {sampling['top_p']:g} --temperature {sampling['temperature']:g}"
     )
-    model, samples = shlex.quote(m["model"]), m["samples"]
+    model = shlex.quote(m["model"])
     content, style = (shlex.quote(f"{samples}/000_{kind}.png") for kind in ("content", "style"))
-    lines += [
+    return [
         f"the model: {model}/ (it works at {size}x{size} px). With the demo's sampling ({flags}) it remakes "
         f"the grid bit for bit; the first pair's StyleVAR image, {samples}/000_stylevar.png:",
         f"  stylevar stylize {content} {style} -o out.png "
@@ -263,4 +298,45 @@ def report(m: dict, output: str, *, device: str = "cpu", quick: bool = False) ->
         f"(another image for each --seed), leave out {flags}: the checkpoint's own settings then apply "
         f"(stylevar info {model} shows them)",
     ]
-    return "\n".join(lines)
+
+
+def real_report(m: dict, output: str, *, device: str = "cpu", quick: bool = False) -> str:
+    """The lines ``stylevar demo --real`` prints after its run (:func:`stylevar.demo.real.run_real_demo`'s
+    metrics ``m``): each held-out set's table, the checks, where everything is, how to use the model."""
+    lines = []
+    for name, title in (("unseen_photos", "unseen photos, seen styles"), ("unseen_styles", "unseen styles")):
+        part = m.get(name)
+        if not part:
+            lines.append(f"\n{title}: no pairs (the split is empty)")
+            continue
+        lines += [
+            f"\n{title}: {part['pairs']} pairs; tokenizer ceiling SSIM {part['tokenizer_ceiling']['ssim_to_teacher']:.3f}",
+            f"  {'':16s} {'SSIM(teacher)':>13s} {'style dist':>10s} {'colour dist':>11s} {'structure':>9s} {'s/image':>8s}",
+        ]
+        for method, row in part["table"].items():
+            secs = "-" if row["s_per_image"] is None else f"{row['s_per_image']:.3f}"
+            lines.append(
+                f"  {method:16s} {row['ssim_to_teacher']:13.4f} {row['style_distance']:10.4f} "
+                f"{row['colour_distance']:11.4f} {row['structure']:9.4f} {secs:>8s}"
+            )
+    lines.append(
+        "  (style dist: Magenta's style-vector distance to the style image, lower = closer in style; colour "
+        "dist: to the style's colours; structure: edge correlation with the content)"
+    )
+    checks = m.get("checks", {})
+    failed = [k for k, ok in checks.items() if not ok]
+    lines.append(
+        f"checks (unseen photos): {len(checks) - len(failed)}/{len(checks)} met"
+        + (f" (not: {', '.join(failed)})" if failed else "")
+    )
+    if quick:
+        lines.append(QUICK_NOTE.replace("stylevar demo -o DIR (about 10", "stylevar demo --real -o DIR (about 15"))
+    samples = m["unseen_photos"]["samples"] if m.get("unseen_photos") else f"{output}/samples"
+    lines += [
+        f"every pair: {samples}/NNN_{{content,style,target,stylevar,colour_transfer}}.png (target: the teacher's)",
+        f"took {m['timings']['total_s'] / 60:.1f} min (data {m['timings']['data_s']:.0f} s, tokenizer "
+        f"{m['timings']['tokenizer_s']:.0f} s, SFT {m['timings']['sft_s']:.0f} s, evaluation "
+        f"{m['timings']['eval_s']:.0f} s); metrics: {output}/metrics.json; grids: {output}/grid.png, "
+        f"{output}/grid_unseen_styles.png",
+    ]
+    return "\n".join(lines + use_lines(m, samples, device))

@@ -1,4 +1,5 @@
-"""The demo's settings: sizes, budgets and precisions of its stages (:class:`DemoConfig`).
+"""The demos' settings: sizes, budgets and precisions of the stages (:class:`ModelBudget`), and the
+synthetic demo's data (:class:`DemoConfig`); the real-photo demo's data is :class:`~.real.RealDemoConfig`.
 
 A field's comment says what it does; what the values give (times, scores, the levers tried) is measured in
 docs/demo.md.
@@ -15,15 +16,11 @@ from ..errors import ConfigError
 
 
 @dataclass
-class DemoConfig(Serialisable):
-    """Sizes and budgets of the demo (docs/demo.md: what the defaults take and score on a 2-core CPU)."""
+class ModelBudget(Serialisable):
+    """What both demos train and how: the tokenizer, the StyleVAR, SFT, the held-out sampling, the
+    precisions and seeds (docs/demo.md: what the synthetic demo's defaults take and score on a 2-core CPU)."""
 
     size: int = 32  #: image side (pixels)
-    period: int = 8  #: texture period of the synthetic styles (pixels)
-    num_contents: int = 300
-    num_styles: int = 300
-    num_triplets: int = 3000  #: training triplets
-    num_heldout: int = 64  #: held-out pairs (new contents and new styles)
     # tokenizer
     vocab_size: int = 256  #: codebook size (docs/demo.md, "What limits the demo": why 256)
     z_channels: int = 8
@@ -90,8 +87,6 @@ class DemoConfig(Serialisable):
         down = self.size // self.patch_nums[-1]
         if down < 2 or down & (down - 1):
             raise ConfigError(f"size / patch_nums[-1] must be a power of two >= 2, got {down}")
-        if self.num_heldout < 2:
-            raise ConfigError("num_heldout must be >= 2 (the swapped controls need another pair)")
         if self.sft_processes < 0 or (self.sft_processes and self.sft_batch % self.sft_processes):
             raise ConfigError(f"sft_processes must be 0 (auto) or divide sft_batch {self.sft_batch}")
         if self.style_encoder not in ("resnet", "clip_resampler"):
@@ -99,6 +94,23 @@ class DemoConfig(Serialisable):
         for name in ("tokenizer_precision", "sft_precision"):
             if getattr(self, name) not in ("auto", "fp32", "bf16"):
                 raise ConfigError(f"{name} must be auto, fp32 or bf16, got {getattr(self, name)!r}")
+
+
+@dataclass
+class DemoConfig(ModelBudget):
+    """The synthetic demo (``stylevar demo``): its data (procedural triplets) and :class:`ModelBudget`'s
+    sizes and budgets."""
+
+    period: int = 8  #: texture period of the synthetic styles (pixels)
+    num_contents: int = 300
+    num_styles: int = 300
+    num_triplets: int = 3000  #: training triplets
+    num_heldout: int = 64  #: held-out pairs (new contents and new styles)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_heldout < 2:
+            raise ConfigError("num_heldout must be >= 2 (the swapped controls need another pair)")
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -133,7 +145,7 @@ TOKENIZER_FIELDS = (
 ADDED_LATER = {"tokenizer_ch": 32}
 
 
-def sft_processes(cfg: DemoConfig, device: torch.device) -> int:
+def sft_processes(cfg: ModelBudget, device: torch.device) -> int:
     """How many processes the demo's SFT runs in (``cfg.sft_processes``, 0 = auto)."""
     if cfg.sft_processes:
         return cfg.sft_processes

@@ -96,7 +96,15 @@ def run_demo(
     if reuse_tokenizer is not None:
         vae = reused_tokenizer(Path(reuse_tokenizer).expanduser(), cfg, out, precision, timings, say)
     else:
-        vae = train_tokenizer(cfg, train_root, out, precision, device, progress, say)
+        vae = train_tokenizer(
+            cfg,
+            [train_root / r for r in ("target", "content", "style")],
+            out,
+            precision,
+            device,
+            progress,
+            say,
+        )
         timings["tokenizer_s"] = time.perf_counter() - t0
 
     # 3. SFT --------------------------------------------------------------------------------------

@@ -14,8 +14,18 @@ from pathlib import Path
 import torch
 
 from ..files import atomic_write_json
-from .config import DemoConfig
+from .config import DemoConfig, ModelBudget
 from .stages import sft_trainer
+
+
+def config_class(name: str) -> type[ModelBudget]:
+    """The demo config class a job names (the synthetic or the real-photo demo's)."""
+    from .real import RealDemoConfig
+
+    classes = {"DemoConfig": DemoConfig, "RealDemoConfig": RealDemoConfig}
+    if name not in classes:
+        raise ValueError(f"unknown demo config {name!r}")
+    return classes[name]
 
 
 def run(job_file: str | Path) -> None:
@@ -24,12 +34,12 @@ def run(job_file: str | Path) -> None:
 
     job = json.loads(Path(job_file).read_text())
     out = Path(job["out"])
-    cfg = DemoConfig.from_dict(job["config"])
+    cfg = config_class(job.get("config_class", "DemoConfig")).from_dict(job["config"])
 
     def body(device: torch.device, rank: int, world: int) -> None:
         vae = load_vqvae(out / "tokenizer" / "final").eval().requires_grad_(False)
-        train_root, held_root = Path(job["train_root"]), Path(job["held_root"])
-        sft, _ = sft_trainer(cfg, vae, train_root, held_root, out, job["precision"], device, world)
+        train_source, held_source = Path(job["train_source"]), Path(job["held_source"])
+        sft, _ = sft_trainer(cfg, vae, train_source, held_source, out, job["precision"], device, world)
         sft.fit(progress=job["progress"] and rank == 0)
         if rank == 0:  # validation has no collective (the unwrapped model): rank 0 alone scores and writes it
             atomic_write_json(out / "sft" / "val.json", sft.validate())

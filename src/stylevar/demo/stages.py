@@ -13,10 +13,11 @@ import torch
 
 from ..errors import ConfigError
 from ..files import atomic_write_json
-from .config import ADDED_LATER, TOKENIZER_FIELDS, DemoConfig
+from .config import ADDED_LATER, TOKENIZER_FIELDS, DemoConfig, ModelBudget
 
 
-def train_tokenizer(cfg: DemoConfig, train_root: Path, out: Path, precision: dict, device, progress, say):
+def train_tokenizer(cfg: ModelBudget, images: list[Path], out: Path, precision: dict, device, progress, say):
+    """The demo's tokenizer trained on ``images`` (files and folders) into ``out/tokenizer``; returns it frozen."""
     from ..data import ImageFolderDataset
     from ..training.config import TokenizerConfig
     from ..training.tokenizer import TokenizerTrainer
@@ -29,15 +30,15 @@ def train_tokenizer(cfg: DemoConfig, train_root: Path, out: Path, precision: dic
 
     torch.manual_seed(cfg.seed)
     vae = VQVAE(vqvae_config(cfg))
-    images = ImageFolderDataset(
-        [train_root / "target", train_root / "content", train_root / "style"],
+    image_set = ImageFolderDataset(
+        images,
         cfg.size,
         seed=cfg.seed,
-        cache_images=True,  # 3600 files of 32 px, each read ~11 times: decoded once
+        cache_images=True,  # small images, each read many times: decoded once
     )
     tok = TokenizerTrainer(
         vae,
-        images,
+        image_set,
         out / "tokenizer",
         TokenizerConfig(
             max_steps=cfg.tokenizer_steps,
@@ -86,8 +87,11 @@ def reused_tokenizer(earlier: Path, cfg: DemoConfig, out: Path, precision: dict,
     return load_vqvae(out / "tokenizer" / "final").eval().requires_grad_(False)
 
 
-def sft_trainer(cfg: DemoConfig, vae, train_root: Path, held_root: Path, out: Path, precision, device, world):
-    """The demo's StyleVAR and its SFT trainer (each process's share of a batch: ``sft_batch / world``)."""
+def sft_trainer(
+    cfg: ModelBudget, vae, train_source: Path, held_source: Path, out: Path, precision, device, world
+):
+    """The demo's StyleVAR and its SFT trainer (each process's share of a batch: ``sft_batch / world``);
+    ``train_source`` / ``held_source``: a triplet folder or manifest (:func:`stylevar.data.scan`)."""
     from ..config import StyleVARConfig
     from ..data import TripletDataset, TripletTransform, scan
     from ..models import StyleVAR
@@ -114,8 +118,8 @@ def sft_trainer(cfg: DemoConfig, vae, train_root: Path, held_root: Path, out: Pa
     model.init_weights()
     tf = TripletTransform(resolution=cfg.size)
     # 3600 files of 32 px: decoded once (each step would otherwise decode 96 PNGs, ~8 % of its time)
-    train_set = TripletDataset(scan(train_root), tf, train=True, seed=sft_seed, cache_images=True)
-    held_set = TripletDataset(scan(held_root), tf, cache_images=True)
+    train_set = TripletDataset(scan(train_source), tf, train=True, seed=sft_seed, cache_images=True)
+    held_set = TripletDataset(scan(held_source), tf, cache_images=True)
     sft = SFTTrainer(
         model,
         vae,
@@ -145,7 +149,9 @@ def sft_trainer(cfg: DemoConfig, vae, train_root: Path, held_root: Path, out: Pa
     return sft, held_set
 
 
-def spawn_sft(cfg: DemoConfig, procs: int, out: Path, train_root, held_root, precision, progress) -> None:
+def spawn_sft(
+    cfg: ModelBudget, procs: int, out: Path, train_source, held_source, precision, progress
+) -> None:
     """Run the SFT stage as ``procs`` CPU processes (DDP over gloo) and wait for them.
 
     The processes are started by ``torchrun`` (``python -m torch.distributed.run --standalone``), each running
@@ -158,7 +164,8 @@ def spawn_sft(cfg: DemoConfig, procs: int, out: Path, train_root, held_root, pre
     import sys
 
     threads = max(1, torch.get_num_threads() // procs)
-    job = dict(config=cfg.to_dict(), out=str(out), train_root=str(train_root), held_root=str(held_root))
+    job = dict(config=cfg.to_dict(), config_class=type(cfg).__name__, out=str(out))
+    job.update(train_source=str(train_source), held_source=str(held_source))
     job.update(precision=precision, progress=bool(progress))
     job_file = out / "sft" / "job.json"
     atomic_write_json(job_file, job)
