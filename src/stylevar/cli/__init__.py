@@ -28,11 +28,11 @@ from collections.abc import Sequence
 from .. import __version__
 from .._malloc import release_memory_promptly
 from ..errors import Interrupted, StyleVARError
-from . import app, checkpoints, demo, dpo, evaluate, grpo, plot, sft, stylize, tokenizer, video
+from . import app, checkpoints, demo, dpo, evaluate, grpo, plot, sft, stylize, tokenizer, triplets, video
 from .common import Parser, examples
 
 #: subcommand modules in the order ``--help`` lists them
-COMMANDS = (stylize, video, checkpoints, demo, tokenizer, plot, sft, grpo, dpo, evaluate, app)
+COMMANDS = (stylize, video, checkpoints, demo, tokenizer, plot, triplets, sft, grpo, dpo, evaluate, app)
 
 #: commands that train: they keep glibc's own allocator policy. Sending every allocation of 1 MiB or
 #: more to mmap (release_memory_promptly) keeps inference's peak low, but a training step allocates
