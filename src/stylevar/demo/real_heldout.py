@@ -4,7 +4,8 @@ Held-out sets (``stylevar triplets``' splits): ``unseen_photos`` -- photographs 
 styles seen in training; ``unseen_styles`` -- built-in styles kept out of training. For each,
 ``heldout_pairs`` pairs (a seeded sample) are stylized by:
 
-* **StyleVAR** (the demo's model, the demo's sampling; seed = the demo's seed + pair index);
+* **StyleVAR** (the demo's model, the demo's sampling; seed = the demo's seed + pair index; one pair at a
+  time, so its seconds per image are batch-1 latency);
 * **the teacher**: its own output, the target (its speed from the build);
 * **colour transfer**: the content with the style image's colour mean and covariance
   (:func:`stylevar.perceptual.colour.colour_transfer`): the palette without any texture;
@@ -75,9 +76,8 @@ def _scores(images: torch.Tensor, batch: dict, style_net) -> dict[str, torch.Ten
 
 def _row(scores: dict[str, torch.Tensor], seconds: float | None) -> dict[str, Any]:
     row: dict[str, Any] = {k: round(v.double().mean().item(), 4) for k, v in scores.items()}
-    row["style_distance_se"] = round(
-        (scores["style_distance"].std() / len(scores["style_distance"]) ** 0.5).item(), 4
-    )
+    d = scores["style_distance"]
+    row["style_distance_se"] = round((d.std() / len(d) ** 0.5).item(), 4) if len(d) > 1 else None
     row["s_per_image"] = None if seconds is None else round(seconds, 4)
     return row
 
@@ -113,8 +113,11 @@ def evaluate_set(
     content, style = (batch[k].to(device) for k in ("content", "style"))
 
     t0 = time.perf_counter()
-    cond = model.conditioning(vae, style * 2 - 1, content * 2 - 1)
-    ours = model.generate(vae, cond, sampling, seed=seeds).images.float().cpu()
+    ours = []
+    for i in range(n):  # one pair at a time, as ``stylevar stylize`` runs it: the same numbers, bit for bit
+        cond = model.conditioning(vae, style[i : i + 1] * 2 - 1, content[i : i + 1] * 2 - 1)
+        ours.append(model.generate(vae, cond, sampling, seed=seeds[i]).images.float().cpu())
+    ours = torch.cat(ours)
     t_ours = (time.perf_counter() - t0) / n
     t0 = time.perf_counter()
     colour = colour_transfer(batch["content"], batch["style"])

@@ -23,7 +23,7 @@ def _sqrtm(cov: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     vals, vecs = torch.linalg.eigh(cov)
     vals = vals.clamp_min(eps)
     root = vecs @ torch.diag_embed(vals.sqrt()) @ vecs.transpose(1, 2)
-    inv_root = vecs @ torch.diag_embed(vals.rsqrt()) @ vecs.transpose(1, 2)
+    inv_root = vecs @ torch.diag_embed(vals.clamp_min(1e-300).rsqrt()) @ vecs.transpose(1, 2)
     return root, inv_root
 
 
@@ -41,7 +41,8 @@ def colour_transfer(content: torch.Tensor, style: torch.Tensor, *, eps: float = 
 
     The map is ``T(x) = A (x - mu_c) + mu_s`` with ``A = C_c^-1/2 (C_c^1/2 C_s C_c^1/2)^1/2 C_c^-1/2``,
     the affine map of least squared displacement that takes the content's colour Gaussian to the style's.
-    ``eps`` floors the covariances' eigenvalues (a flat image has a singular covariance).
+    ``eps`` floors the content covariance's eigenvalues before it is inverted (a flat image has a singular
+    covariance); the style's covariance is matched as it is.
     """
     content, style = check_images(content), check_images(style)
     n = content.shape[0]
@@ -55,7 +56,7 @@ def colour_transfer(content: torch.Tensor, style: torch.Tensor, *, eps: float = 
     mu_s, cov_s = _stats(s)
     mu_s, cov_s = mu_s.expand(n, 3), cov_s.expand(n, 3, 3)
     root_c, inv_root_c = _sqrtm(cov_c, eps)
-    middle, _ = _sqrtm(root_c @ cov_s @ root_c, eps)
+    middle, _ = _sqrtm(root_c @ cov_s @ root_c, 0.0)  # PSD: only rounding below 0 is floored
     a = inv_root_c @ middle @ inv_root_c
     out = a @ (c - mu_c[:, :, None]) + mu_s[:, :, None]
     return out.view_as(content).clamp_(0, 1).float()
