@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                 "stylevar triplets --content-dir photos/ --style-dir paintings/ -o data/trip --held-out-styles 2",
             ),
             (
-                "same-style pairs from the 26 built-in styles, then fine-tune on them",
+                "same-style pairs from the 26 built-in styles (a reference is another photo in the style)",
                 "stylevar triplets --photos --teacher multistyle26 -o data/ms26 --styles-per-content 6",
             ),
         ),
