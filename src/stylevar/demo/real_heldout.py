@@ -28,12 +28,14 @@ from __future__ import annotations
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..config import Sampling
-from .real import RealDemoConfig
+
+if TYPE_CHECKING:  # real.py runs this stage
+    from .real import RealDemoConfig
 
 #: the held-out sets: (name in metrics.json, the build's split, the samples' folder, the grid's file)
 SETS = (
