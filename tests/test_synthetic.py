@@ -348,3 +348,41 @@ def test_demo_sft_processes(monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match="trains on the CPU; on meta use 1"):
         run_demo(tmp_path / "gpu", DemoConfig(sft_processes=2), device="meta")
     assert not (tmp_path / "gpu").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["tokenizer", "SFT"])
+def test_a_stop_signal_ends_the_demo_at_its_stage(tmp_path, stage):
+    """SIGTERM while a stage trains: that stage saves its state and the demo ends there (exit 143), never
+    starting the next stage on a half-trained model; SFT's torchrun processes stop with it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / f"demo-{stage}"
+    steps = (
+        ["--tokenizer-steps", "100000"]
+        if stage == "tokenizer"
+        else ["--tokenizer-steps", "2", "--sft-steps", "100000"]
+    )
+    cmd = [sys.executable, "-m", "stylevar", "demo", "--quick", "-q", "-o", str(out), *steps]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    marker = "2/4 tokenizer" if stage == "tokenizer" else "3/4 StyleVAR SFT"
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if marker in line:
+            break
+    time.sleep(8)  # well inside the stage (its processes started and training)
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=120)
+    text = "".join(seen) + rest
+    assert proc.returncode == 128 + signal.SIGTERM, text
+    assert "stopped by SIGTERM" in text and not (out / "metrics.json").exists()
+    if stage == "tokenizer":
+        assert (out / "tokenizer" / "checkpoints" / "last.pt").is_file() and not (out / "sft").exists()
+    time.sleep(1)
+    left = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout.split()
+    assert [p for p in left if int(p) != os.getpid()] == []  # no worker outlives the demo

@@ -28,7 +28,7 @@ import torch
 from ..errors import ConfigError
 from ..files import atomic_write_json
 from .config import ModelBudget, resolve_precision, sft_processes
-from .stages import sft_trainer, spawn_sft, stage, train_tokenizer
+from .stages import sft_trainer, spawn_sft, stage, stop_if_signalled, train_tokenizer
 
 __all__ = ["RealDemoConfig", "run_real_demo"]
 
@@ -148,6 +148,7 @@ def run_real_demo(
     if procs == 1:
         sft, _ = sft_trainer(cfg, vae, train_csv, val_csv, out, precision, device, world=1)
         sft.fit(progress=progress)
+        stop_if_signalled(sft)
         model = sft.model.eval()
     else:
         spawn_sft(cfg, procs, out, train_csv, val_csv, precision, progress)

@@ -15,7 +15,7 @@ from ..errors import ConfigError
 from ..files import atomic_write_json
 from .config import DemoConfig, resolve_precision, sft_processes
 from .heldout import evaluate_heldout
-from .stages import reused_tokenizer, sft_trainer, spawn_sft, stage, train_tokenizer
+from .stages import reused_tokenizer, sft_trainer, spawn_sft, stage, stop_if_signalled, train_tokenizer
 
 
 def run_demo(
@@ -114,6 +114,7 @@ def run_demo(
     if procs == 1:
         sft, held_set = sft_trainer(cfg, vae, train_root, held_root, out, precision, device, world=1)
         sft.fit(progress=progress)
+        stop_if_signalled(sft)
         model = sft.model.eval()
     else:  # DDP over gloo: the processes load the tokenizer from out/; rank 0 exports the model, its scores
         spawn_sft(cfg, procs, out, train_root, held_root, precision, progress)

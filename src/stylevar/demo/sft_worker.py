@@ -15,7 +15,7 @@ import torch
 
 from ..files import atomic_write_json
 from .config import DemoConfig, ModelBudget
-from .stages import sft_trainer
+from .stages import sft_trainer, stop_if_signalled
 
 
 def config_class(name: str) -> type[ModelBudget]:
@@ -41,6 +41,7 @@ def run(job_file: str | Path) -> None:
         train_source, held_source = Path(job["train_source"]), Path(job["held_source"])
         sft, _ = sft_trainer(cfg, vae, train_source, held_source, out, job["precision"], device, world)
         sft.fit(progress=job["progress"] and rank == 0)
+        stop_if_signalled(sft)
         if rank == 0:  # validation has no collective (the unwrapped model): rank 0 alone scores and writes it
             atomic_write_json(out / "sft" / "val.json", sft.validate())
 

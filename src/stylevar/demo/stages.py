@@ -59,6 +59,7 @@ def train_tokenizer(cfg: ModelBudget, images: list[Path], out: Path, precision: 
         device=device,
     )
     tok.fit(progress=progress)
+    stop_if_signalled(tok)
     return tok.vae.eval().requires_grad_(False)
 
 
@@ -173,12 +174,35 @@ def spawn_sft(
     command += ["--monitor-interval=0.5", "-m", "stylevar.demo.sft_worker", str(job_file)]
     # torchrun would set OMP_NUM_THREADS=1 in every process; they share the cores instead
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    done = subprocess.run(command, env=env)
-    if done.returncode:
+    # its own process group: a stop here (Ctrl-C, SIGTERM) reaches torchrun, which stops its workers
+    launcher = subprocess.Popen(command, env=env, start_new_session=True)
+    try:
+        code = launcher.wait()
+    finally:
+        if launcher.poll() is None:
+            _stop_group(launcher)
+    if code:
         raise RuntimeError(
-            f"the SFT processes exited with {done.returncode}; their errors are above "
+            f"the SFT processes exited with {code}; their errors are above "
             "(set sft_processes=1 to train in this process)"
         )
+
+
+def _stop_group(launcher) -> None:
+    """SIGTERM to the launcher's process group (torchrun and its workers save and stop), then SIGKILL."""
+    import signal
+    import subprocess
+
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(launcher.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            launcher.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def style_encoder_fields(cfg: DemoConfig) -> dict[str, Any]:
@@ -210,6 +234,18 @@ def vqvae_config(cfg: DemoConfig):
         using_mid_sa=False,
         norm_groups=cfg.norm_groups,
     )
+
+
+def stop_if_signalled(trainer) -> None:
+    """End the demo where a stop signal ended a stage's training (its ``last.pt`` is saved): the next stage
+    must not start on a half-trained model."""
+    if trainer.stopped_by is not None:
+        import signal
+
+        from ..errors import Interrupted
+
+        signum = int(trainer.stopped_by)
+        raise Interrupted(signum, signal.Signals(signum).name)
 
 
 def stage(name: str, say) -> None:
