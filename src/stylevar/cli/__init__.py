@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
-from .. import __version__
+from .. import __version__, threads
 from .._malloc import release_memory_promptly
 from ..errors import Interrupted, StyleVARError
 from . import app, checkpoints, demo, dpo, evaluate, grpo, plot, sft, stylize, tokenizer, triplets, video
@@ -109,6 +110,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if getattr(args, "threads", 0):  # `demo --threads N`: the user's count, for stylevar.threads too
+        os.environ[threads.ENV_THREADS] = str(args.threads)
+    try:  # before torch loads: its OpenMP threads follow the CPUs this process may use (docs/speed.md)
+        threads.apply()
+    except StyleVARError as e:
+        print(f"stylevar: error: {e}", file=sys.stderr)
+        return 1
     if args.command not in TRAINING_COMMANDS:
         release_memory_promptly()
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]

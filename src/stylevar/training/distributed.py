@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .. import threads
 from ..errors import ConfigError, OtherRankFailed
 from .runs import world
 
@@ -138,7 +139,10 @@ def _clear_dtensor_caches() -> None:
 def launch(body: Callable[[torch.device, int, int], T], device: str | None = "auto") -> T:
     """``body(device, rank, world_size)`` inside the ``torchrun`` process group (created from the
     environment when present, destroyed afterwards; alone: rank 0 of 1). ``device`` as
-    :func:`resolve_device` takes it."""
+    :func:`resolve_device` takes it. Under torchrun the process's threads are set first
+    (:func:`stylevar.threads.apply`: the CPUs it may use shared among the machine's processes of the job)."""
+    if under_torchrun():
+        threads.apply(keep_lower=False)
     dev = resolve_device(device)
     created = init_from_env(dev)
     try:
