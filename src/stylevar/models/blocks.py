@@ -158,8 +158,11 @@ class BlendedCrossAttention(nn.Module):
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """softmax(q k^T * scale + mask) v, heads merged: (B, G, C)."""
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        """softmax(q k^T * scale + mask) v, heads merged: (B, G, C). In the keys' dtype (bf16 when the
+        weights are stored in bf16: the queries' fp32 scaling is cast, as autocast would)."""
+        if mask is not None and mask.is_floating_point():
+            mask = mask.to(k.dtype)
+        o = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask, scale=self.scale)
         B, _, G, _ = o.shape
         return o.transpose(1, 2).reshape(B, G, self.C)
 

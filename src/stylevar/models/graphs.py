@@ -55,7 +55,9 @@ class StaticRunner:
             self.blocks: nn.ModuleList = model.blocks
         else:
             self.blocks = copy.deepcopy(model.blocks).to(dtype)
-        self.ada = [torch.zeros(B, 1, 6, C, device=device, dtype=dtype or torch.float32) for _ in self.blocks]
+        # AdaLN parameters in the dtype the blocks compute them in (autocast's, or bf16 weights' own)
+        ada_dtype = (dtype or self.blocks[0].ada_lin[-1].weight.dtype) if len(self.blocks) else torch.float32
+        self.ada = [torch.zeros(B, 1, 6, C, device=device, dtype=ada_dtype) for _ in self.blocks]
         self.head_ada = torch.zeros(B, 1, 2, C, device=device)
         self.cond_BD = torch.zeros(B, C, device=device)
         ns = [pn * pn for pn in model.patch_nums]

@@ -5,6 +5,11 @@ for ``x @ W.T`` with very few rows (the first scales of sampling at batch 1) run
 memory-bound speed, while the same product computed as ``(W @ x.T).T`` streams the weight once.
 ``benchmarks/bench_linear.py`` measures both kernels on the machine at hand. The two forms give
 the same result up to float summation order (~1e-7 relative).
+
+Weights stored in bf16 (``--dtype bf16`` on the CPU, :func:`stylevar.models.quantized.to_bf16_`) set the
+precision of their own products: :func:`linear` and :func:`stored_input` cast the input to the weight's
+dtype, the way autocast would, but without autocast's per-op cast of every fp32 weight (docs/speed.md,
+"bf16 on the CPU").
 """
 
 from __future__ import annotations
@@ -25,9 +30,13 @@ SKINNY_ROWS = 16
 
 def linear(x: torch.Tensor, weight: Any, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``, with the faster kernel for few fp32 rows on the CPU; ``weight`` may be
-    a :class:`~stylevar.models.quantized.Int8Weight` (its bias is prepacked with it: ``bias`` is ignored)."""
+    a :class:`~stylevar.models.quantized.Int8Weight` (its bias is prepacked with it: ``bias`` is ignored).
+    A weight stored in a reduced precision (bf16) computes in it: ``x`` is cast to its dtype and the result
+    has that dtype, as under autocast."""
     if not isinstance(weight, torch.Tensor):
         return weight(x)
+    if x.dtype != weight.dtype and weight.dtype != torch.float32:
+        x = x.to(weight.dtype)
     C = x.shape[-1]
     rows = x.numel() // C if C else 0
     if 0 < rows <= SKINNY_ROWS and x.device.type == "cpu" and x.dtype == torch.float32 == weight.dtype:
@@ -37,6 +46,17 @@ def linear(x: torch.Tensor, weight: Any, bias: torch.Tensor | None = None) -> to
         # the layout MKL's fast path reads; the column-major one is ~2.5x slower)
         return out.t().contiguous().view(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight, bias)
+
+
+def stored_input(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The input of a convolution whose weights are ``weight``: ``x`` unchanged for fp32 weights (autocast, if
+    on, decides); for weights stored in a reduced precision (bf16 inference on the CPU), ``x`` in their dtype
+    and channels-last, the layout in which oneDNN's bf16 convolutions are fast (docs/speed.md)."""
+    if weight.dtype == torch.float32:
+        return x
+    if x.ndim != 4:
+        return x.to(weight.dtype)
+    return x.to(dtype=weight.dtype, memory_format=torch.channels_last)
 
 
 class Linear(nn.Linear):
@@ -94,8 +114,28 @@ def autocast_to(device: torch.device, dtype: torch.dtype | str | None) -> contex
     return torch.autocast(device.type, dtype=dtype)
 
 
+class _NoAutocast(contextlib.AbstractContextManager):
+    """Autocast off on a device type inside an autocast region; nothing at all outside one (decided on
+    entering, so a context made outside a region still works inside one)."""
+
+    def __init__(self, device_type: str):
+        self.device_type = device_type
+        self._inner: contextlib.AbstractContextManager | None = None
+
+    def __enter__(self) -> None:
+        if torch.is_autocast_enabled(self.device_type):
+            self._inner = torch.autocast(self.device_type, enabled=False)
+            self._inner.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        inner, self._inner = self._inner, None
+        if inner is not None:
+            inner.__exit__(*exc)
+
+
 def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast off on ``device`` (fp32 regions inside an autocast region)."""
+    """Autocast off on ``device`` (fp32 regions inside an autocast region); outside an autocast region it
+    enters none (a bf16-weight run on the CPU runs without autocast altogether)."""
     if device.type in ("cuda", "cpu", "mps", "xpu"):
-        return torch.autocast(device.type, enabled=False)
+        return _NoAutocast(device.type)
     return contextlib.nullcontext()

@@ -31,7 +31,7 @@ from ..errors import ConfigError
 from .blocks import AdaLNBeforeHead, BlendedBlock, KVCache, StyleKV
 from .encoders import ResNetEncoder
 from .graphs import StaticRunner
-from .ops import Linear, autocast_to, linear, no_autocast, parse_dtype
+from .ops import Linear, autocast_to, linear, no_autocast, parse_dtype, stored_input
 from .sampling import Seed, make_generators, sample_tokens
 from .style_encoders import build_style_encoder
 from .vqvae import VQVAE
@@ -130,6 +130,9 @@ class GenerationOutput:
 class StyleVAR(nn.Module):
     #: True once :func:`stylevar.models.quantized.quantize_int8_` replaced the blocks' weights (inference only)
     int8: bool = False
+    #: True once :func:`stylevar.models.quantized.to_bf16_` stored the blocks' products and the ResNets in
+    #: bf16 (inference only; ``dtype`` bf16 or auto then runs them without autocast)
+    bf16: bool = False
 
     def __init__(self, config: StyleVARConfig | None = None):
         super().__init__()
@@ -253,8 +256,9 @@ class StyleVAR(nn.Module):
             mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
             std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
             x = (x + 1).mul_(0.5).sub_(mean).div_(std)
+        # an encoder stored in bf16 runs in bf16 (channels-last); its feature is fp32
         with no_autocast(img.device):
-            return self.feat_emb(encoder(x))
+            return self.feat_emb(encoder(stored_input(x, encoder[0].weight)).float())
 
     def _style_feat(self, img: torch.Tensor) -> torch.Tensor:
         """Style images in [-1, 1] -> :attr:`Conditioning.style_feat` ((B, C), or (B, M, C) tokens), fp32."""
@@ -459,8 +463,26 @@ class StyleVAR(nn.Module):
         return self._logits(x, cond_BD)
 
     @torch.no_grad()
-    def _autocast_dtype(self, dtype: str) -> torch.dtype | None:
-        """The autocast dtype of a :class:`~stylevar.config.Sampling` dtype for this model (None: fp32)."""
+    def _autocast_dtype(self, dtype: str, device: torch.device) -> torch.dtype | None:
+        """The autocast dtype of a :class:`~stylevar.config.Sampling` dtype for this model (None: none).
+
+        ``auto`` needs no conversion here: on a GPU that computes bf16 it is bf16 autocast; elsewhere the
+        weights run as they are stored (fp32, bf16 or int8), without autocast -- the pipeline resolves
+        ``auto`` per device and converts a CPU model's weights first (``StyleVARPipeline.prepare_dtype``). A
+        model whose weights are bf16 (:func:`~stylevar.models.quantized.to_bf16_`) runs bf16 without
+        autocast and refuses fp32/fp16/int8: its fp32 weights are gone."""
+        if dtype == "auto":
+            if self.bf16 or self.int8 or device.type != "cuda" or not torch.cuda.is_bf16_supported():
+                return None
+            return torch.bfloat16
+        if self.bf16:
+            if dtype != "bf16":
+                raise ConfigError(
+                    f"this model's weights are stored in bf16 now (an earlier bf16 run converted them in "
+                    f"place): dtype {dtype} needs its fp32 weights, so load the model again; "
+                    "use dtype bf16 or auto with this one"
+                )
+            return None
         if dtype == "int8":
             if not self.int8:
                 raise ConfigError(
@@ -499,9 +521,11 @@ class StyleVAR(nn.Module):
             sampling: :class:`stylevar.config.Sampling`: the filters (``top_k``, ``top_p``: 0 = off),
                 ``temperature``, ``alpha`` and ``style_strength`` (see :meth:`resolve_alpha`), ``dtype``
                 (``bf16``/``fp16`` run the transformer's products and attention, and the VQ-VAE decoder,
-                under autocast in that dtype; the residual stream, normalisations, the logits, sampling
-                and the quantizer stay fp32; ``int8``: a model quantized by
-                :func:`~stylevar.models.quantized.quantize_int8_`), ``cuda_graphs`` (each scale's
+                under autocast in that dtype, or -- a model whose weights
+                :func:`~stylevar.models.quantized.to_bf16_` stored in bf16 -- in bf16 without autocast;
+                the residual stream, normalisations, the logits, sampling and the quantizer stay fp32;
+                ``int8``: a model quantized by :func:`~stylevar.models.quantized.quantize_int8_`;
+                ``auto``: see :meth:`_autocast_dtype`), ``cuda_graphs`` (each scale's
                 transformer pass from static buffers, captured as a CUDA graph on the first call for
                 this batch size and dtype and replayed afterwards, :mod:`stylevar.models.graphs`; on
                 other devices the same static path runs eagerly; after changing the weights with a
@@ -525,7 +549,8 @@ class StyleVAR(nn.Module):
             token_hook: ``hook(scale index, sampled tokens (B, pn*pn)) -> tokens`` after each scale's
                 sampling (not for ``prefix`` scales), e.g. to keep a previous video frame's tokens.
             decode_dtype: autocast dtype of the VQ-VAE decoding alone (default: ``dtype``); int8 runs
-                decode in bf16 where the CPU has AMX (:func:`stylevar.models.quantized.decode_dtype`).
+                decode in bf16 where the CPU has AMX (:func:`stylevar.devices.decode_dtype`). A decoder
+                stored in bf16 computes in bf16 either way.
 
         Returns:
             :class:`GenerationOutput` with images in [0, 1].
@@ -540,7 +565,7 @@ class StyleVAR(nn.Module):
         )
         if alpha is None:
             alpha = sampling.alpha
-        dtype = self._autocast_dtype(sampling.dtype)
+        dtype = self._autocast_dtype(sampling.dtype, device)
         per_token = torch.is_tensor(alpha) and alpha.ndim == 2 and alpha.shape[1] == self.L
         if per_token:
             alphas = alpha.to(device=device, dtype=torch.float32).expand(B, self.L)

@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import VQVAEConfig
+from .ops import stored_input
 from .quantizer import MultiScaleQuantizer
 
 
@@ -189,8 +190,14 @@ class VQVAE(nn.Module):
         return self.quantize.patch_nums
 
     def encode_f(self, img: torch.Tensor) -> torch.Tensor:
-        """Images [-1, 1] (B, 3, R, R) -> continuous features (B, Cvae, R/16, R/16) (quant_conv applied)."""
-        return self.quant_conv(self.encoder(img))
+        """Images [-1, 1] (B, 3, R, R) -> continuous features (B, Cvae, R/16, R/16) (quant_conv applied).
+
+        An encoder stored in bf16 (:func:`~stylevar.models.quantized.to_bf16_`) runs in bf16, channels-last;
+        ``quant_conv`` and the quantizer stay fp32 (the features it gets are fp32, NCHW)."""
+        h = self.encoder(stored_input(img, self.encoder.conv_in.weight))
+        if h.dtype != self.quant_conv.weight.dtype and not torch.is_autocast_enabled(h.device.type):
+            h = h.to(self.quant_conv.weight.dtype, memory_format=torch.contiguous_format)
+        return self.quant_conv(h)
 
     @torch.no_grad()
     def img_to_idx(self, img: torch.Tensor) -> list[torch.Tensor]:
@@ -198,8 +205,10 @@ class VQVAE(nn.Module):
         return self.quantize.f_to_idx(self.encode_f(img))
 
     def fhat_to_img(self, f_hat: torch.Tensor) -> torch.Tensor:
-        """Quantised features (B, Cvae, side, side) -> images in [-1, 1] (clamped)."""
-        return self.decoder(self.post_quant_conv(f_hat)).clamp_(-1, 1)
+        """Quantised features (B, Cvae, side, side) -> images in [-1, 1] (clamped), NCHW; in the decoder's
+        dtype (a decoder stored in bf16 runs in bf16, channels-last, without autocast)."""
+        h = self.post_quant_conv(stored_input(f_hat, self.post_quant_conv.weight))
+        return self.decoder(stored_input(h, self.decoder.conv_in.weight)).contiguous().clamp_(-1, 1)
 
     def idx_to_img(self, idx_list: list[torch.Tensor]) -> torch.Tensor:
         """Token indices of all scales -> images in [-1, 1]."""
