@@ -417,13 +417,15 @@ UPSAMPLERS = ("lanczos", "guided")
 
 
 # ------------------------------------------------------------------------ sampling
-#: the arithmetic of a run, and the spellings each name accepts
-DTYPES = ("fp32", "bf16", "fp16", "int8")
+#: the arithmetic of a run, and the spellings each name accepts; ``auto`` is resolved per device by the
+#: pipeline (:func:`stylevar.devices.resolve_dtype`: bf16 where the device computes it natively, else fp32)
+DTYPES = ("fp32", "bf16", "fp16", "int8", "auto")
 DTYPE_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "qint8": "int8"}
 #: seeds are unsigned 63-bit integers (torch.Generator takes 64 bits; image k's seed is base + k)
 MAX_SEED = 2**63 - 1
-#: the sampling fields a checkpoint stores as its defaults
-STORED_SAMPLING = ("top_k", "top_p", "temperature", "style_strength")
+#: the sampling fields a checkpoint stores as its defaults (``dtype``: fp32 unless it was saved with another,
+#: e.g. ``auto``; checkpoints written before it was stored read as fp32)
+STORED_SAMPLING = ("top_k", "top_p", "temperature", "style_strength", "dtype")
 
 
 def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None) -> int:
@@ -467,7 +469,7 @@ def check_bool(name: str, value: Any) -> bool:
 
 
 def normalise_dtype(value: Any) -> str:
-    """``fp32``/``bf16``/``fp16``/``int8`` of any accepted spelling (a ``torch.dtype`` too; None: fp32)."""
+    """``fp32``/``bf16``/``fp16``/``int8``/``auto`` of any accepted spelling (a ``torch.dtype`` too; None: fp32)."""
     if value is None:
         return "fp32"
     key = str(value).lower().removeprefix("torch.")
@@ -497,8 +499,10 @@ class Sampling(Serialisable):
     seed: int | None = option(None, "base seed: image k of a run gets seed+k")
     dtype: str = option(
         "fp32",
-        "arithmetic: fp32 (exact), bf16/fp16 products and attention under autocast (logits, sampling and "
-        "the quantizer stay fp32), int8 weights for the transformer (CPU)",
+        "arithmetic: fp32 (exact); bf16: the products, attention and convolutions in bf16 (on a CPU its "
+        "weights are stored in bf16 once, on a GPU under autocast; logits, sampling and the quantizer stay "
+        "fp32); fp16 (autocast); int8 weights for the transformer (CPU); auto: bf16 where the device computes "
+        "it natively (CPUs with AMX or AVX512-BF16, CUDA since Ampere), else fp32",
         choices=DTYPES,
     )
     cuda_graphs: bool = option(

@@ -50,10 +50,28 @@ def has_fast_bf16(device: str | torch.device) -> bool:
     return dev.type == "cpu" and _cpu_has("amx_bf16", "avx512_bf16")
 
 
+def resolve_dtype(dtype: str, device: str | torch.device, model=None) -> str:
+    """A run's ``dtype`` (:class:`~stylevar.config.Sampling`) with ``auto`` resolved for ``device``.
+
+    ``auto``: a model already converted in place keeps its arithmetic (``int8``, or ``bf16``: its fp32
+    weights are gone); otherwise ``bf16`` where the device computes bf16 natively (:func:`has_fast_bf16`:
+    CPUs with AMX or AVX512-BF16, CUDA since Ampere), else ``fp32``. docs/speed.md ("bf16 on the CPU")
+    measures what it changes. Other values are returned as they are."""
+    if dtype != "auto":
+        return dtype
+    if getattr(model, "int8", False):
+        return "int8"
+    if getattr(model, "bf16", False):
+        return "bf16"
+    return "bf16" if has_fast_bf16(device) else "fp32"
+
+
 def decode_dtype(model, device) -> torch.dtype | None:
     """The VQ-VAE decoding's autocast dtype for a run of ``model``: bf16 for an int8 model
-    (:mod:`stylevar.models.quantized`) on a CPU with AMX, where the d20 decoder runs 2.7x faster (docs/speed.md; not measured with AVX512-BF16 alone, so such CPUs decode in the run's own dtype) or on a GPU
-    that computes bf16; None (the run's own dtype) otherwise."""
+    (:mod:`stylevar.models.quantized`) on a CPU with AMX, where the d20 decoder runs 2.7x faster (docs/speed.md;
+    not measured with AVX512-BF16 alone, so such CPUs decode in the run's own dtype) or on a GPU that
+    computes bf16; None (the run's own dtype) otherwise. On such a CPU the int8 run's convolutions are
+    stored in bf16 (:func:`bf16_convolutions_`)."""
     if not getattr(model, "int8", False):
         return None
     dev = torch.device(device)
@@ -61,14 +79,18 @@ def decode_dtype(model, device) -> torch.dtype | None:
     return torch.bfloat16 if fast else None
 
 
-def bf16_decoder_(vae, model, device) -> bool:
-    """With an int8 ``model`` whose decoding runs in bf16 (:func:`decode_dtype`), store the VQ-VAE
-    decoder's weights in bf16: the same values autocast would cast them to, half the memory. Returns
-    whether it did (then decode only under bf16 autocast, as ``generate`` does for such a model)."""
+def bf16_convolutions_(vae, model, device) -> bool:
+    """With an int8 ``model`` whose decoding runs in bf16 (:func:`decode_dtype`), store the convolutions of the
+    VQ-VAE (decoder and encoder) and of the ResNet-18 encoders in bf16, channels-last
+    (:func:`stylevar.models.quantized.bf16_decoder_convs_`, :func:`~stylevar.models.quantized.bf16_encoders_`):
+    they then compute in bf16, half the memory, in the layout oneDNN's bf16 convolutions are fast in; on the
+    demo model within 0.001 SSIM of fp32 (docs/speed.md). Returns whether it did."""
     if decode_dtype(model, device) != torch.bfloat16:
         return False
-    vae.decoder.to(torch.bfloat16)
-    vae.post_quant_conv.to(torch.bfloat16)
+    from .models.quantized import bf16_decoder_convs_, bf16_encoders_
+
+    bf16_decoder_convs_(vae)
+    bf16_encoders_(model, vae)
     return True
 
 

@@ -8,8 +8,8 @@ import json
 from ..config import DTYPES
 from .common import add_checkpoint_args, alpha_arg, checkpoint_kwargs, dtype_arg, examples
 
-#: what ``convert`` can write (int8 is a way of computing, not a weight format on disk)
-CONVERT_DTYPES = tuple(d for d in DTYPES if d != "int8")
+#: what ``convert`` can write (int8 and auto are ways of computing, not weight formats on disk)
+CONVERT_DTYPES = tuple(d for d in DTYPES if d not in ("int8", "auto"))
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -25,12 +25,10 @@ CHECKPOINT_DEFAULT = "the checkpoint's"
 def add_sampling_flags(p: argparse.ArgumentParser, *, seed_default: int | None = None) -> None:
     g = p.add_argument_group("sampling")
     shown = {k: CHECKPOINT_DEFAULT for k in ("top_k", "top_p", "temperature", "style_strength")}
+    shown["dtype"] = "the checkpoint's: fp32 unless it stores another"
     shown["seed"] = "random, printed" if seed_default is None else str(seed_default)
     add_config_flags(g, Sampling, keep_defaults=False, shown=shown)
-    # --dtype keeps its default visible: fp32 unless given
     for action in g._group_actions:
-        if action.dest == "dtype":
-            action.default = "fp32"
         if action.dest == "seed" and seed_default is not None:
             action.default = seed_default
 

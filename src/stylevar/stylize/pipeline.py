@@ -29,7 +29,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ..config import Sampling
-from ..devices import bf16_decoder_, decode_dtype, resolve_device
+from ..devices import bf16_convolutions_, decode_dtype, resolve_device, resolve_dtype
 from ..errors import ConfigError, ImageError
 from ..images import load_image, pil_from_tensor_input, to_rgb
 from ..io import Checkpoint, load_pretrained, save_pretrained
@@ -153,9 +153,20 @@ class StyleVARPipeline:
         return out
 
     def prepare_dtype(self, dtype: torch.dtype | str | None) -> torch.dtype | None:
-        """The autocast dtype of ``dtype`` for ``generate`` (``"int8"``: see :func:`~stylevar.models.quantized.run_dtype`)."""
-        out = run_dtype(self.model, self.device, dtype)
-        bf16_decoder_(self.vae, self.model, self.device)  # int8 on an AMX CPU: the decoder's weights in bf16
+        """Make the weights fit a run's ``dtype``; returns the autocast dtype ``generate`` will use (None: none).
+
+        ``auto`` is resolved for the device (:func:`~stylevar.devices.resolve_dtype`: bf16 where it computes
+        bf16 natively, else fp32; a pipeline already converted keeps its arithmetic). ``bf16`` on the CPU
+        stores the weights in bf16 once, in place, and runs without autocast; ``int8`` quantizes the
+        transformer in place (:func:`~stylevar.models.quantized.run_dtype`). Either conversion releases the
+        fp32 weights: this pipeline then refuses fp32 (and the other arithmetic) with a
+        :class:`~stylevar.errors.ConfigError` -- load it again for that. On a GPU bf16 and fp16 run under
+        autocast and change nothing."""
+        name = dtype if not isinstance(dtype, str) else resolve_dtype(dtype.lower(), self.device, self.model)
+        if name != dtype:
+            logger.info("dtype %s: %s on %s", dtype, name, self.device)
+        out = run_dtype(self.model, self.device, name, vae=self.vae)
+        bf16_convolutions_(self.vae, self.model, self.device)  # int8 on an AMX CPU: the convolutions in bf16
         return out
 
     @torch.no_grad()
