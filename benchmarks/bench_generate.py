@@ -16,11 +16,14 @@ loop and decoding (upstream's eval timed the same span).
     python benchmarks/bench_generate.py --device cuda --dtype bf16 --batch-sizes 1 64 256
     python benchmarks/bench_generate.py --paths ours                     # skip the slow reference
     python benchmarks/bench_generate.py --paths ours --dtypes fp32 int8 --batch-sizes 1   # int8 vs fp32
+    python benchmarks/bench_generate.py --paths ours --dtypes fp32 bf16 int8 --batch-sizes 1 --runs 3
 
 Per dtype, a per-phase table of one batch-1 call of ours: conditioning (VQ-VAE tokenisation of both
 images and both ResNet-18s), each scale's pass (its 20 blocks and the head, sampling, and the
 quantizer's input for the next scale), decoding; milliseconds, GFLOP (counted in fp32: int8's products
-are the same arithmetic) and achieved GFLOP/s. int8 quantizes the model in place, so it runs last.
+are the same arithmetic) and achieved GFLOP/s. int8, and bf16 on the CPU, convert the model in place as
+the pipeline does (``StyleVARPipeline.prepare_dtype``), so they run after fp32 and a model converted by
+one is built again (the same draw) for the next; ``auto`` is resolved for the device first.
 
 Prints Markdown tables (and ``--json PATH`` writes the numbers).
 """
@@ -38,7 +41,7 @@ import torch
 
 from stylevar._malloc import release_memory_promptly
 from stylevar.config import Sampling, d20_configs
-from stylevar.devices import bf16_decoder_, cpu_name, decode_dtype
+from stylevar.devices import bf16_convolutions_, cpu_name, decode_dtype, resolve_dtype
 from stylevar.models import VQVAE, StyleVAR
 from stylevar.models.ops import autocast_to, parse_dtype
 from stylevar.models.reference import reference_generate
@@ -225,9 +228,10 @@ def measure(model, vae, img, B, path, dtype, device, runs, warmup, cuda_graphs=F
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16", "int8"], help="one dtype")
+    dtype_names = ["fp32", "bf16", "fp16", "int8", "auto"]
+    ap.add_argument("--dtype", default=None, choices=dtype_names, help="one dtype")
     ap.add_argument(
-        "--dtypes", nargs="+", default=None, choices=["fp32", "bf16", "fp16", "int8"],
+        "--dtypes", nargs="+", default=None, choices=dtype_names,
         help="several dtypes in one run (int8 last: it quantizes the model in place)",
     )  # fmt: skip
     ap.add_argument("--no-phases", action="store_true", help="skip the per-phase tables")
@@ -247,8 +251,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    dtypes = args.dtypes or [args.dtype or "fp32"]
-    dtypes = sorted(dict.fromkeys(dtypes), key=lambda d: d == "int8")  # int8 last: it quantizes in place
+    dtypes = [resolve_dtype(d, device) for d in args.dtypes or [args.dtype or "fp32"]]
+    in_place = {"int8": 2, "bf16": 1 if device.type == "cpu" else 0}  # converted in place: after fp32
+    dtypes = sorted(dict.fromkeys(dtypes), key=lambda d: in_place.get(d, 0))
     mm_dtype = parse_dtype(dtypes[0] if dtypes[0] != "int8" else "fp32") or torch.float32
     t0 = time.perf_counter()
     model, vae = build(device, args.model)
@@ -269,18 +274,26 @@ def main() -> None:
     phase_rows: dict[str, list[dict]] = {}
     for dname in dtypes:
         dtype = None
+        if model.int8 or model.bf16:  # converted in place by the last dtype: the same weights again
+            del model, vae
+            model, vae = build(device, args.model)
+        if dname == "bf16" and device.type == "cpu":
+            from stylevar.models.quantized import run_dtype
+
+            run_dtype(model, device, "bf16", vae=vae)  # as the pipeline does: weights in bf16 once
         if dname == "int8":
             from stylevar.models.quantized import quantize_int8_
 
             released = quantize_int8_(model)
-            if bf16_decoder_(vae, model, device):  # as the pipeline does for int8 on an AMX CPU
-                released += sum(p.numel() * 2 for p in vae.decoder.parameters())
+            if bf16_convolutions_(vae, model, device):  # as the pipeline does for int8 on an AMX CPU
+                bf16 = [p for m in (model, vae) for p in m.parameters() if p.dtype == torch.bfloat16]
+                released += sum(p.numel() * 2 for p in bf16)
             print(f"  int8: {released / 2**20:.0f} MiB of fp32 weights released", flush=True)
         else:
             dtype = parse_dtype(dname)
         for path in args.paths:
-            if path != "ours" and dname == "int8":
-                continue  # the reference path reads the fp32 weights int8 released
+            if path != "ours" and (model.int8 or model.bf16):
+                continue  # the reference path reads the fp32 weights int8 and bf16 released
             for B in args.batch_sizes:
                 r = measure(
                     model, vae, img, B, path, dtype, device, args.runs, args.warmup,
