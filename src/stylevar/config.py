@@ -499,10 +499,10 @@ class Sampling(Serialisable):
     seed: int | None = option(None, "base seed: image k of a run gets seed+k")
     dtype: str = option(
         "fp32",
-        "arithmetic: fp32 (exact); bf16: the products, attention and convolutions in bf16 (on a CPU its "
-        "weights are stored in bf16 once, on a GPU under autocast; logits, sampling and the quantizer stay "
-        "fp32); fp16 (autocast); int8 weights for the transformer (CPU); auto: bf16 where the device computes "
-        "it natively (CPUs with AMX or AVX512-BF16, CUDA since Ampere), else fp32",
+        "arithmetic: fp32 (exact); bf16: the transformer's products and attention and the VQ-VAE decoder in "
+        "bf16 (on a CPU the encoders too, the weights stored in bf16 once; on a GPU under autocast; logits, "
+        "sampling and the quantizer stay fp32); fp16 (autocast); int8 weights for the transformer (CPU); auto: "
+        "bf16 where the device computes it natively (CPUs with AMX or AVX512-BF16, CUDA since Ampere), else fp32",
         choices=DTYPES,
     )
     cuda_graphs: bool = option(
