@@ -12,6 +12,7 @@ docs/speed.md ("bf16 on the CPU") reports these numbers.
   held-out pairs and on ``-n`` fresh pairs (data seed 1000), with the demo's own sampling (top-k 1).
 
     python benchmarks/bench_bf16_quality.py vq                       # d20 architecture, random weights
+    python benchmarks/bench_bf16_quality.py vq --vae vae_ch160v4096z32.pth   # the released tokenizer
     python benchmarks/bench_bf16_quality.py vq --demo demo/          # + a demo's trained tokenizer
     python benchmarks/bench_bf16_quality.py logits
     python benchmarks/bench_bf16_quality.py demo --demo demo/ -n 512
@@ -92,8 +93,15 @@ def vq_flips(vae, images: torch.Tensor, label: str, batch: int = 64) -> None:
 
 
 def run_vq(args) -> None:
-    _, vae = build(torch.device("cpu"))
-    vq_flips(vae, photos(vae.config.resolution), "d20 VQ-VAE (ch160), random weights, photographs at 256 px")
+    if args.vae:  # the released tokenizer (vae_ch160v4096z32.pth) or any other: stylevar.io.load_vqvae
+        from stylevar.io.vqvae import load_vqvae
+
+        vae = load_vqvae(args.vae)
+        label = f"{args.vae}, photographs at {vae.config.resolution} px"
+    else:
+        _, vae = build(torch.device("cpu"))
+        label = "d20 VQ-VAE (ch160), random weights, photographs at 256 px"
+    vq_flips(vae, photos(vae.config.resolution), label)
     if args.demo:
         cfg, _, dvae = demo_models(Path(args.demo))
         pairs = fresh_pairs(256, cfg["size"], cfg["period"], 1000)
@@ -192,6 +200,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=("vq", "logits", "demo"))
     ap.add_argument("--demo", default=None, help="a folder written by `stylevar demo`")
+    ap.add_argument("--vae", default=None, help="vq: a trained VQ-VAE instead of d20's random weights")
     ap.add_argument("-n", type=int, default=512, help="fresh pairs for `demo`")
     args = ap.parse_args()
     if args.what == "demo" and not args.demo:
