@@ -44,7 +44,7 @@ class RealDemoConfig(ModelBudget):
     teacher: str = (
         "multistyle26"  #: ``multistyle26`` (built-in styles) or ``arbitrary`` (photo crops as styles)
     )
-    crops_per_image: int = 48  #: random crops (and flips) of each photograph
+    crops_per_image: int = 32  #: random crops (and flips) of each photograph
     styles_per_content: int = 4  #: styles each content crop is rendered in
     held_out_styles: int = 4  #: built-in styles kept out of training (the unseen-style set)
     val_fraction: float = 0.2  #: share of the photographs kept out of training (the unseen-photo set)
