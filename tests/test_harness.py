@@ -258,5 +258,5 @@ def test_the_three_trainers_are_harness_trainers():
         (GRPOTrainer, PolicyState),
     ):
         assert issubclass(cls, Trainer) and cls.state_cls is state and issubclass(state, RunState)
-        for hook in ("fit", "save", "resume", "_batches", "check_finite", "_validate_and_keep_best"):
+        for hook in ("fit", "_fit", "save", "resume", "_batches", "check_finite", "_validate_and_keep_best"):
             assert getattr(cls, hook) is getattr(Trainer, hook), (cls.__name__, hook)  # not overridden

@@ -67,6 +67,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from .. import threads
 from ..errors import CheckpointError, ConfigError, NonFiniteLossError
 from ..io import load_training_checkpoint, resume_path, save_checkpoint
 from . import distributed as D
@@ -368,7 +369,17 @@ class Trainer:
 
         Returns the state. At the end the model is exported (:meth:`export`, ``final_dir``). On
         SIGTERM/SIGINT ``last.pt`` is saved, :attr:`stopped_by` is set to the signal and fit returns.
+        The run uses at most :meth:`cpu_threads` intra-op threads (restored after it).
         """
+        with threads.limited(self.cpu_threads()):
+            return self._fit(progress=progress, stop_after=stop_after)
+
+    def cpu_threads(self) -> int:
+        """How many intra-op threads a run may use (default: torch's count). A trainer whose steps are made of
+        short parallel regions gives fewer (docs/speed.md, "On a shared machine")."""
+        return torch.get_num_threads()
+
+    def _fit(self, *, progress: bool, stop_after: int | None) -> Any:
         cfg = self.cfg
         self.stopped_by = None
         bar = None

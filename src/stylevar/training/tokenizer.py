@@ -222,15 +222,13 @@ class TokenizerTrainer(Trainer):
         #: optimizer steps since each code was last hit
         self.codebook_age = torch.zeros(vae.config.vocab_size, dtype=torch.long)
 
-    def fit(self, *, progress: bool = True, stop_after: int | None = None) -> Any:
-        """Train (:meth:`Trainer.fit`). On the CPU a small VQ-VAE trains on one thread: its parallel regions
-        are too short to share, and next to another busy process two threads made the demo's tokenizer
-        steps 78x slower (docs/speed.md, "On a shared machine")."""
-        n = torch.get_num_threads()
-        if self.device.type == "cpu":
-            n = threads.threads_for(self.micro_batch * self.vae.config.ch * self.resolution**2)
-        with threads.limited(n):
-            return super().fit(progress=progress, stop_after=stop_after)
+    def cpu_threads(self) -> int:
+        """On the CPU a small VQ-VAE trains on one thread: its parallel regions are too short to share, and
+        next to another busy process two threads made the demo's tokenizer steps 78x slower (docs/speed.md,
+        "On a shared machine")."""
+        if self.device.type != "cpu":
+            return torch.get_num_threads()
+        return threads.threads_for(self.micro_batch * self.vae.config.ch * self.resolution**2)
 
     # ------------------------------------------------------------------------------ model step
     def _recon_loss(self, recon: torch.Tensor, img: torch.Tensor) -> torch.Tensor:
