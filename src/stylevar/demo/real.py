@@ -27,8 +27,8 @@ import torch
 
 from ..errors import ConfigError
 from ..files import atomic_write_json
-from .config import ModelBudget, resolve_precision, sft_processes
-from .stages import sft_trainer, spawn_sft, stage, stop_if_signalled, train_tokenizer
+from .config import ModelBudget
+from .stages import stage, start_run, train_sft, train_tokenizer
 
 __all__ = ["RealDemoConfig", "run_real_demo"]
 
@@ -116,18 +116,7 @@ def run_real_demo(
     from .real_heldout import evaluate_real
 
     cfg = config or RealDemoConfig()
-    out = Path(out_dir).expanduser()
-    if (out / "metrics.json").exists():
-        raise ConfigError(f"{out} already holds a finished demo; choose another folder or delete it")
-    device = torch.device(device)
-    procs = sft_processes(cfg, device)
-    if procs > 1 and device.type != "cpu":
-        raise ConfigError(f"sft_processes {procs} trains on the CPU; on {device} use 1 (or 0, auto)")
-    out.mkdir(parents=True, exist_ok=True)
-    precision = {
-        "tokenizer": resolve_precision(cfg.tokenizer_precision, device),
-        "sft": resolve_precision(cfg.sft_precision, device),
-    }
+    out, device, procs, precision = start_run(out_dir, cfg, device)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
 
@@ -143,18 +132,7 @@ def run_real_demo(
     timings["tokenizer_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    how = f"{precision['sft']}" + (f", {procs} processes" if procs > 1 else "")
-    stage(f"3/4 StyleVAR SFT: {cfg.sft_steps} steps of {cfg.sft_batch} triplets ({how})", say)
-    if procs == 1:
-        sft, _ = sft_trainer(cfg, vae, train_csv, val_csv, out, precision, device, world=1)
-        sft.fit(progress=progress)
-        stop_if_signalled(sft)
-        model = sft.model.eval()
-    else:
-        spawn_sft(cfg, procs, out, train_csv, val_csv, precision, progress)
-        from ..io import load_checkpoint_dir
-
-        model = load_checkpoint_dir(out / "sft" / "final").model.to(device).eval()
+    model, _ = train_sft(cfg, vae, train_csv, val_csv, out, precision, device, procs, progress, say)
     timings["sft_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

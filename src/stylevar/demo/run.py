@@ -11,11 +11,10 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
 from ..files import atomic_write_json
-from .config import DemoConfig, resolve_precision, sft_processes
+from .config import DemoConfig
 from .heldout import evaluate_heldout
-from .stages import reused_tokenizer, sft_trainer, spawn_sft, stage, stop_if_signalled, train_tokenizer
+from .stages import reused_tokenizer, stage, start_run, train_sft, train_tokenizer
 
 
 def run_demo(
@@ -44,26 +43,7 @@ def run_demo(
     from ..data.synthetic import make_synthetic
 
     cfg = config or DemoConfig()
-    if cfg.style_encoder == "clip_resampler":
-        try:
-            import transformers  # noqa: F401
-        except ImportError:
-            raise ConfigError(
-                "the demo's CLIP-resampler style encoder needs transformers: pip install 'stylevar[rewards]', "
-                "or run the demo with --style-encoder resnet"
-            ) from None
-    out = Path(out_dir).expanduser()
-    if (out / "metrics.json").exists():
-        raise ConfigError(f"{out} already holds a finished demo; choose another folder or delete it")
-    device = torch.device(device)
-    procs = sft_processes(cfg, device)
-    if procs > 1 and device.type != "cpu":
-        raise ConfigError(f"sft_processes {procs} trains on the CPU; on {device} use 1 (or 0, auto)")
-    out.mkdir(parents=True, exist_ok=True)
-    precision = {
-        "tokenizer": resolve_precision(cfg.tokenizer_precision, device),
-        "sft": resolve_precision(cfg.sft_precision, device),
-    }
+    out, device, procs, precision = start_run(out_dir, cfg, device)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
 
@@ -109,19 +89,8 @@ def run_demo(
 
     # 3. SFT --------------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    how = f"{precision['sft']}" + (f", {procs} processes" if procs > 1 else "")
-    stage(f"3/4 StyleVAR SFT: {cfg.sft_steps} steps of {cfg.sft_batch} triplets ({how})", say)
-    if procs == 1:
-        sft, held_set = sft_trainer(cfg, vae, train_root, held_root, out, precision, device, world=1)
-        sft.fit(progress=progress)
-        stop_if_signalled(sft)
-        model = sft.model.eval()
-    else:  # DDP over gloo: the processes load the tokenizer from out/; rank 0 exports the model, its scores
-        spawn_sft(cfg, procs, out, train_root, held_root, precision, progress)
-        from ..io import load_checkpoint_dir
-
-        model = load_checkpoint_dir(out / "sft" / "final").model.to(device).eval()
-        held_set = TripletDataset(scan(held_root), TripletTransform(resolution=cfg.size), cache_images=True)
+    model, sft = train_sft(cfg, vae, train_root, held_root, out, precision, device, procs, progress, say)
+    held_set = TripletDataset(scan(held_root), TripletTransform(resolution=cfg.size), cache_images=True)
     timings["sft_s"] = time.perf_counter() - t0
 
     # 4. held-out stylization and metrics ---------------------------------------------------------
@@ -130,7 +99,7 @@ def run_demo(
     metrics = evaluate_heldout(
         model, vae, held_set, cfg, out / "grid.png", device=device, samples_dir=out / "samples"
     )
-    if procs == 1:
+    if sft is not None:
         metrics["val"] = sft.validate()
     else:
         metrics["val"] = json.loads((out / "sft" / "val.json").read_text())

@@ -13,7 +13,7 @@ import torch
 
 from ..errors import ConfigError
 from ..files import atomic_write_json
-from .config import ADDED_LATER, TOKENIZER_FIELDS, DemoConfig, ModelBudget
+from .config import ADDED_LATER, TOKENIZER_FIELDS, DemoConfig, ModelBudget, resolve_precision, sft_processes
 
 
 def train_tokenizer(cfg: ModelBudget, images: list[Path], out: Path, precision: dict, device, progress, say):
@@ -234,6 +234,52 @@ def vqvae_config(cfg: DemoConfig):
         using_mid_sa=False,
         norm_groups=cfg.norm_groups,
     )
+
+
+def start_run(out_dir, cfg: ModelBudget, device) -> tuple[Path, torch.device, int, dict[str, str]]:
+    """Everything a demo checks before it writes: the style encoder's package, no finished demo in
+    ``out_dir``, the SFT processes for ``device``. Returns (the output folder, created; the device; the SFT
+    processes; each trainer's resolved precision)."""
+    if cfg.style_encoder == "clip_resampler":
+        try:
+            import transformers  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "the demo's CLIP-resampler style encoder needs transformers: pip install 'stylevar[rewards]', "
+                "or run the demo with --style-encoder resnet"
+            ) from None
+    out = Path(out_dir).expanduser()
+    if (out / "metrics.json").exists():
+        raise ConfigError(f"{out} already holds a finished demo; choose another folder or delete it")
+    device = torch.device(device)
+    procs = sft_processes(cfg, device)
+    if procs > 1 and device.type != "cpu":
+        raise ConfigError(f"sft_processes {procs} trains on the CPU; on {device} use 1 (or 0, auto)")
+    out.mkdir(parents=True, exist_ok=True)
+    precision = {
+        "tokenizer": resolve_precision(cfg.tokenizer_precision, device),
+        "sft": resolve_precision(cfg.sft_precision, device),
+    }
+    return out, device, procs, precision
+
+
+def train_sft(
+    cfg: ModelBudget, vae, train_source, held_source, out: Path, precision, device, procs, progress, say
+):
+    """The SFT stage, in this process or in ``procs`` torchrun processes. Returns (the trained StyleVAR in
+    eval mode on ``device``, its trainer, or None when other processes trained it: rank 0 exported the model
+    and wrote ``sft/val.json``)."""
+    how = f"{precision['sft']}" + (f", {procs} processes" if procs > 1 else "")
+    stage(f"3/4 StyleVAR SFT: {cfg.sft_steps} steps of {cfg.sft_batch} triplets ({how})", say)
+    if procs == 1:
+        sft, _ = sft_trainer(cfg, vae, train_source, held_source, out, precision, device, world=1)
+        sft.fit(progress=progress)
+        stop_if_signalled(sft)
+        return sft.model.eval(), sft
+    spawn_sft(cfg, procs, out, train_source, held_source, precision, progress)
+    from ..io import load_checkpoint_dir
+
+    return load_checkpoint_dir(out / "sft" / "final").model.to(device).eval(), None
 
 
 def stop_if_signalled(trainer) -> None:
