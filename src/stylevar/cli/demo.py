@@ -64,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                 "stylevar demo -o demo-quick/ --quick",
             ),
             (
-                "the demo on real photographs and real styles (about 15 minutes)",
+                "the demo on real photographs and real styles (about 10 minutes)",
                 "stylevar demo --real -o demo-real/",
             ),
             (
@@ -152,7 +152,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="the demo on real photographs (the sample photos scikit-image and scikit-learn ship) and real "
         "styles (Magenta's pretrained 26-style network as the teacher), offline; needs the photos and teachers "
-        "extras; about 15 minutes on 2 CPU cores (default: the synthetic demo)",
+        "extras; about 10 minutes on 2 CPU cores (default: the synthetic demo)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_demo_command, _parser=p)
@@ -197,7 +197,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
         cfg = RealDemoConfig(seed=args.seed)
         if args.quick:
-            print(QUICK_NOTE.replace("stylevar demo -o DIR (about 10", "stylevar demo --real -o DIR (about 15"))
+            print(QUICK_NOTE.replace("stylevar demo -o DIR", "stylevar demo --real -o DIR"))
             cfg = RealDemoConfig(
                 seed=args.seed,
                 crops_per_image=4,
@@ -330,7 +330,7 @@ def real_report(m: dict, output: str, *, device: str = "cpu", quick: bool = Fals
         + (f" (not: {', '.join(failed)})" if failed else "")
     )
     if quick:
-        lines.append(QUICK_NOTE.replace("stylevar demo -o DIR (about 10", "stylevar demo --real -o DIR (about 15"))
+        lines.append(QUICK_NOTE.replace("stylevar demo -o DIR", "stylevar demo --real -o DIR"))
     samples = m["unseen_photos"]["samples"] if m.get("unseen_photos") else f"{output}/samples"
     lines += [
         f"every pair: {samples}/NNN_{{content,style,target,stylevar,colour_transfer}}.png (target: the teacher's)",

@@ -163,15 +163,6 @@ class PolicyTrainer(Trainer):
             fused=True if self.device.type == "cuda" else None,
         )
 
-    def _new_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(
-            self.params,
-            lr=self.cfg.lr,
-            betas=self.cfg.betas,
-            weight_decay=self.cfg.weight_decay,
-            fused=True if self.device.type == "cuda" else None,
-        )
-
     # ------------------------------------------------------------------------------ one step
     def train_step(self, group: list[dict]) -> dict:
         """One step on this process's conditions (``group``: one batch of them); the step's statistics."""
@@ -203,14 +194,6 @@ class PolicyTrainer(Trainer):
                 with lora_disabled(self.model):
                     return self.model(x, cond).float()
             return self.model(x, cond).float()
-
-    def _all_mean(self, values: torch.Tensor) -> torch.Tensor:
-        """Mean over processes of a 1-D float tensor (sums and counts travel together)."""
-        if self.world == 1:
-            return values
-        t = values.detach().clone().to(self.device)
-        dist.all_reduce(t)
-        return t / self.world
 
     def _all_mean(self, values: torch.Tensor) -> torch.Tensor:
         """Mean over processes of a 1-D float tensor (sums and counts travel together)."""
